@@ -1,0 +1,55 @@
+"""kiyotaka_ws: a synchronous, threaded client for the Kiyotaka real-time market-data WebSocket API."""
+
+from ._version import __version__
+from .channels import Channel, Side
+from .client import KiyotakaClient, Subscription
+from .errors import (
+                     AuthenticationError,
+                     ConfigurationError,
+                     DecodeError,
+                     EventsDropped,
+                     HandlerError,
+                     KiyotakaError,
+                     ServerError,
+                     SubscriptionError,
+)
+from .events import (
+                     BookLevel,
+                     BookSnapshot,
+                     FundingRate,
+                     Liquidation,
+                     OpenInterest,
+                     Trade,
+                     TradeAggregation,
+                     VolumeLevel,
+                     VolumeProfile,
+)
+from .status import ConnectionStats, ConnectionStatus, State
+
+__all__ = [
+                     "AuthenticationError",
+                     "BookLevel",
+                     "BookSnapshot",
+                     "Channel",
+                     "ConfigurationError",
+                     "ConnectionStats",
+                     "ConnectionStatus",
+                     "DecodeError",
+                     "EventsDropped",
+                     "FundingRate",
+                     "HandlerError",
+                     "KiyotakaClient",
+                     "KiyotakaError",
+                     "Liquidation",
+                     "OpenInterest",
+                     "ServerError",
+                     "Side",
+                     "State",
+                     "Subscription",
+                     "SubscriptionError",
+                     "Trade",
+                     "TradeAggregation",
+                     "VolumeLevel",
+                     "VolumeProfile",
+                     "__version__",
+]

@@ -1,0 +1,484 @@
+"""``KiyotakaClient``: the public facade. Owns the subscription registry and one pipeline per family."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import threading
+import time
+from collections.abc import Mapping
+from typing import (
+    Any,
+    Callable,
+    TypeVar,
+    overload,
+)
+from urllib.parse import urlsplit
+
+from .channels import BOOK, FAMILIES, NONBOOK, Channel, ChannelSpec, make_spec
+from .connection import Connection, Options, Secret, WireSub
+from .dispatch import OVERFLOW_POLICIES, Dispatcher, EventQueue, Hooks, RouteTable
+from .errors import ConfigurationError, KiyotakaError
+from .events import (
+    BookSnapshot,
+    FundingRate,
+    Liquidation,
+    OpenInterest,
+    Trade,
+    TradeAggregation,
+    VolumeProfile,
+)
+from .status import ConnectionStats
+
+log = logging.getLogger("kiyotaka_ws.client")
+
+REGIONS = {"singapore": "wss://ap-sin3.ws.api.kiyotaka.ai", "europe": "wss://eu-de3.ws.api.kiyotaka.ai"}
+_PATHS = {BOOK: "/ws", NONBOOK: "/nonbook/ws"}
+_PROXY_TYPES = ("http", "socks4", "socks4a", "socks5", "socks5h")
+
+F = TypeVar("F", bound=Callable[..., Any])
+E = TypeVar("E")
+
+
+class Subscription:
+    """A handler registered for one channel spec. Returned by every ``on_*`` method."""
+
+    def __init__(self, client: KiyotakaClient, spec: ChannelSpec, handler: Callable[[Any], Any],
+                 wire: WireSub) -> None:
+        self._client = client
+        self._spec = spec
+        self._wire = wire
+        self.handler = handler
+        self.active = True
+
+    @property
+    def channel(self) -> Channel:
+        return self._spec.channel
+
+    @property
+    def params(self) -> dict[str, str]:
+        """The channel object sent on the wire."""
+        return self._spec.wire()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the server acknowledged the subscription on the current connection.
+
+        Raises ``SubscriptionError`` if the server rejected it and ``TimeoutError`` on timeout. A
+        server that never answers subscriptions counts as accepting them after ``subscribe_timeout``
+        (as for ``wait_ready``). Returns at once after ``unsubscribe()``.
+        """
+        if self.active:
+            self._wire.wait(timeout)
+
+    def unsubscribe(self) -> None:
+        """Stop calling the handler; the last handler of a spec sends ``public/unsubscribe``. Idempotent."""
+        self._client._unregister(self)
+
+    def __repr__(self) -> str:
+        state = self._wire.state if self.active else "unsubscribed"
+        return f"<Subscription {self._spec} {state}>"
+
+
+class _Family:
+    """One endpoint family's pipeline: queue -> dispatcher, fed by its connection."""
+
+    def __init__(self, family: str, url: str, key: Secret, options: Options, queue_size: int,
+                 overflow: str, hooks: Hooks, on_fatal: Callable[[KiyotakaError], None],
+                 rng: Callable[[], float]) -> None:
+        self.queue = EventQueue(queue_size, overflow)
+        self.dispatcher = Dispatcher(family, self.queue, hooks)
+        self.connection = Connection(family, url, key, options, self.queue, self.dispatcher, on_fatal, rng)
+
+    def start(self) -> None:
+        self.dispatcher.start()
+        self.connection.start()
+
+    def stats(self) -> ConnectionStats:
+        conn, disp = self.connection, self.dispatcher
+        return ConnectionStats(
+            state=conn.state, frames=conn.frames, bytes=conn.bytes, events=disp.events,
+            decode_errors=conn.frame_errors + disp.decode_errors, handler_errors=disp.handler_errors,
+            dropped=self.queue.dropped_total, reconnects=conn.reconnects, queue_depth=self.queue.depth,
+            last_frame_age=conn.last_frame_age, skipped=disp.skipped)
+
+
+class KiyotakaClient:
+    """Streams Kiyotaka market data to your handlers from background threads.
+
+    Register handlers with the ``on_*`` methods, then ``start()`` (or ``run_forever()``, or use the
+    client as a context manager). Each endpoint family (``book`` for order books, ``nonbook`` for
+    everything else) gets one connection, a reader thread, a watchdog thread and a dispatcher
+    thread that calls your handlers one at a time, in the order the server sent the points.
+    Connections reconnect with backoff and restore every subscription by themselves.
+    See the README for every argument.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        region: str = "singapore",
+        book_url: str | None = None,
+        nonbook_url: str | None = None,
+        compression: str | None = "brotli",
+        reconnect: bool = True,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 10.0,
+        stale_timeout: float | None = None,
+        auth_timeout: float = 5.0,
+        subscribe_timeout: float = 10.0,
+        queue_size: int = 10_000,
+        overflow: str = "block",
+        max_frame_bytes: int = 16 * 2**20,
+        sslopt: dict[str, Any] | None = None,
+        proxy: str | None = None,
+        connect_timeout: float = 10.0,
+        rng: Callable[[], float] | None = None,
+    ) -> None:
+        if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
+            raise ConfigurationError("api_key: expected a non-empty string, or None to read KIYOTAKA_API_KEY")
+        if region not in REGIONS:
+            raise ConfigurationError(f"region: expected 'singapore' or 'europe', got {region!r}")
+        if compression not in ("brotli", None):
+            raise ConfigurationError(f"compression: expected 'brotli' or None, got {compression!r}")
+        if not isinstance(reconnect, bool):
+            raise ConfigurationError(f"reconnect: expected True or False, got {reconnect!r}")
+        _positive("backoff_initial", backoff_initial)
+        _positive("backoff_max", backoff_max)
+        if backoff_max < backoff_initial:
+            raise ConfigurationError(f"backoff_max: must be >= backoff_initial ({backoff_initial}), got {backoff_max}")
+        for name, value in (("ping_interval", ping_interval), ("ping_timeout", ping_timeout),
+                            ("stale_timeout", stale_timeout)):
+            if value is not None:
+                _positive(name, value, "or None to turn it off")
+        _positive("auth_timeout", auth_timeout, allow_zero=True)
+        _positive("subscribe_timeout", subscribe_timeout)
+        _positive("connect_timeout", connect_timeout)
+        if not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size < 1:
+            raise ConfigurationError(f"queue_size: expected a whole number >= 1, got {queue_size!r}")
+        if overflow not in OVERFLOW_POLICIES:
+            raise ConfigurationError(f"overflow: expected one of {', '.join(OVERFLOW_POLICIES)}, got {overflow!r}")
+        if not isinstance(max_frame_bytes, int) or isinstance(max_frame_bytes, bool) or max_frame_bytes < 1024:
+            raise ConfigurationError(f"max_frame_bytes: expected a whole number >= 1024, got {max_frame_bytes!r}")
+        if sslopt is not None and not isinstance(sslopt, Mapping):
+            raise ConfigurationError(f"sslopt: expected a dict of websocket-client ssl options, got {type(sslopt).__name__}")
+        urls = {BOOK: _endpoint("book_url", book_url, region, BOOK),
+                NONBOOK: _endpoint("nonbook_url", nonbook_url, region, NONBOOK)}
+
+        self._api_key = Secret(api_key) if api_key is not None else None
+        self._region = region
+        self._urls = urls
+        self._queue_size = queue_size
+        self._overflow = overflow
+        self._rng = rng or random.random
+        self._options = Options(
+            compression=compression, reconnect=reconnect, backoff_initial=float(backoff_initial),
+            backoff_max=float(backoff_max), ping_interval=ping_interval, ping_timeout=ping_timeout,
+            stale_timeout=stale_timeout, auth_timeout=float(auth_timeout),
+            subscribe_timeout=float(subscribe_timeout), connect_timeout=float(connect_timeout),
+            max_frame_bytes=max_frame_bytes, sslopt=dict(sslopt) if sslopt else None,
+            proxy=_parse_proxy(proxy))
+        self._hooks = Hooks()
+        self._lock = threading.RLock()
+        self._registry: dict[ChannelSpec, list[Subscription]] = {}
+        self._families: dict[str, _Family] = {}
+        self._started = False
+        self._stopping = False
+        self._done = threading.Event()     # set by stop() or a fatal error: ends run_forever
+        self._stopped = threading.Event()  # set when stop() has finished
+        self._fatal: KiyotakaError | None = None
+        self._final_stats: dict[str, ConnectionStats] | None = None
+
+    # -- registering handlers -------------------------------------------------------------------
+
+    @overload
+    def on_trade(self, handler: None = None, *, exchange: str, symbol: str,
+                 category: str = "*") -> Callable[[F], F]: ...
+    @overload
+    def on_trade(self, handler: Callable[[Trade], Any], *, exchange: str, symbol: str,
+                 category: str = "*") -> Subscription: ...
+
+    def on_trade(self, handler: Callable[[Trade], Any] | None = None, *, exchange: str, symbol: str,
+                 category: str = "*") -> Any:
+        """Every trade (``Trade``) of ``symbol`` on ``exchange`` (``"*"``: every exchange)."""
+        return self._register(Channel.TRADE, handler, exchange, symbol, category)
+
+    def on_trade_agg(self, handler: Callable[[TradeAggregation], Any] | None = None, *, exchange: str,
+                     symbol: str, category: str = "*", batch_interval: str | None = None) -> Any:
+        """Per-side OHLCV batches of trades (``TradeAggregation``); ``batch_interval`` e.g. ``"1s"``."""
+        return self._register(Channel.TRADE_AGG, handler, exchange, symbol, category,
+                              {"batch_interval": batch_interval})
+
+    def on_book(self, handler: Callable[[BookSnapshot], Any] | None = None, *, exchange: str, symbol: str,
+                block_size: str | float, category: str = "*", max_depth: str | int | None = None,
+                update_frequency: str | None = None, quote: str | None = None,
+                group_by_coin: bool = False) -> Any:
+        """Full order-book snapshots bucketed by ``block_size`` (``BookSnapshot``).
+
+        With ``group_by_coin=True``, ``symbol`` is a coin (``"BTC"``) and the depth of all its
+        markets is merged.
+        """
+        return self._register(Channel.BLOCK_BOOK_SNAPSHOT, handler, exchange, symbol, category,
+                              {"block_size": block_size, "max_depth": max_depth,
+                               "update_frequency": update_frequency, "quote": quote,
+                               "group_by_coin": group_by_coin})
+
+    def on_liquidation(self, handler: Callable[[Liquidation], Any] | None = None, *, exchange: str,
+                       symbol: str, category: str = "*") -> Any:
+        """Every liquidation (``Liquidation``)."""
+        return self._register(Channel.LIQUIDATION, handler, exchange, symbol, category)
+
+    def on_funding_rate(self, handler: Callable[[FundingRate], Any] | None = None, *, exchange: str,
+                        symbol: str, category: str = "*") -> Any:
+        """Funding-rate snapshots (``FundingRate``; either rate may be None)."""
+        return self._register(Channel.FUNDING_RATE, handler, exchange, symbol, category)
+
+    def on_open_interest(self, handler: Callable[[OpenInterest], Any] | None = None, *, exchange: str,
+                         symbol: str, category: str = "*") -> Any:
+        """Open-interest snapshots (``OpenInterest``)."""
+        return self._register(Channel.OPEN_INTEREST, handler, exchange, symbol, category)
+
+    def on_volume_profile(self, handler: Callable[[VolumeProfile], Any] | None = None, *, exchange: str,
+                          symbol: str, category: str = "*", quote: str | None = None,
+                          update_frequency: str | None = None, group_by_coin: bool = False) -> Any:
+        """Live volume profiles (``VolumeProfile``); the server picks the bucket size."""
+        return self._register(Channel.VOLUME_PROFILE_AGG, handler, exchange, symbol, category,
+                              {"quote": quote, "update_frequency": update_frequency,
+                               "group_by_coin": group_by_coin})
+
+    def subscribe(self, channel: str | Channel, handler: Callable[[Any], Any] | None = None, *,
+                  exchange: str, symbol: str, category: str = "*",
+                  params: Mapping[str, Any] | None = None) -> Any:
+        """Any channel by name, with ``params`` as extra wire fields (``{"batchInterval": "1s"}``)."""
+        spec = make_spec(channel, exchange=exchange, symbol=symbol, category=category, params=params)
+        return self._register_spec(spec, handler)
+
+    def on_error(self, handler: F) -> F:
+        """Call ``handler(error)`` for every ``KiyotakaError`` reported while streaming.
+
+        Without any error handler, errors are logged to ``logging.getLogger("kiyotaka_ws")``.
+        Returns the handler, so it works as a decorator.
+        """
+        _check_handler(handler)
+        with self._lock:
+            self._hooks.error = self._hooks.error + (handler,)
+        return handler
+
+    def on_status(self, handler: F) -> F:
+        """Call ``handler(status: ConnectionStatus)`` on every connection state change."""
+        _check_handler(handler)
+        with self._lock:
+            self._hooks.status = self._hooks.status + (handler,)
+        return handler
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the threads of every family that has subscriptions; returns at once. Idempotent."""
+        with self._lock:
+            if self._stopping:
+                raise KiyotakaError("this client was stopped; create a new KiyotakaClient to start again")
+            if self._started:
+                return
+            self._resolve_key()
+            self._started = True
+            for name in FAMILIES:
+                specs = [spec for spec in self._registry if spec.family == name]
+                if specs:
+                    family = self._family(name)
+                    for spec in specs:
+                        family.connection.add(self._registry[spec][0]._wire)
+                    self._update_routes(name)
+                    family.start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """True once every open connection is READY (False on timeout or after a fatal error)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            connections = [f.connection for f in self._families.values() if f.connection.started]
+        for conn in connections:
+            while not conn.ready.is_set():
+                if self._done.is_set():
+                    return False
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                # Wake up now and then to notice a fatal error (no busy wait: 0.1 s at most per check).
+                conn.ready.wait(0.1 if remaining is None else min(remaining, 0.1))
+        return True
+
+    def run_forever(self) -> None:
+        """``start()``, then block until ``stop()`` or Ctrl-C (which stops cleanly and returns).
+
+        If a connection failed fatally (a rejected API key), stops the client and raises the error.
+        """
+        self.start()
+        try:
+            # A plain wait is interruptible by Ctrl-C on POSIX; Windows needs a timeout to notice it.
+            while not self._done.wait(0.5 if os.name == "nt" else None):
+                pass
+        except KeyboardInterrupt:
+            log.info("interrupted; stopping")
+        self.stop()
+        if self._fatal is not None:
+            raise self._fatal
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close the sockets and join every thread the client started. Idempotent; safe in a handler.
+
+        Pending events not yet handled are discarded. Called from a handler, the calling dispatcher
+        thread ends as soon as the handler returns.
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            first = not self._stopping
+            self._stopping = True
+            families = list(self._families.values())
+        if not first:
+            if threading.current_thread().name.startswith("kiyotaka-ws-"):
+                return
+            self._stopped.wait(max(0.0, deadline - time.monotonic()))
+            return
+        self._done.set()
+        joined = True
+        for family in families:
+            joined = family.connection.stop(deadline) and joined
+        for family in families:
+            joined = family.dispatcher.stop(deadline) and joined
+        self._final_stats = self.stats()
+        self._stopped.set()
+        if not joined and not threading.current_thread().name.startswith("kiyotaka-ws-"):
+            log.warning("stop(): some threads did not finish within %.1fs (a connect still in progress "
+                        "ends within connect_timeout)", timeout)
+
+    def __enter__(self) -> KiyotakaClient:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stats(self) -> dict[str, ConnectionStats]:
+        """Counters per family, keyed ``"book"`` / ``"nonbook"``; final figures after ``stop()``."""
+        if self._final_stats is not None:
+            return dict(self._final_stats)
+        with self._lock:
+            families = dict(self._families)
+        return {name: families[name].stats() if name in families else ConnectionStats() for name in FAMILIES}
+
+    def __repr__(self) -> str:
+        states = ", ".join(f"{name}={stats.state.value}" for name, stats in self.stats().items())
+        key = "'***'" if self._api_key is not None else "None"
+        return f"KiyotakaClient(region={self._region!r}, api_key={key}, {states})"
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _resolve_key(self) -> Secret:
+        if self._api_key is None:
+            env = os.environ.get("KIYOTAKA_API_KEY", "").strip()
+            if not env:
+                raise ConfigurationError("api_key: not given and KIYOTAKA_API_KEY is not set")
+            self._api_key = Secret(env)
+        return self._api_key
+
+    def _family(self, name: str) -> _Family:
+        family = self._families.get(name)
+        if family is None:
+            family = self._families[name] = _Family(
+                name, self._urls[name], self._resolve_key(), self._options, self._queue_size, self._overflow,
+                self._hooks, self._on_fatal, self._rng)
+        return family
+
+    def _on_fatal(self, error: KiyotakaError) -> None:
+        if self._fatal is None:
+            self._fatal = error
+        self._done.set()
+
+    def _register(self, channel: Channel, handler: Callable[[Any], Any] | None, exchange: Any, symbol: Any,
+                  category: Any, options: dict[str, Any] | None = None) -> Any:
+        spec = make_spec(channel, exchange=exchange, symbol=symbol, category=category, options=options)
+        return self._register_spec(spec, handler)
+
+    def _register_spec(self, spec: ChannelSpec, handler: Callable[[Any], Any] | None) -> Any:
+        if handler is None:
+            def decorator(fn: F) -> F:
+                self._register_spec(spec, fn)
+                return fn
+            return decorator
+        _check_handler(handler)
+        with self._lock:
+            if self._stopping:
+                raise KiyotakaError("this client was stopped; create a new KiyotakaClient")
+            # Key resolution is deferred to start(); until then the family holds no connection.
+            family = self._family(spec.family) if self._started else None
+            subs = self._registry.setdefault(spec, [])
+            sub = Subscription(self, spec, handler, subs[0]._wire if subs else WireSub(spec))
+            subs.append(sub)
+            self._update_routes(spec.family)  # routes first: the first point after the ack is delivered
+            if family is not None:
+                family.connection.add(sub._wire)
+                if not family.connection.started:
+                    family.start()
+        return sub
+
+    def _unregister(self, sub: Subscription) -> None:
+        with self._lock:
+            if not sub.active:
+                return
+            sub.active = False
+            subs = self._registry.get(sub._spec, [])
+            subs[:] = [s for s in subs if s is not sub]
+            if not subs:
+                self._registry.pop(sub._spec, None)
+                family = self._families.get(sub._spec.family)
+                if family is not None:
+                    family.connection.remove(sub._spec)
+            self._update_routes(sub._spec.family)
+
+    def _update_routes(self, family_name: str) -> None:
+        family = self._families.get(family_name)
+        if family is None:
+            return
+        family.dispatcher.routes = RouteTable(
+            (spec, [s.handler for s in subs]) for spec, subs in self._registry.items() if spec.family == family_name)
+
+
+def _check_handler(handler: Any) -> None:
+    if not callable(handler):
+        raise ConfigurationError(f"handler: expected a callable, got {type(handler).__name__}")
+
+
+def _positive(name: str, value: Any, hint: str = "", allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        what = "a number >= 0" if allow_zero else "a positive number of seconds"
+        raise ConfigurationError(f"{name}: expected {what}{' ' + hint if hint else ''}, got {value!r}")
+
+
+def _endpoint(name: str, url: str | None, region: str, family: str) -> str:
+    if url is None:
+        return f"{REGIONS[region]}{_PATHS[family]}?encoding=json"
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("ws", "wss") or not parts.netloc:
+        raise ConfigurationError(f"{name}: expected a ws:// or wss:// URL, got {url!r}")
+    query = parts.query.split("&") if parts.query else []
+    if not any(q.split("=", 1)[0] == "encoding" for q in query):
+        url = f"{url}{'&' if parts.query else '?'}encoding=json"
+    return url
+
+
+def _parse_proxy(proxy: str | None) -> tuple[str, str, int] | None:
+    if proxy is None:
+        return None
+    parts = urlsplit(proxy) if isinstance(proxy, str) else None
+    try:
+        port = parts.port if parts else None
+    except ValueError:
+        port = None
+    if parts is None or parts.scheme not in _PROXY_TYPES or not parts.hostname or not port:
+        raise ConfigurationError(f"proxy: expected 'http://host:port' or 'socks5://host:port', got {proxy!r}")
+    return parts.scheme, parts.hostname, port

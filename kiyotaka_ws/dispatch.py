@@ -1,0 +1,285 @@
+"""Delivery: the bounded event queue, the routing table and the dispatcher thread.
+
+The reader puts one item per frame (the frame's list of points) into an ``EventQueue``; the
+dispatcher thread takes everything queued under one lock, decodes points, routes them by
+``series`` and calls handlers one at a time, in order. ``Dispatcher._invoke`` is the only place
+in the library that calls user code.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import (
+    Any,
+    Callable,
+    NamedTuple,
+)
+
+from .channels import ChannelSpec
+from .errors import DecodeError, EventsDropped, HandlerError, KiyotakaError
+from .events import decode_point, excerpt
+
+log = logging.getLogger("kiyotaka_ws.dispatch")
+
+BLOCK, DROP_OLDEST, DROP_NEWEST = "block", "drop_oldest", "drop_newest"
+OVERFLOW_POLICIES = (BLOCK, DROP_OLDEST, DROP_NEWEST)
+
+Handler = Callable[[Any], Any]
+
+
+class EventQueue:
+    """A FIFO bounded by the number of points it holds, with an overflow policy.
+
+    Data items are lists of points (one per frame); control items (errors, statuses) are any
+    other object and are never dropped nor bounded. ``blocked`` tells the connection's watchdog
+    that the reader waits on a full queue, so back-pressure is not mistaken for a dead socket.
+    """
+
+    def __init__(self, capacity: int, policy: str) -> None:
+        self.capacity = capacity
+        self.policy = policy
+        self._items: collections.deque[Any] = collections.deque()
+        self._points = 0
+        self._dropped = 0  # not yet reported
+        self._closed = False
+        self._lock = threading.Lock()
+        self._not_empty = threading.Condition(self._lock)
+        self._not_full = threading.Condition(self._lock)
+        self.blocked = False
+        self.dropped_total = 0
+
+    @property
+    def depth(self) -> int:
+        return self._points
+
+    def put_points(self, points: list[Any]) -> bool:
+        """Queue one frame's points; True when it had to wait for room (policy "block")."""
+        size = len(points)
+        waited = False
+        with self._lock:
+            if self._closed:
+                return waited
+            # A frame larger than the whole queue still goes in when the queue is empty.
+            if self._points and self._points + size > self.capacity:
+                if self.policy == BLOCK:
+                    self.blocked = waited = True
+                    try:
+                        while self._points and self._points + size > self.capacity and not self._closed:
+                            self._not_full.wait()
+                    finally:
+                        self.blocked = False
+                    if self._closed:
+                        return waited
+                elif self.policy == DROP_NEWEST:
+                    self._drop(size)
+                    return waited
+                else:
+                    self._drop_oldest(size)
+            self._items.append(points)
+            self._points += size
+            self._not_empty.notify()
+        return waited
+
+    def put_control(self, item: Any) -> None:
+        with self._lock:
+            if not self._closed:
+                self._items.append(item)
+                self._not_empty.notify()
+
+    def take_all(self) -> tuple[list[Any], int, bool]:
+        """Block until something is queued or the queue closes; (items, newly dropped, closed)."""
+        with self._lock:
+            while not self._items and not self._dropped and not self._closed:
+                self._not_empty.wait()
+            items = list(self._items)
+            self._items.clear()
+            self._points = 0
+            dropped, self._dropped = self._dropped, 0
+            self._not_full.notify_all()
+            return items, dropped, self._closed
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._not_empty.notify_all()
+            self._not_full.notify_all()
+
+    def _drop(self, count: int) -> None:
+        self._dropped += count
+        self.dropped_total += count
+        self._not_empty.notify()
+
+    def _drop_oldest(self, incoming: int) -> None:
+        kept: collections.deque[Any] = collections.deque()
+        for item in self._items:
+            if type(item) is list and self._points + incoming > self.capacity:
+                self._points -= len(item)
+                self._drop(len(item))
+            else:
+                kept.append(item)
+        self._items = kept
+
+
+class _Route(NamedTuple):
+    exchange: str
+    category: str
+    block_size: float | None
+    handlers: tuple[Handler, ...]
+
+
+class RouteTable:
+    """Immutable routing table: series -> handlers. Replaced whole on every change."""
+
+    def __init__(self, registrations: Iterable[tuple[ChannelSpec, Sequence[Handler]]] = ()) -> None:
+        by_symbol: dict[tuple[str, str], list[_Route]] = {}
+        by_coin: dict[tuple[str, str], list[_Route]] = {}
+        for spec, handlers in registrations:
+            if not handlers:
+                continue
+            block = spec.param("blockSize")
+            route = _Route(spec.exchange, spec.category, float(block) if block else None, tuple(handlers))
+            table = by_coin if spec.grouped else by_symbol
+            table.setdefault((spec.channel.value, spec.symbol), []).append(route)
+        self._by_symbol = {k: tuple(v) for k, v in by_symbol.items()}
+        self._by_coin = {k: tuple(v) for k, v in by_coin.items()}
+
+    def handlers_for(self, series: dict[str, Any]) -> list[Handler]:
+        kind = series.get("type")
+        out: list[Handler] = []
+        routes = self._by_symbol.get((kind, series.get("symbol")), ())
+        if self._by_coin:
+            routes += self._by_coin.get((kind, series.get("coin")), ())
+        for route in routes:
+            if route.exchange != "*" and route.exchange != series.get("exchange"):
+                continue
+            if route.category != "*" and route.category != series.get("category"):
+                continue
+            if route.block_size is not None:
+                block = series.get("blockSize")
+                if type(block) in (int, float) and block != route.block_size:
+                    continue
+            out.extend(route.handlers)
+        return out
+
+
+class Hooks:
+    """The client-wide ``on_error`` and ``on_status`` handlers (tuples, replaced on change)."""
+
+    def __init__(self) -> None:
+        self.error: tuple[Handler, ...] = ()
+        self.status: tuple[Handler, ...] = ()
+
+
+class _Status(NamedTuple):
+    status: Any
+
+
+class Dispatcher:
+    """One family's dispatcher thread: decode, route, call handlers one at a time."""
+
+    def __init__(self, family: str, queue: EventQueue, hooks: Hooks) -> None:
+        self.family = family
+        self.queue = queue
+        self.hooks = hooks
+        self.routes = RouteTable()
+        self.events = 0
+        self.decode_errors = 0
+        self.handler_errors = 0
+        self.skipped = 0
+        self._thread: threading.Thread | None = None
+
+    # -- called from other threads --------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"kiyotaka-ws-{self.family}-dispatch")
+            self._thread.start()
+
+    def report_error(self, error: KiyotakaError) -> None:
+        self.queue.put_control(error)
+
+    def report_status(self, status: Any) -> None:
+        self.queue.put_control(_Status(status))
+
+    def stop(self, deadline: float) -> bool:
+        """Close the queue and join the thread (not when called from it). True when joined."""
+        self.queue.close()
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return thread is None
+        thread.join(max(0.0, deadline - time.monotonic()))
+        return not thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- the dispatcher thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        queue = self.queue
+        while True:
+            items, dropped, closed = queue.take_all()
+            if dropped:
+                self._error(EventsDropped(dropped, family=self.family))
+            for item in items:
+                if type(item) is list:
+                    if not closed:  # on stop, pending data is discarded; errors and statuses still go out
+                        self._deliver(item)
+                elif type(item) is _Status:
+                    for handler in self.hooks.status:
+                        self._invoke(handler, item.status, report=False)
+                else:
+                    self._error(item)
+            if closed:
+                return
+
+    def _deliver(self, points: list[Any]) -> None:
+        for point in points:
+            routes = self.routes  # one snapshot per point: an unsubscribe takes effect at once
+            try:
+                handlers = routes.handlers_for(point["series"])
+            except (TypeError, KeyError, AttributeError):
+                self.decode_errors += 1
+                self._error(DecodeError("malformed point (no series object)", excerpt=excerpt(point)))
+                continue
+            if not handlers:
+                self.skipped += 1
+                continue
+            try:
+                event = decode_point(point)
+            except DecodeError as exc:
+                self.decode_errors += 1
+                self._error(exc)
+                continue
+            if event is None:  # a type we do not know
+                self.skipped += 1
+                continue
+            self.events += 1
+            for handler in handlers:
+                self._invoke(handler, event)
+
+    def _error(self, error: KiyotakaError) -> None:
+        if not self.hooks.error:
+            log.error("%s (%s): %s", type(error).__name__, self.family, error,
+                      exc_info=error.__cause__ is not None and error)
+            return
+        for handler in self.hooks.error:
+            self._invoke(handler, error, report=False)
+
+    def _invoke(self, handler: Handler, arg: Any, report: bool = True) -> None:
+        try:
+            handler(arg)
+        except BaseException as exc:
+            if not report:  # a failing on_error/on_status handler: log, never recurse
+                log.exception("kiyotaka_ws: %r raised while handling %s", handler, type(arg).__name__)
+                return
+            self.handler_errors += 1
+            name = getattr(handler, "__qualname__", repr(handler))
+            error = HandlerError(f"handler {name} raised {type(exc).__name__}: {exc}", event=arg, handler=handler)
+            error.__cause__ = exc
+            self._error(error)

@@ -1,0 +1,68 @@
+"""The exception hierarchy. Every error the library reports is a ``KiyotakaError``."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+class KiyotakaError(Exception):
+    """Base class of every error raised or reported by kiyotaka_ws."""
+
+
+class ConfigurationError(KiyotakaError, ValueError):
+    """A bad argument: the message names the argument and what is accepted."""
+
+
+class AuthenticationError(KiyotakaError):
+    """The server rejected the API key. Fatal: the client stops retrying it."""
+
+
+class SubscriptionError(KiyotakaError):
+    """The server rejected a subscription.
+
+    ``channel`` is the wire channel object (a dict), ``code`` and ``message`` what the server said.
+    """
+
+    def __init__(self, message: str, *, channel: dict | None = None,
+                 code: Any = None, server_message: str | None = None) -> None:
+        super().__init__(message)
+        self.channel = channel
+        self.code = code
+        self.message = server_message if server_message is not None else message
+
+
+class ServerError(KiyotakaError):
+    """An error frame from the server that answers no request of ours."""
+
+    def __init__(self, message: str, *, code: Any = None, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.data = data
+
+
+class DecodeError(KiyotakaError):
+    """A frame or point that could not be decoded; ``excerpt`` shows its start."""
+
+    def __init__(self, message: str, *, excerpt: str = "") -> None:
+        super().__init__(f"{message}: {excerpt}" if excerpt else message)
+        self.excerpt = excerpt
+
+
+class HandlerError(KiyotakaError):
+    """A user handler raised; the original exception is ``__cause__``."""
+
+    def __init__(self, message: str, *, event: Any = None,
+                 handler: Callable[..., Any] | None = None) -> None:
+        super().__init__(message)
+        self.event = event
+        self.handler = handler
+
+
+class EventsDropped(KiyotakaError):
+    """The event queue was full and ``count`` events were dropped by the overflow policy."""
+
+    def __init__(self, count: int, *, family: str = "") -> None:
+        where = f" on {family}" if family else ""
+        super().__init__(f"{count} events dropped{where}: queue full (handlers too slow)")
+        self.count = count
+        self.family = family

@@ -1,0 +1,332 @@
+"""Typed events (frozen attrs classes with slots) and ``decode_point`` for every channel.
+
+Decoding follows the protocol notes: every ``series`` field is optional, timestamps are
+``{seconds, nanoseconds}`` or ``{s, ns}`` with missing parts meaning 0, a missing number means 0
+(protobuf-JSON leaves zeros out) except the funding rates, which may be genuinely absent. Anything
+of the wrong type raises ``DecodeError`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from typing import Any, Callable, NamedTuple
+
+import attrs
+
+from .channels import Channel, Side
+from .errors import DecodeError
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_SIDES = {"BUY": Side.BUY, "SELL": Side.SELL}
+
+
+class BookLevel(NamedTuple):
+    """One price bucket of a book side."""
+
+    price: float
+    size: float
+
+
+class VolumeLevel(NamedTuple):
+    """One price bucket of a volume profile."""
+
+    price: float
+    buy_volume: float
+    sell_volume: float
+
+
+@attrs.frozen(kw_only=True)
+class Event:
+    """Fields every event has. ``raw`` is the point dict as received (not compared, not shown)."""
+
+    channel: Channel
+    exchange: str | None
+    symbol: str | None
+    coin: str | None
+    normalized_symbol: str | None
+    category: str | None
+    time_ns: int | None
+    raw: dict[str, Any] | None = attrs.field(default=None, eq=False, repr=False, hash=False)
+
+    @property
+    def timestamp(self) -> float | None:
+        """Seconds since the epoch, or None when the point had no timestamp."""
+        return None if self.time_ns is None else self.time_ns / 1e9
+
+    @property
+    def datetime(self) -> _dt.datetime | None:
+        """Timezone-aware UTC time (microsecond precision), or None."""
+        if self.time_ns is None:
+            return None
+        return _EPOCH + _dt.timedelta(microseconds=self.time_ns // 1000)
+
+
+@attrs.frozen(kw_only=True)
+class Trade(Event):
+    id: str
+    price: float
+    amount: float
+    side: Side | None
+
+
+@attrs.frozen(kw_only=True)
+class TradeAggregation(Event):
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    side: Side | None
+    first_time_ns: int | None
+    last_time_ns: int | None
+
+
+@attrs.frozen(kw_only=True)
+class BookSnapshot(Event):
+    bids: tuple[BookLevel, ...]
+    asks: tuple[BookLevel, ...]
+    block_size: float | None
+
+    @property
+    def best_bid(self) -> BookLevel | None:
+        return self.bids[0] if self.bids else None
+
+    @property
+    def best_ask(self) -> BookLevel | None:
+        return self.asks[0] if self.asks else None
+
+    @property
+    def mid(self) -> float | None:
+        if not self.bids or not self.asks:
+            return None
+        return (self.bids[0].price + self.asks[0].price) / 2
+
+    @property
+    def spread(self) -> float | None:
+        if not self.bids or not self.asks:
+            return None
+        return self.asks[0].price - self.bids[0].price
+
+
+@attrs.frozen(kw_only=True)
+class Liquidation(Event):
+    id: str
+    price: float
+    amount: float
+    side: Side | None
+
+
+@attrs.frozen(kw_only=True)
+class FundingRate(Event):
+    rate: float | None
+    predicted_rate: float | None
+
+
+@attrs.frozen(kw_only=True)
+class OpenInterest(Event):
+    open_interest: float
+
+
+@attrs.frozen(kw_only=True)
+class VolumeProfile(Event):
+    levels: tuple[VolumeLevel, ...]
+    block_size: float | None
+
+
+class _Malformed(Exception):
+    """Internal: a field of the wrong shape; turned into DecodeError with an excerpt."""
+
+
+def excerpt(payload: Any, limit: int = 120) -> str:
+    """A short, printable start of a payload for error messages."""
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        text = repr(bytes(payload[:limit]))
+    elif isinstance(payload, str):
+        text = payload[:limit]
+    else:
+        try:
+            text = json.dumps(payload, default=repr)[: limit + 1]
+        except (TypeError, ValueError, RecursionError):
+            text = repr(payload)[: limit + 1]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _num(obj: dict[str, Any], key: str) -> float:
+    value = obj.get(key)
+    kind = type(value)
+    if kind is float:
+        return value  # type: ignore[return-value]
+    if kind is int:
+        return float(value)  # type: ignore[arg-type]
+    if value is None:
+        return 0.0
+    raise _Malformed(f"{key} must be a number, got {kind.__name__}")
+
+
+def _opt_num(obj: dict[str, Any], key: str) -> float | None:
+    return None if obj.get(key) is None else _num(obj, key)
+
+
+def _str(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is None or type(value) is str:
+        return value
+    raise _Malformed(f"{key} must be a string, got {type(value).__name__}")
+
+
+def _id(obj: dict[str, Any]) -> str:
+    value = obj.get("id")
+    if type(value) is str:
+        return value
+    if type(value) is int:  # an id sent as a number is still unambiguous
+        return str(value)
+    if value is None:
+        return ""
+    raise _Malformed(f"id must be a string, got {type(value).__name__}")
+
+
+def _int_part(ts: dict[str, Any], long: str, short: str) -> int:
+    value = ts.get(long)
+    if value is None:
+        value = ts.get(short)
+    kind = type(value)
+    if kind is int:
+        return value  # type: ignore[return-value]
+    if value is None:
+        return 0
+    if kind is str and value.isdigit():  # protobuf-JSON may quote 64-bit integers
+        return int(value)
+    if kind is float and value.is_integer():
+        return int(value)
+    raise _Malformed(f"timestamp.{long} must be an integer, got {value!r}")
+
+
+def _time_ns(payload: dict[str, Any], key: str = "timestamp") -> int | None:
+    ts = payload.get(key)
+    if ts is None:
+        return None
+    if type(ts) is not dict:
+        raise _Malformed(f"{key} must be an object, got {type(ts).__name__}")
+    nanos = _int_part(ts, "nanoseconds", "ns")
+    if not 0 <= nanos < 1_000_000_000:
+        raise _Malformed(f"{key}.nanoseconds out of range: {nanos}")
+    return _int_part(ts, "seconds", "s") * 1_000_000_000 + nanos
+
+
+def _side(series: dict[str, Any]) -> Side | None:
+    value = series.get("side")
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise _Malformed(f"side must be a string, got {type(value).__name__}")
+    return _SIDES.get(value)  # UNKNOWN_SIDE and future values: None
+
+
+def _flat_numbers(payload: dict[str, Any], key: str, width: int) -> list:
+    values = payload.get(key)
+    if values is None:
+        return []
+    if type(values) is not list:
+        raise _Malformed(f"{key} must be a list, got {type(values).__name__}")
+    if len(values) % width:
+        raise _Malformed(f"{key} must hold groups of {width} numbers, got {len(values)} values")
+    for value in values:
+        kind = type(value)
+        if kind is not float and kind is not int:
+            raise _Malformed(f"{key} must hold numbers, got {kind.__name__}")
+    return list(map(float, values))
+
+
+def _levels(payload: dict[str, Any], key: str) -> tuple[BookLevel, ...]:
+    flat = _flat_numbers(payload, key, 2)
+    return tuple(map(BookLevel._make, zip(flat[0::2], flat[1::2])))
+
+
+def _trade(common: dict[str, Any], series: dict[str, Any], p: dict[str, Any]) -> Trade:
+    return Trade(**common, id=_id(p), price=_num(p, "price"), amount=_num(p, "amount"),
+                 side=_side(series))
+
+
+def _trade_agg(common: dict[str, Any], series: dict[str, Any], p: dict[str, Any]) -> TradeAggregation:
+    return TradeAggregation(
+        **common, open=_num(p, "open"), high=_num(p, "high"), low=_num(p, "low"),
+        close=_num(p, "close"), volume=_num(p, "volume"), side=_side(series),
+        first_time_ns=_time_ns(p, "firstTimestamp"), last_time_ns=_time_ns(p, "lastTimestamp"))
+
+
+def _book(common: dict[str, Any], series: dict[str, Any], p: dict[str, Any]) -> BookSnapshot:
+    return BookSnapshot(**common, bids=_levels(p, "bids"), asks=_levels(p, "asks"),
+                        block_size=_opt_num(series, "blockSize"))
+
+
+def _liquidation(common: dict[str, Any], series: dict[str, Any], p: dict[str, Any]) -> Liquidation:
+    return Liquidation(**common, id=_id(p), price=_num(p, "price"), amount=_num(p, "amount"),
+                       side=_side(series))
+
+
+def _funding(common: dict[str, Any], series: dict[str, Any], p: dict[str, Any]) -> FundingRate:
+    return FundingRate(**common, rate=_opt_num(p, "fundingRate"),
+                       predicted_rate=_opt_num(p, "predictedFundingRate"))
+
+
+def _open_interest(common: dict[str, Any], series: dict[str, Any], p: dict[str, Any]) -> OpenInterest:
+    return OpenInterest(**common, open_interest=_num(p, "openInterest"))
+
+
+def _volume_profile(common: dict[str, Any], series: dict[str, Any], p: dict[str, Any]) -> VolumeProfile:
+    flat = _flat_numbers(p, "profile", 3)
+    levels = tuple(map(VolumeLevel._make, zip(flat[0::3], flat[1::3], flat[2::3])))
+    return VolumeProfile(**common, levels=levels, block_size=_opt_num(series, "blockSize"))
+
+
+_Decoder = Callable[[dict[str, Any], dict[str, Any], dict[str, Any]], Event]
+
+# series.type -> (channel, payload key, decoder)
+_DECODERS: dict[str, tuple[Channel, str, _Decoder]] = {
+    "TRADE": (Channel.TRADE, "trade", _trade),
+    "TRADE_AGG": (Channel.TRADE_AGG, "tradeAggregation", _trade_agg),
+    "BLOCK_BOOK_SNAPSHOT": (Channel.BLOCK_BOOK_SNAPSHOT, "blockBookSnapshot", _book),
+    "LIQUIDATION": (Channel.LIQUIDATION, "liquidation", _liquidation),
+    "FUNDING_RATE": (Channel.FUNDING_RATE, "fundingRate", _funding),
+    "OPEN_INTEREST": (Channel.OPEN_INTEREST, "openInterest", _open_interest),
+    "VOLUME_PROFILE_AGG": (Channel.VOLUME_PROFILE_AGG, "volumeProfileAggregation", _volume_profile),
+}
+PAYLOAD_KEYS: dict[Channel, str] = {chan: key for chan, key, _ in _DECODERS.values()}
+
+
+def decode_point(point: Any) -> Event | None:
+    """Decode one point of a ``points`` frame into its event.
+
+    Returns None for a point of an unknown type (the caller counts and skips it). Raises
+    ``DecodeError`` with an excerpt for anything malformed, and never anything else.
+    """
+    try:
+        series = point["series"]
+        kind = series["type"]
+        entry = _DECODERS.get(kind)
+        if entry is None:
+            if type(kind) is not str:
+                raise _Malformed(f"series.type must be a string, got {type(kind).__name__}")
+            return None
+        channel, payload_key, decoder = entry
+        payload = point[payload_key]
+        if type(payload) is not dict:
+            raise _Malformed(f"{payload_key} must be an object, got {type(payload).__name__}")
+        common = {
+            "channel": channel,
+            "exchange": _str(series, "exchange"),
+            "symbol": _str(series, "symbol"),
+            "coin": _str(series, "coin"),
+            "normalized_symbol": _str(series, "normalizedSymbol"),
+            "category": _str(series, "category"),
+            "time_ns": _time_ns(payload),
+            "raw": point,
+        }
+        return decoder(common, series, payload)
+    except _Malformed as exc:
+        raise DecodeError(f"malformed point ({exc})", excerpt=excerpt(point)) from None
+    except KeyError as exc:
+        raise DecodeError(f"malformed point (missing {exc})", excerpt=excerpt(point)) from None
+    except (TypeError, AttributeError, ValueError, OverflowError) as exc:
+        raise DecodeError(f"malformed point ({type(exc).__name__}: {exc})", excerpt=excerpt(point)) from None

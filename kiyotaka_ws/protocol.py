@@ -1,0 +1,120 @@
+"""Wire protocol: JSON-RPC request builders, message classification and frame decoding."""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterable
+from typing import Any, Callable
+
+import brotli
+
+from .errors import DecodeError
+from .events import excerpt
+
+try:  # optional speed-up (extra "fast"); the stdlib parser is the reference
+    import orjson as _orjson
+
+    _loads: Callable[[bytes | str], Any] = _orjson.loads
+except ImportError:  # pragma: no cover - depends on the environment
+    _loads = json.loads
+
+VERSION = "v2"
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def request(req_id: int, method: str, params: dict[str, Any]) -> str:
+    """One JSON-RPC 2.0 request as text."""
+    return _dumps({"jsonrpc": "2.0", "id": req_id, "method": method, "params": params})
+
+
+def authenticate(req_id: int, token: str) -> str:
+    """``public/authenticate``. The result holds the key: never log it."""
+    return request(req_id, "public/authenticate", {"token": token})
+
+
+def subscribe(req_id: int, channels: Iterable[dict[str, str]], compression: str | None) -> str:
+    params: dict[str, Any] = {"channels": list(channels), "version": VERSION}
+    if compression:
+        params["compression"] = compression
+    return request(req_id, "public/subscribe", params)
+
+
+def unsubscribe(req_id: int, channels: Iterable[dict[str, str]]) -> str:
+    return request(req_id, "public/unsubscribe", {"channels": list(channels)})
+
+
+class Kind(enum.Enum):
+    DATA = "data"          # {"points": [...]}
+    RESPONSE = "response"  # {"id": N, "result": ...} or {"id": N, "error": ...}
+    ERROR = "error"        # {"error": ...} answering no request
+    UNKNOWN = "unknown"
+
+
+def classify(message: Any) -> Kind:
+    if type(message) is not dict:
+        return Kind.UNKNOWN
+    if "points" in message:
+        return Kind.DATA
+    if "error" in message:
+        return Kind.RESPONSE if message.get("id") is not None else Kind.ERROR
+    if "result" in message and message.get("id") is not None:
+        return Kind.RESPONSE
+    return Kind.UNKNOWN
+
+
+def error_details(message: dict[str, Any]) -> tuple[Any, str, Any]:
+    """(code, message, data) of an error answer, JSON-RPC style or REST style.
+
+    JSON-RPC: ``{"error": {"code": -32602, "message": "...", "data": ...}}``;
+    REST style: ``{"error": "INVALID_SYMBOL", "message": "...", "retry_after": 5}``.
+    """
+    err = message.get("error")
+    if isinstance(err, dict):
+        return err.get("code"), str(err.get("message", "")), err.get("data")
+    text = message.get("message")
+    data = {k: v for k, v in message.items() if k not in ("error", "message", "id", "jsonrpc")}
+    return err, str(text if text is not None else err), data or None
+
+
+def _looks_like_json(data: bytes) -> bool:
+    head = data[:64].lstrip()
+    return head[:1] in (b"{", b"[")
+
+
+class FrameDecoder:
+    """Turns one WebSocket message into a JSON value, never holding more than ``max_bytes``.
+
+    Binary frames are brotli (decompressed with a bounded output buffer, so a decompression bomb
+    costs bounded memory) and fall back to plain UTF-8 JSON; text frames are JSON.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+
+    def decode(self, payload: bytes | str, binary: bool) -> Any:
+        if len(payload) > self.max_bytes:
+            raise DecodeError(f"frame of {len(payload)} bytes exceeds max_frame_bytes={self.max_bytes}",
+                              excerpt=excerpt(payload))
+        if binary:
+            payload = self._decompress(payload)  # type: ignore[arg-type]
+        try:
+            return _loads(payload)
+        except (ValueError, RecursionError) as exc:
+            reason = "invalid UTF-8" if isinstance(exc, UnicodeDecodeError) else "not JSON"
+            raise DecodeError(f"frame is {reason}", excerpt=excerpt(payload)) from None
+
+    def _decompress(self, data: bytes) -> bytes:
+        decompressor = brotli.Decompressor()
+        try:
+            out = decompressor.process(data, output_buffer_limit=self.max_bytes + 1)
+        except brotli.error:
+            if _looks_like_json(data):  # the server may send plain JSON in binary frames
+                return data
+            raise DecodeError("frame is neither brotli nor JSON", excerpt=excerpt(data)) from None
+        if len(out) > self.max_bytes:
+            raise DecodeError(f"frame decompresses to more than max_frame_bytes={self.max_bytes}",
+                              excerpt=excerpt(data))
+        if not decompressor.is_finished():
+            raise DecodeError("truncated brotli frame", excerpt=excerpt(data))
+        return out

@@ -1,0 +1,50 @@
+"""Connection state as users see it: ``State``, ``ConnectionStatus`` events and ``ConnectionStats``."""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+
+class State(str, enum.Enum):
+    """Lifecycle of one endpoint family's connection."""
+
+    CONNECTING = "CONNECTING"      # opening the socket, authenticating, replaying subscriptions
+    READY = "READY"                # authenticated and every replayed subscription answered
+    DISCONNECTED = "DISCONNECTED"  # lost; a reconnect is scheduled (data may be missed until READY)
+    STOPPED = "STOPPED"            # not running: never started, or stop() was called
+    FAILED = "FAILED"              # gave up: rejected API key, or lost with reconnect=False
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@attrs.frozen
+class ConnectionStatus:
+    """A state change of one family's connection, as passed to ``on_status`` handlers.
+
+    A DISCONNECTED followed by READY means data may have been missed in between.
+    """
+
+    family: str
+    state: State
+    attempt: int = 0
+    reason: str | None = None
+
+
+@attrs.define
+class ConnectionStats:
+    """Counters of one endpoint family, as returned by ``KiyotakaClient.stats()``."""
+
+    state: State = State.STOPPED
+    frames: int = 0           # data frames received
+    bytes: int = 0            # their size on the wire
+    events: int = 0           # events decoded and delivered to handlers
+    decode_errors: int = 0    # malformed frames and points
+    handler_errors: int = 0   # handler exceptions
+    dropped: int = 0          # events dropped by the overflow policy
+    reconnects: int = 0       # connections re-opened after a loss
+    queue_depth: int = 0      # points waiting for the dispatcher
+    last_frame_age: float | None = None  # seconds since the last frame of any kind
+    skipped: int = 0          # points of unknown types or with no handler left

@@ -1,0 +1,430 @@
+"""``FakeKiyotakaServer``: a real WebSocket server on loopback that speaks the Kiyotaka protocol.
+
+Use it to test a bot without the network or a key::
+
+    from kiyotaka_ws import KiyotakaClient
+    from kiyotaka_ws.testing import FakeKiyotakaServer, trade_point
+
+    with FakeKiyotakaServer(api_key="k") as server:
+        client = KiyotakaClient("k", book_url=server.book_url, nonbook_url=server.nonbook_url)
+        sub = client.on_trade(print, exchange="BINANCE_FUTURES", symbol="BTCUSDT")
+        with client:
+            sub.wait(5)
+            server.publish([trade_point("BINANCE_FUTURES", "BTCUSDT", price=90000.0, amount=0.1)])
+
+Both endpoint families share one port (``/ws`` and ``/nonbook/ws``). The server checks the key,
+answers ``public/authenticate`` / ``public/subscribe`` / ``public/unsubscribe`` (or stays silent,
+or rejects, as configured), sends brotli or plain frames as each client asked, routes published
+points to the subscribers whose channels match their ``series``, records every message it gets,
+and injects faults: abrupt drops, close codes, raw bytes, silence, rejected symbols.
+Needs the ``testing`` extra (``websockets``).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import brotli
+
+try:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.http11 import Response
+    from websockets.sync.server import Server, ServerConnection, serve
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("kiyotaka_ws.testing needs the 'testing' extra: pip install 'kiyotaka-ws[testing]'") from exc
+
+
+from .channels import BOOK, NONBOOK
+
+__all__ = ["FakeKiyotakaServer", "Received", "book_point", "series", "trade_point"]
+
+_PATHS = {"/ws": BOOK, "/nonbook/ws": NONBOOK}
+ANSWER, SILENT, REJECT = "answer", "silent", "reject"
+
+
+class Received:
+    """One message a client sent: its endpoint family, connection number and the parsed JSON."""
+
+    __slots__ = ("connection", "family", "message")
+
+    def __init__(self, family: str, connection: int, message: Any) -> None:
+        self.family = family
+        self.connection = connection
+        self.message = message
+
+    @property
+    def method(self) -> str | None:
+        return self.message.get("method") if isinstance(self.message, dict) else None
+
+    def __repr__(self) -> str:
+        shown = dict(self.message) if isinstance(self.message, dict) else self.message
+        if isinstance(shown, dict) and "params" in shown and "token" in (shown["params"] or {}):
+            shown["params"] = {**shown["params"], "token": "***"}
+        return f"Received({self.family!r}, #{self.connection}, {shown!r})"
+
+
+class _Session:
+    """One client connection as the server sees it."""
+
+    def __init__(self, number: int, family: str, conn: ServerConnection) -> None:
+        self.number = number
+        self.family = family
+        self.conn = conn
+        self.authenticated = False
+        self.brotli = False
+        self.channels: list[dict[str, Any]] = []
+
+
+def _matches(channel: dict[str, Any], series: dict[str, Any]) -> bool:
+    if channel.get("type") != series.get("type"):
+        return False
+    if channel.get("exchange") not in ("*", series.get("exchange")):
+        return False
+    if channel.get("category", "*") not in ("*", series.get("category")):
+        return False
+    key = "coin" if channel.get("groupByType") == "1" else "symbol"
+    return channel.get("symbol") == series.get(key)
+
+
+class FakeKiyotakaServer:
+    """An in-process Kiyotaka WebSocket server on loopback for tests and demos.
+
+    ``auth_reply`` / ``subscribe_reply``: ``"answer"`` (JSON-RPC result or error), ``"silent"``
+    (no answer at all), or ``"reject"`` (an error answer for every request). ``reply_delay``
+    delays every answer (a slow server). ``compress_replies`` brotli-compresses answers too when
+    the client asked for brotli. ``port=0`` picks a free port; after a ``stop()``, ``start()``
+    listens on the same port again (a server restart).
+    """
+
+    def __init__(self, api_key: str | None = "test-key", *, host: str = "127.0.0.1", port: int = 0,
+                 auth_reply: str = ANSWER, subscribe_reply: str = ANSWER, reply_delay: float = 0.0,
+                 compress_replies: bool = False) -> None:
+        for name, value in (("auth_reply", auth_reply), ("subscribe_reply", subscribe_reply)):
+            if value not in (ANSWER, SILENT, REJECT):
+                raise ValueError(f"{name}: expected 'answer', 'silent' or 'reject', got {value!r}")
+        self.api_key = api_key
+        self.host = host
+        self.auth_reply = auth_reply
+        self.subscribe_reply = subscribe_reply
+        self.reply_delay = reply_delay
+        self.compress_replies = compress_replies
+        self._port = port
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._sessions: dict[int, _Session] = {}
+        self._received: list[Received] = []
+        self._rejected_symbols: dict[str, tuple[int, str]] = {}
+        self._connections = 0
+        self._silent = False
+        self._server: Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> FakeKiyotakaServer:
+        """Listen and serve in a background thread. Returns self."""
+        if self._server is not None:
+            return self
+        self._server = serve(self._handle, self.host, self._port, compression=None, ping_interval=None,
+                             max_size=None, close_timeout=2, process_request=self._check_path,
+                             server_header=None)
+        self._port = self._server.socket.getsockname()[1]
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        name=f"fake-kiyotaka-{self._port}")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Close every connection (1001 going away) and stop listening. Idempotent."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> FakeKiyotakaServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def book_url(self) -> str:
+        return f"ws://{self.host}:{self._port}/ws?encoding=json"
+
+    @property
+    def nonbook_url(self) -> str:
+        return f"ws://{self.host}:{self._port}/nonbook/ws?encoding=json"
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """``book_url``/``nonbook_url`` (and the key) to pass to ``KiyotakaClient``."""
+        return {"api_key": self.api_key or "", "book_url": self.book_url, "nonbook_url": self.nonbook_url}
+
+    # -- what clients did ---------------------------------------------------------------------
+
+    @property
+    def received(self) -> list[Received]:
+        """Every message clients sent, in arrival order (a copy)."""
+        with self._lock:
+            return list(self._received)
+
+    def requests(self, method: str, family: str | None = None) -> list[Received]:
+        return [r for r in self.received if r.method == method and family in (None, r.family)]
+
+    @property
+    def connection_count(self) -> int:
+        """How many connections were accepted since the server was created."""
+        with self._lock:
+            return self._connections
+
+    def open_connections(self, family: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for s in self._sessions.values() if family in (None, s.family))
+
+    def subscriptions(self, family: str | None = None) -> list[dict[str, Any]]:
+        """The channel objects currently subscribed on open connections."""
+        with self._lock:
+            return [dict(c) for s in self._sessions.values() if family in (None, s.family) for c in s.channels]
+
+    def wait_for(self, predicate: Callable[[FakeKiyotakaServer], bool], timeout: float = 5.0) -> bool:
+        """Wait until ``predicate(server)`` holds (checked whenever something happens)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                self._lock.release()
+                try:
+                    if predicate(self):
+                        return True
+                finally:
+                    self._lock.acquire()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(min(remaining, 0.05))
+
+    def wait_subscribed(self, count: int = 1, family: str | None = None, timeout: float = 5.0) -> bool:
+        """Wait until open connections hold at least ``count`` subscribed channels."""
+        return self.wait_for(lambda s: len(s.subscriptions(family)) >= count, timeout)
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def publish(self, points: Sequence[dict[str, Any]], family: str | None = None) -> int:
+        """Send ``points`` in one frame per subscriber, each getting the points its channels match.
+
+        Returns the number of frames sent. Nothing is sent while the server is silent.
+        """
+        sent = 0
+        for session in self._live_sessions(family, authenticated=True):
+            mine = [p for p in points if any(_matches(c, p.get("series", {})) for c in session.channels)]
+            if mine and self._send(session, {"points": mine}):
+                sent += 1
+        return sent
+
+    def publish_raw(self, data: bytes | str, family: str | None = None) -> int:
+        """Send ``data`` as is to every open connection: ``bytes`` as a binary frame, ``str`` as text."""
+        return sum(1 for s in self._live_sessions(family) if self._send_frame(s, data))
+
+    def send_error(self, error: Any, family: str | None = None, **extra: Any) -> int:
+        """Send an error frame that answers no request (no ``id``)."""
+        return sum(1 for s in self._live_sessions(family) if self._send(s, {"error": error, **extra}))
+
+    # -- faults -------------------------------------------------------------------------------
+
+    def drop_connections(self, family: str | None = None) -> int:
+        """Cut connections abruptly: a TCP reset, no close frame."""
+        sessions = self._live_sessions(family)
+        for session in sessions:
+            sock = session.conn.socket
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            session.conn.close_socket()
+        return len(sessions)
+
+    def close_connections(self, code: int = 1000, reason: str = "", family: str | None = None) -> int:
+        """Close connections cleanly with a close frame of ``code``."""
+        sessions = self._live_sessions(family)
+        for session in sessions:
+            session.conn.close(code, reason)
+        return len(sessions)
+
+    def set_silent(self, silent: bool = True) -> None:
+        """While silent the server sends nothing: no data, no answers (pongs still go out)."""
+        self._silent = silent
+
+    def reject_symbol(self, symbol: str, code: int = -32602, message: str = "INVALID_SYMBOL") -> None:
+        """Answer subscriptions to ``symbol`` with a JSON-RPC error."""
+        with self._lock:
+            self._rejected_symbols[symbol] = (code, message)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _check_path(self, conn: ServerConnection, request: Any) -> Response | None:
+        if request.path.split("?", 1)[0] not in _PATHS:
+            return conn.respond(404, "unknown endpoint\n")
+        return None
+
+    def _live_sessions(self, family: str | None, authenticated: bool = False) -> list[_Session]:
+        with self._lock:
+            return [s for s in self._sessions.values()
+                    if family in (None, s.family) and (s.authenticated or not authenticated)]
+
+    def _send(self, session: _Session, message: dict[str, Any], compress: bool = True) -> bool:
+        text = json.dumps(message, separators=(",", ":"))
+        if compress and session.brotli:
+            return self._send_frame(session, brotli.compress(text.encode(), quality=4))
+        return self._send_frame(session, text)
+
+    def _send_frame(self, session: _Session, data: bytes | str) -> bool:
+        if self._silent:
+            return False
+        try:
+            session.conn.send(data)
+            return True
+        except (ConnectionClosed, OSError, RuntimeError):
+            return False
+
+    def _reply(self, session: _Session, req_id: Any, *, result: Any = None,
+               error: dict[str, Any] | None = None) -> None:
+        if self.reply_delay:
+            time.sleep(self.reply_delay)
+        answer: dict[str, Any] = {"jsonrpc": "2.0", "id": req_id}
+        if error is not None:
+            answer["error"] = error
+        else:
+            answer["result"] = result
+        self._send(session, answer, compress=self.compress_replies)
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def _handle(self, conn: ServerConnection) -> None:
+        assert conn.request is not None
+        family = _PATHS[conn.request.path.split("?", 1)[0]]
+        with self._lock:
+            self._connections += 1
+            session = _Session(self._connections, family, conn)
+            self._sessions[session.number] = session
+        self._notify()
+        try:
+            for frame in conn:
+                try:
+                    message = json.loads(frame)
+                except ValueError:
+                    message = {"unparsed": frame if isinstance(frame, str) else repr(frame)}
+                with self._lock:
+                    self._received.append(Received(family, session.number, message))
+                self._notify()
+                if isinstance(message, dict) and not self._silent and not self._answer(session, message):
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            with self._lock:
+                self._sessions.pop(session.number, None)
+            self._notify()
+
+    def _answer(self, session: _Session, message: dict[str, Any]) -> bool:
+        """Act on one request; False when the connection must end."""
+        method, req_id = message.get("method"), message.get("id")
+        params = message.get("params") or {}
+        if method == "public/authenticate":
+            good = self.api_key is None or params.get("token") == self.api_key
+            if good and self.auth_reply != REJECT:
+                session.authenticated = True
+                if self.auth_reply == ANSWER and req_id is not None:
+                    self._reply(session, req_id, result={"authenticated": True})
+                return True
+            if self.auth_reply == SILENT or req_id is None:
+                session.conn.close(1008, "invalid api key")
+            else:
+                self._reply(session, req_id, error={"code": 401, "message": "INVALID_API_KEY"})
+                session.conn.close(4001, "invalid api key")
+            return False
+        if method in ("public/subscribe", "public/unsubscribe", "public/unsubscribe_all"):
+            self._change_subscriptions(session, method, req_id, params)
+            return True
+        if req_id is not None:
+            self._reply(session, req_id, error={"code": -32601, "message": f"unknown method {method!r}"})
+        return True
+
+    def _change_subscriptions(self, session: _Session, method: str, req_id: Any, params: dict[str, Any]) -> None:
+        if not session.authenticated:
+            self._reply(session, req_id, error={"code": 401, "message": "not authenticated"})
+            return
+        channels = [c for c in params.get("channels") or [] if isinstance(c, dict)]
+        if method == "public/subscribe":
+            session.brotli = params.get("compression") == "brotli"
+            rejected = self._rejection(channels)
+            if self.subscribe_reply == REJECT or rejected:
+                code, text = rejected or (-32000, "subscription rejected")
+                if self.subscribe_reply != SILENT:
+                    self._reply(session, req_id, error={"code": code, "message": text})
+                return
+            with self._lock:
+                session.channels.extend(c for c in channels if c not in session.channels)
+        else:
+            with self._lock:
+                keep = [] if method.endswith("_all") else [c for c in session.channels if c not in channels]
+                session.channels = keep
+        self._notify()
+        if self.subscribe_reply == ANSWER:
+            self._reply(session, req_id, result={"channels": channels})
+
+    def _rejection(self, channels: list[dict[str, Any]]) -> tuple[int, str] | None:
+        with self._lock:
+            for channel in channels:
+                if channel.get("symbol") in self._rejected_symbols:
+                    return self._rejected_symbols[channel["symbol"]]
+        return None
+
+
+# -- point builders (for tests and the demo) -------------------------------------------------
+
+def series(channel: str, exchange: str, symbol: str | None, *, coin: str | None = None,
+           category: str = "PERPETUAL", **extra: Any) -> dict[str, Any]:
+    """A ``series`` object as the server sends it."""
+    out: dict[str, Any] = {"type": channel, "exchange": exchange}
+    if symbol is not None:
+        out["symbol"] = symbol
+    out["coin"] = coin or (symbol or "")[:3]
+    out["category"] = category
+    out.update(extra)
+    return out
+
+
+def _timestamp(time_ns: int | None) -> dict[str, int]:
+    ns = time.time_ns() if time_ns is None else time_ns
+    return {"seconds": ns // 1_000_000_000, "nanoseconds": ns % 1_000_000_000}
+
+
+def trade_point(exchange: str, symbol: str, *, price: float, amount: float, side: str = "BUY",
+                id: str | int = "1", time_ns: int | None = None, **series_extra: Any) -> dict[str, Any]:
+    """A TRADE point."""
+    return {"series": series("TRADE", exchange, symbol, side=side, **series_extra),
+            "trade": {"id": str(id), "price": price, "amount": amount, "timestamp": _timestamp(time_ns)}}
+
+
+def book_point(exchange: str, symbol: str | None, *, bids: Sequence[tuple[float, float]],
+               asks: Sequence[tuple[float, float]], block_size: float = 25, time_ns: int | None = None,
+               **series_extra: Any) -> dict[str, Any]:
+    """A BLOCK_BOOK_SNAPSHOT point (``bids``/``asks`` as (price, size) pairs, nearest to mid first)."""
+    return {"series": series("BLOCK_BOOK_SNAPSHOT", exchange, symbol, blockSize=block_size, **series_extra),
+            "blockBookSnapshot": {"bids": [v for level in bids for v in level],
+                                  "asks": [v for level in asks for v in level],
+                                  "timestamp": _timestamp(time_ns)}}
