@@ -192,6 +192,7 @@ class Connection:
         self._end_reason: str | None = None
         self._ping_sent: float | None = None
         self._connected_at = 0.0
+        self._auth_closes = 0  # consecutive closes during authentication
 
         self.state = State.STOPPED
         self.frames = 0
@@ -287,7 +288,6 @@ class Connection:
 
     def _supervise(self) -> None:
         attempt = 0
-        auth_closes = 0
         reason: str | None = None
         while not self._stopping.is_set():
             self._set_state(State.CONNECTING, attempt, reason)
@@ -296,7 +296,7 @@ class Connection:
                 ws = self._connect()
                 if ws is None:
                     break
-                auth_closes = self._authenticate(ws, auth_closes)
+                self._authenticate(ws)
                 self._replay()
                 self._read(ws)
             except AuthenticationError as exc:
@@ -349,10 +349,10 @@ class Connection:
             self._wake.notify_all()
         return ws
 
-    def _authenticate(self, ws: _WebSocket, auth_closes: int) -> int:
+    def _authenticate(self, ws: _WebSocket) -> None:
         """Send the key and wait up to auth_timeout for an answer (none at all is fine).
 
-        Returns the new count of consecutive closes during authentication.
+        A server that closes during authentication several times in a row rejects the key.
         """
         with self._lock:
             _, auth_id, text = self._request_locked("auth", None)
@@ -362,28 +362,28 @@ class Connection:
             while True:
                 remaining = deadline - self._clock()
                 if remaining <= 0:
+                    log.info("%s: no answer to authentication within %.1fs; going on", self.family,
+                             self.options.auth_timeout)
                     break
                 ws.settimeout(remaining)
                 try:
                     opcode, frame = ws.recv_data_frame(True)
                 except websocket.WebSocketTimeoutException:
-                    break
+                    continue
                 if opcode == ABNF.OPCODE_CLOSE:
-                    auth_closes += 1
-                    code, text = _close_info(frame)
-                    if auth_closes >= _AUTH_CLOSES_BEFORE_FATAL:
+                    self._auth_closes += 1
+                    code, reason = _close_info(frame)
+                    if self._auth_closes >= _AUTH_CLOSES_BEFORE_FATAL:
                         raise AuthenticationError(
                             f"the server closed the {self.family} connection during authentication "
-                            f"{auth_closes} times in a row (last close {code} {text!r}): the API key "
-                            "was probably rejected")
-                    raise _Ended(f"closed by the server during authentication ({code} {text})")
+                            f"{self._auth_closes} times in a row (last close {code} {reason!r}): the API "
+                            "key was probably rejected")
+                    raise _Ended(f"closed by the server during authentication ({code} {reason})")
                 self._on_frame(opcode, frame)
                 if auth_id not in self._pending:  # answered, and it was not an error
                     log.info("%s: authenticated", self.family)
-                    return 0
-            log.info("%s: no answer to authentication within %.1fs; going on", self.family,
-                     self.options.auth_timeout)
-            return 0
+                    break
+            self._auth_closes = 0
         finally:
             if ws.sock is not None:
                 ws.settimeout(None)

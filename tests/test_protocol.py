@@ -1,0 +1,109 @@
+"""Request builders, message classification and frame decoding (pure functions)."""
+
+from __future__ import annotations
+
+import json
+
+import brotli
+import pytest
+
+from kiyotaka_ws import ConfigurationError, DecodeError
+from kiyotaka_ws.channels import Channel, make_spec
+from kiyotaka_ws.protocol import FrameDecoder, Kind, authenticate, classify, error_details, subscribe, unsubscribe
+
+CAP = 1 << 20
+
+
+def test_builders():
+    spec = make_spec(Channel.BLOCK_BOOK_SNAPSHOT, exchange="BINANCE_FUTURES", symbol="BTC",
+                     options={"block_size": 25, "max_depth": 500, "group_by_coin": True, "quote": "COIN"})
+    sub = json.loads(subscribe(7, [spec.wire()], "brotli"))
+    assert sub == {"jsonrpc": "2.0", "id": 7, "method": "public/subscribe",
+                   "params": {"channels": [{"type": "BLOCK_BOOK_SNAPSHOT", "exchange": "BINANCE_FUTURES",
+                                            "symbol": "BTC", "category": "*", "blockSize": "25",
+                                            "groupByType": "1", "maxDepth": "500", "quote": "COIN"}],
+                              "version": "v2", "compression": "brotli"}}
+    assert "compression" not in json.loads(subscribe(1, [], None))["params"]
+    assert json.loads(unsubscribe(8, [spec.wire()]))["params"]["channels"] == [spec.wire()]
+    auth = json.loads(authenticate(1, "secret"))
+    assert auth == {"jsonrpc": "2.0", "id": 1, "method": "public/authenticate", "params": {"token": "secret"}}
+
+
+def test_classify_and_error_details():
+    assert classify({"points": []}) is Kind.DATA
+    assert classify({"jsonrpc": "2.0", "id": 3, "result": None}) is Kind.RESPONSE
+    assert classify({"id": 3, "error": {"code": 1, "message": "m"}}) is Kind.RESPONSE
+    assert classify({"error": "INVALID_API_KEY", "message": "bad", "retry_after": 3}) is Kind.ERROR
+    assert classify({"hello": 1}) is Kind.UNKNOWN and classify([1]) is Kind.UNKNOWN
+    assert error_details({"error": {"code": -32602, "message": "bad symbol", "data": 1}}) == (-32602, "bad symbol", 1)
+    assert error_details({"error": "INVALID_PARAMS", "message": "m", "retry_after": 5}) == (
+        "INVALID_PARAMS", "m", {"retry_after": 5})
+    assert error_details({"error": "TIMEOUT"}) == ("TIMEOUT", "TIMEOUT", None)
+
+
+def test_frames_text_binary_and_fallback():
+    dec = FrameDecoder(CAP)
+    doc = {"points": [{"a": 1}]}
+    raw = json.dumps(doc).encode()
+    assert dec.decode(raw, binary=False) == doc
+    assert dec.decode(brotli.compress(raw), binary=True) == doc
+    assert dec.decode(raw, binary=True) == doc  # plain JSON in a binary frame
+
+
+@pytest.mark.parametrize("payload,binary,words", [
+    (b"not json", False, "not JSON"),
+    (b"\xff\xfe{\"a\":1}", False, "UTF-8"),
+    (b"\x8b\x00garbage-not-brotli", True, "neither brotli nor JSON"),
+    (brotli.compress(b"not json at all"), True, "not JSON"),
+    (brotli.compress(b'{"points": []}')[:-3], True, "truncated"),
+    (b"[" * 100_000, False, "not JSON"),
+])
+def test_bad_frames_raise_decode_error(payload, binary, words):
+    with pytest.raises(DecodeError) as info:
+        FrameDecoder(CAP).decode(payload, binary)
+    assert words in str(info.value) and len(info.value.excerpt) <= 200
+
+
+def test_decompression_bomb_is_bounded():
+    bomb = brotli.compress(b"0" * (128 * 2**20), quality=5)  # 128 MiB of zeros in a few hundred bytes
+    assert len(bomb) < 10_000
+    with pytest.raises(DecodeError, match="max_frame_bytes"):
+        FrameDecoder(CAP).decode(bomb, binary=True)
+
+
+def test_oversized_text_frame():
+    with pytest.raises(DecodeError, match="exceeds max_frame_bytes"):
+        FrameDecoder(1024).decode(b" " * 2048, binary=False)
+
+
+def test_spec_validation_names_the_argument():
+    cases = [({"exchange": ""}, "exchange"), ({"symbol": None}, "symbol"), ({"category": 3}, "category")]
+    for override, name in cases:
+        kwargs = {"exchange": "BINANCE", "symbol": "BTCUSDT", **override}
+        with pytest.raises(ConfigurationError, match=f"^{name}:"):
+            make_spec("TRADE", **kwargs)
+    with pytest.raises(ConfigurationError, match="^channel:"):
+        make_spec("NOPE", exchange="X", symbol="Y")
+    with pytest.raises(ConfigurationError, match="^block_size:"):
+        make_spec("BLOCK_BOOK_SNAPSHOT", exchange="X", symbol="Y")
+    for name, value in [("block_size", -1), ("block_size", "abc"), ("max_depth", 1.5), ("max_depth", 0),
+                        ("update_frequency", 5), ("batch_interval", "soon"), ("group_by_coin", "yes")]:
+        options = {"block_size": 25, name: value}
+        with pytest.raises(ConfigurationError, match=f"^{name}:"):
+            make_spec("BLOCK_BOOK_SNAPSHOT", exchange="X", symbol="Y", options=options)
+    with pytest.raises(ConfigurationError, match="^params:"):
+        make_spec("TRADE", exchange="X", symbol="Y", params={"symbol": "Z"})
+
+
+def test_wire_values_are_strings():
+    spec = make_spec("BLOCK_BOOK_SNAPSHOT", exchange="X", symbol="Y",
+                     options={"block_size": 0.5, "max_depth": "500", "update_frequency": "1s"},
+                     params={"flag": True, "n": 3, "f": 25.0})
+    wire = spec.wire()
+    assert wire["blockSize"] == "0.5" and wire["maxDepth"] == "500" and wire["updateFrequency"] == "1s"
+    assert (wire["flag"], wire["n"], wire["f"]) == ("1", "3", "25")
+    same = make_spec("BLOCK_BOOK_SNAPSHOT", exchange="X", symbol="Y",
+                     options={"block_size": "0.5", "max_depth": 500, "update_frequency": "1s"},
+                     params={"f": 25, "n": "3", "flag": "1"})
+    assert spec == same and hash(spec) == hash(same)  # identical specs share one wire subscription
+    assert Channel.BLOCK_BOOK_SNAPSHOT.family == "book" and Channel.TRADE.family == "nonbook"
