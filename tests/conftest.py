@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, List
+from typing import Any, Callable
 
 import pytest
 
@@ -31,7 +31,7 @@ class Collector:
     """A handler that records what it gets and lets a test wait for a count."""
 
     def __init__(self) -> None:
-        self.items: List[Any] = []
+        self.items: list[Any] = []
         self._cond = threading.Condition()
 
     def __call__(self, item: Any) -> None:
@@ -43,7 +43,7 @@ class Collector:
         with self._cond:
             return self._cond.wait_for(lambda: len(self.items) >= count, timeout)
 
-    def of(self, kind: type) -> List[Any]:
+    def of(self, kind: type) -> list[Any]:
         with self._cond:
             return [i for i in self.items if isinstance(i, kind)]
 
@@ -51,7 +51,7 @@ class Collector:
         return len(self.items)
 
 
-def client_threads() -> List[threading.Thread]:
+def client_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("kiyotaka-ws-")]
 
 
@@ -70,7 +70,7 @@ def server():
 @pytest.fixture
 def make_client(server: FakeKiyotakaServer):
     """Build clients wired to the fake server with fast timings; all are stopped at teardown."""
-    clients: List[KiyotakaClient] = []
+    clients: list[KiyotakaClient] = []
 
     def factory(srv: FakeKiyotakaServer = server, **kwargs: Any) -> KiyotakaClient:
         options = {**srv.client_kwargs(), "backoff_initial": 0.05, "backoff_max": 0.2,

@@ -7,18 +7,34 @@ import threading
 import time
 
 import pytest
-
 from conftest import Collector, client_threads, wait_until
-from kiyotaka_ws import (AuthenticationError, BookSnapshot, Channel, ConfigurationError, ConnectionStatus,
-                         EventsDropped, FundingRate, HandlerError, KiyotakaClient, Liquidation, OpenInterest,
-                         ServerError, State, SubscriptionError, Trade, TradeAggregation, VolumeProfile)
+
+from kiyotaka_ws import (
+    AuthenticationError,
+    BookSnapshot,
+    Channel,
+    ConfigurationError,
+    ConnectionStatus,
+    EventsDropped,
+    FundingRate,
+    HandlerError,
+    KiyotakaClient,
+    Liquidation,
+    OpenInterest,
+    ServerError,
+    State,
+    SubscriptionError,
+    Trade,
+    TradeAggregation,
+    VolumeProfile,
+)
 from kiyotaka_ws.testing import FakeKiyotakaServer, book_point, series, trade_point
 
 EX, SYM = "BINANCE_FUTURES", "BTCUSDT"
 
 
 def seven_points():
-    s = lambda kind, **kw: series(kind, EX, SYM, **kw)  # noqa: E731
+    s = lambda kind, **kw: series(kind, EX, SYM, **kw)
     ts = {"seconds": 1769058900, "nanoseconds": 5}
     return [
         trade_point(EX, SYM, price=90000.5, amount=0.25, side="SELL", id="t1"),

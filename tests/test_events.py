@@ -6,8 +6,20 @@ import datetime as dt
 
 import pytest
 
-from kiyotaka_ws import (BookLevel, BookSnapshot, Channel, DecodeError, FundingRate, Liquidation, OpenInterest,
-                         Side, Trade, TradeAggregation, VolumeLevel, VolumeProfile)
+from kiyotaka_ws import (
+    BookLevel,
+    BookSnapshot,
+    Channel,
+    DecodeError,
+    FundingRate,
+    Liquidation,
+    OpenInterest,
+    Side,
+    Trade,
+    TradeAggregation,
+    VolumeLevel,
+    VolumeProfile,
+)
 from kiyotaka_ws.events import decode_point
 
 TRADE = {"series": {"type": "TRADE", "symbol": "BTCUSDT", "exchange": "BINANCE_FUTURES",

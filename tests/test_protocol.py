@@ -9,7 +9,15 @@ import pytest
 
 from kiyotaka_ws import ConfigurationError, DecodeError
 from kiyotaka_ws.channels import Channel, make_spec
-from kiyotaka_ws.protocol import FrameDecoder, Kind, authenticate, classify, error_details, subscribe, unsubscribe
+from kiyotaka_ws.protocol import (
+    FrameDecoder,
+    Kind,
+    authenticate,
+    classify,
+    error_details,
+    subscribe,
+    unsubscribe,
+)
 
 CAP = 1 << 20
 

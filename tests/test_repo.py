@@ -1,0 +1,39 @@
+"""The repository keeps its promises: README commands match CI, lint is clean, layout is as agreed."""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
+    test_command = ci[-1]
+    assert f'pip install -e ".[dev]" && {test_command}' in readme
+    assert 'pip install --quiet -e ".[dev]"' in ci
+    assert "kiyotaka-ws demo" in readme
+
+
+def test_top_level_layout():
+    allowed = {"setup.cfg", "setup.py", "kiyotaka_ws", "tests", "examples", "README.md", "LICENSE",
+               "CHANGELOG.md", ".ci", ".gitignore", ".git"}
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=False).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    assert {p.split("/")[0] for p in tracked} <= allowed
+
+
+def test_ruff_is_clean():
+    ruff = shutil.which("ruff") or (pathlib.Path(sys.executable).parent / "ruff")
+    if not pathlib.Path(ruff).exists():
+        pytest.skip("ruff is not installed (it is in the dev extra)")
+    result = subprocess.run([str(ruff), "check", "--target-version", "py39", "--ignore", "PYI034",
+                             "kiyotaka_ws", "tests", "examples"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
