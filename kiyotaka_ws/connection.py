@@ -527,15 +527,18 @@ class Connection:
             return None
         deadlines: list[float] = []
         blocked = self._queue.blocked
-        if options.ping_interval:
+        # A ping is outstanding until any frame arrives after it; no new ping restarts its clock.
+        outstanding = self._ping_sent is not None and (self.last_rx or 0) < self._ping_sent
+        if options.ping_interval and not outstanding:
             last_ping = self._ping_sent if self._ping_sent is not None else self._connected_at
             if now >= last_ping + options.ping_interval:
                 self._ping_sent = last_ping = now
+                outstanding = True
                 with contextlib.suppress(Exception):  # a dead socket: the reader sees it and reconnects
                     ws.ping()
             deadlines.append(last_ping + options.ping_interval)
-        if options.ping_timeout and self._ping_sent is not None and (self.last_rx or 0) < self._ping_sent:
-            due = self._ping_sent + options.ping_timeout
+        if options.ping_timeout and outstanding:
+            due = self._ping_sent + options.ping_timeout  # type: ignore[operator]
             if now >= due and not blocked:
                 self._kill_locked(ws, f"no pong within {options.ping_timeout}s")
                 return None
