@@ -30,6 +30,7 @@ from .events import (
     TradeAggregation,
     VolumeProfile,
 )
+from .protocol import FrameDecoder
 from .status import ConnectionStats
 
 log = logging.getLogger("kiyotaka_ws.client")
@@ -88,7 +89,8 @@ class _Family:
                  overflow: str, hooks: Hooks, on_fatal: Callable[[KiyotakaError], None],
                  rng: Callable[[], float]) -> None:
         self.queue = EventQueue(queue_size, overflow)
-        self.dispatcher = Dispatcher(family, self.queue, hooks)
+        self.dispatcher = Dispatcher(family, self.queue, hooks, FrameDecoder(options.max_frame_bytes),
+                                     on_message=lambda message: self.connection.handle_message(message))
         self.connection = Connection(family, url, key, options, self.queue, self.dispatcher, on_fatal, rng)
 
     def start(self) -> None:

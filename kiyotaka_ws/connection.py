@@ -193,6 +193,7 @@ class Connection:
         self._ping_sent: float | None = None
         self._connected_at = 0.0
         self._auth_closes = 0  # consecutive closes during authentication
+        self._failed = False
 
         self.state = State.STOPPED
         self.frames = 0
@@ -379,14 +380,26 @@ class Connection:
                             f"{self._auth_closes} times in a row (last close {code} {reason!r}): the API "
                             "key was probably rejected")
                     raise _Ended(f"closed by the server during authentication ({code} {reason})")
-                self._on_frame(opcode, frame)
-                if auth_id not in self._pending:  # answered, and it was not an error
-                    log.info("%s: authenticated", self.family)
+                if self._is_answer_to(auth_id, opcode, frame):
+                    self.frames += 1
+                    self.bytes += len(frame.data)
+                    self._on_response(self._decoder.decode(frame.data, opcode == ABNF.OPCODE_BINARY))
+                    log.info("%s: authenticated", self.family)  # _on_response raised if it was an error
                     break
+                self._on_frame(opcode, frame)
             self._auth_closes = 0
         finally:
             if ws.sock is not None:
                 ws.settimeout(None)
+
+    def _is_answer_to(self, req_id: int, opcode: int, frame: ABNF) -> bool:
+        if opcode != ABNF.OPCODE_TEXT and opcode != ABNF.OPCODE_BINARY:
+            return False
+        try:
+            message = self._decoder.decode(frame.data, opcode == ABNF.OPCODE_BINARY)
+        except DecodeError:
+            return False
+        return protocol.classify(message) is protocol.Kind.RESPONSE and message.get("id") == req_id
 
     def _replay(self) -> None:
         """Send every registered subscription again (one request each, so acks map 1:1)."""
@@ -413,6 +426,12 @@ class Connection:
             on_frame(opcode, frame)
 
     def _on_frame(self, opcode: int, frame: ABNF) -> None:
+        """The reader's whole share of a frame: clocks, counters, and the raw payload into the queue.
+
+        Decompressing and parsing happen on the dispatcher thread: brotli releases the GIL, and a
+        thread that releases it while another is busy waits up to the 5 ms switch interval to get
+        it back. The reader, which must keep the socket drained, does only pure-Python work.
+        """
         now = self._clock()
         self.last_rx = now
         if opcode != ABNF.OPCODE_TEXT and opcode != ABNF.OPCODE_BINARY:
@@ -421,24 +440,21 @@ class Connection:
         data = frame.data
         self.frames += 1
         self.bytes += len(data)
-        try:
-            message = self._decoder.decode(data, opcode == ABNF.OPCODE_BINARY)
-        except DecodeError as exc:
-            self.frame_errors += 1
-            self._dispatcher.report_error(exc)
-            return
-        points = message.get("points") if type(message) is dict else None
-        if type(points) is list:
-            if points and self._queue.put_points(points):
-                # We waited on a full queue: what we read next is the backlog, not a late pong.
-                self.last_rx = self._last_data = self._clock()
-            return
+        if self._queue.put_frame(data, opcode == ABNF.OPCODE_BINARY):
+            # We waited on a full queue: what we read next is the backlog, not a late pong.
+            self.last_rx = self._last_data = self._clock()
+
+    def handle_message(self, message: Any) -> None:
+        """A decoded message that is not data: an answer or an error (runs on the dispatcher thread)."""
         kind = protocol.classify(message)
         if kind is protocol.Kind.RESPONSE:
-            self._on_response(message)
+            try:
+                self._on_response(message)
+            except AuthenticationError as exc:  # a late answer to authenticate
+                self._fail(exc)
         elif kind is protocol.Kind.ERROR:
-            code, text, data_ = protocol.error_details(message)
-            self._dispatcher.report_error(ServerError(f"server error {code}: {text}", code=code, data=data_))
+            code, text, data = protocol.error_details(message)
+            self._dispatcher.report_error(ServerError(f"server error {code}: {text}", code=code, data=data))
         else:
             self.frame_errors += 1
             self._dispatcher.report_error(
@@ -496,12 +512,19 @@ class Connection:
             ws.shutdown()  # the reader owns the socket: only it closes the file descriptor
 
     def _fail(self, error: KiyotakaError) -> None:
+        """Give up for good (rejected key, or a loss with reconnect=False). Safe from any thread."""
+        with self._wake:
+            if self._failed:
+                return
+            self._failed = True
+            self._stopping.set()
+            ws = self._ws
+            self._wake.notify_all()
         log.error("%s: %s; giving up", self.family, error)
         self._dispatcher.report_error(error)
         self._set_state(State.FAILED, reason=str(error))
-        self._stopping.set()
-        with self._wake:
-            self._wake.notify_all()
+        if ws is not None:
+            _abort(ws, polite=True)
         self._on_fatal(error)
 
     def _set_state(self, state: State, attempt: int = 0, reason: str | None = None) -> None:

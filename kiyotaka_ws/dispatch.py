@@ -22,6 +22,7 @@ from typing import (
 from .channels import ChannelSpec
 from .errors import DecodeError, EventsDropped, HandlerError, KiyotakaError
 from .events import decode_point, excerpt
+from .protocol import FrameDecoder
 
 log = logging.getLogger("kiyotaka_ws.dispatch")
 
@@ -32,18 +33,19 @@ Handler = Callable[[Any], Any]
 
 
 class EventQueue:
-    """A FIFO bounded by the number of points it holds, with an overflow policy.
+    """A FIFO of raw frames bounded by ``capacity`` frames, with an overflow policy.
 
-    Data items are lists of points (one per frame); control items (errors, statuses) are any
-    other object and are never dropped nor bounded. ``blocked`` tells the connection's watchdog
-    that the reader waits on a full queue, so back-pressure is not mistaken for a dead socket.
+    Data items are ``(payload, binary)`` tuples, one per WebSocket message; control items (errors,
+    statuses) are any other object and are never dropped nor bounded. ``blocked`` tells the
+    connection's watchdog that the reader waits on a full queue, so back-pressure is not mistaken
+    for a dead socket.
     """
 
     def __init__(self, capacity: int, policy: str) -> None:
         self.capacity = capacity
         self.policy = policy
         self._items: collections.deque[Any] = collections.deque()
-        self._points = 0
+        self._frames = 0
         self._dropped = 0  # not yet reported
         self._closed = False
         self._lock = threading.Lock()
@@ -54,33 +56,29 @@ class EventQueue:
 
     @property
     def depth(self) -> int:
-        return self._points
+        return self._frames
 
-    def put_points(self, points: list[Any]) -> bool:
-        """Queue one frame's points; True when it had to wait for room (policy "block")."""
-        size = len(points)
+    def put_frame(self, payload: bytes, binary: bool) -> bool:
+        """Queue one frame; True when it had to wait for room (policy "block")."""
         waited = False
         with self._lock:
-            if self._closed:
-                return waited
-            # A frame larger than the whole queue still goes in when the queue is empty.
-            if self._points and self._points + size > self.capacity:
+            if self._frames >= self.capacity and not self._closed:
                 if self.policy == BLOCK:
                     self.blocked = waited = True
                     try:
-                        while self._points and self._points + size > self.capacity and not self._closed:
+                        while self._frames >= self.capacity and not self._closed:
                             self._not_full.wait()
                     finally:
                         self.blocked = False
-                    if self._closed:
-                        return waited
                 elif self.policy == DROP_NEWEST:
-                    self._drop(size)
+                    self._drop(1)
                     return waited
                 else:
-                    self._drop_oldest(size)
-            self._items.append(points)
-            self._points += size
+                    self._drop_oldest()
+            if self._closed:
+                return waited
+            self._items.append((payload, binary))
+            self._frames += 1
             self._not_empty.notify()
         return waited
 
@@ -97,7 +95,7 @@ class EventQueue:
                 self._not_empty.wait()
             items = list(self._items)
             self._items.clear()
-            self._points = 0
+            self._frames = 0
             dropped, self._dropped = self._dropped, 0
             self._not_full.notify_all()
             return items, dropped, self._closed
@@ -113,15 +111,13 @@ class EventQueue:
         self.dropped_total += count
         self._not_empty.notify()
 
-    def _drop_oldest(self, incoming: int) -> None:
-        kept: collections.deque[Any] = collections.deque()
-        for item in self._items:
-            if type(item) is list and self._points + incoming > self.capacity:
-                self._points -= len(item)
-                self._drop(len(item))
-            else:
-                kept.append(item)
-        self._items = kept
+    def _drop_oldest(self) -> None:
+        for index, item in enumerate(self._items):
+            if type(item) is tuple:  # the oldest frame; control items stay
+                del self._items[index]
+                self._frames -= 1
+                self._drop(1)
+                return
 
 
 class _Route(NamedTuple):
@@ -181,10 +177,13 @@ class _Status(NamedTuple):
 class Dispatcher:
     """One family's dispatcher thread: decode, route, call handlers one at a time."""
 
-    def __init__(self, family: str, queue: EventQueue, hooks: Hooks) -> None:
+    def __init__(self, family: str, queue: EventQueue, hooks: Hooks, decoder: FrameDecoder,
+                 on_message: Callable[[Any], None]) -> None:
         self.family = family
         self.queue = queue
         self.hooks = hooks
+        self.decoder = decoder
+        self.on_message = on_message  # answers and error frames go back to the connection
         self.routes = RouteTable()
         self.events = 0
         self.decode_errors = 0
@@ -200,10 +199,16 @@ class Dispatcher:
             self._thread.start()
 
     def report_error(self, error: KiyotakaError) -> None:
-        self.queue.put_control(error)
+        if threading.current_thread() is self._thread:
+            self._error(error)  # raised while handling a frame: keep the server's order
+        else:
+            self.queue.put_control(error)
 
     def report_status(self, status: Any) -> None:
-        self.queue.put_control(_Status(status))
+        if threading.current_thread() is self._thread:
+            self._status(status)
+        else:
+            self.queue.put_control(_Status(status))
 
     def stop(self, deadline: float) -> bool:
         """Close the queue and join the thread (not when called from it). True when joined."""
@@ -227,16 +232,28 @@ class Dispatcher:
             if dropped:
                 self._error(EventsDropped(dropped, family=self.family))
             for item in items:
-                if type(item) is list:
+                if type(item) is tuple:
                     if not closed:  # on stop, pending data is discarded; errors and statuses still go out
-                        self._deliver(item)
+                        self._frame(item)
                 elif type(item) is _Status:
-                    for handler in self.hooks.status:
-                        self._invoke(handler, item.status, report=False)
+                    self._status(item.status)
                 else:
                     self._error(item)
             if closed:
                 return
+
+    def _frame(self, item: tuple[bytes, bool]) -> None:
+        try:
+            message = self.decoder.decode(*item)
+        except DecodeError as exc:
+            self.decode_errors += 1
+            self._error(exc)
+            return
+        points = message.get("points") if type(message) is dict else None
+        if type(points) is list:
+            self._deliver(points)
+        else:
+            self.on_message(message)
 
     def _deliver(self, points: list[Any]) -> None:
         for point in points:
@@ -262,6 +279,10 @@ class Dispatcher:
             self.events += 1
             for handler in handlers:
                 self._invoke(handler, event)
+
+    def _status(self, status: Any) -> None:
+        for handler in self.hooks.status:
+            self._invoke(handler, status, report=False)
 
     def _error(self, error: KiyotakaError) -> None:
         if not self.hooks.error:

@@ -59,10 +59,10 @@ class HandlerError(KiyotakaError):
 
 
 class EventsDropped(KiyotakaError):
-    """The event queue was full and ``count`` events were dropped by the overflow policy."""
+    """The queue was full and the overflow policy dropped ``count`` frames (each one or more events)."""
 
     def __init__(self, count: int, *, family: str = "") -> None:
         where = f" on {family}" if family else ""
-        super().__init__(f"{count} events dropped{where}: queue full (handlers too slow)")
+        super().__init__(f"{count} frames of events dropped{where}: queue full (handlers too slow)")
         self.count = count
         self.family = family

@@ -43,8 +43,8 @@ class ConnectionStats:
     events: int = 0           # events decoded and delivered to handlers
     decode_errors: int = 0    # malformed frames and points
     handler_errors: int = 0   # handler exceptions
-    dropped: int = 0          # events dropped by the overflow policy
+    dropped: int = 0          # frames dropped by the overflow policy
     reconnects: int = 0       # connections re-opened after a loss
-    queue_depth: int = 0      # points waiting for the dispatcher
+    queue_depth: int = 0      # frames waiting for the dispatcher
     last_frame_age: float | None = None  # seconds since the last frame of any kind
     skipped: int = 0          # points of unknown types or with no handler left

@@ -1,0 +1,270 @@
+"""``kiyotaka-ws bench``: the client against a bare websocket-client loop, side by side.
+
+A blaster process speaks just enough of the protocol (handshake, auth and subscribe answers) and
+then sends pre-encoded frames of TRADE points as fast as the socket takes them. In this process the
+bare loop (``recv()`` -> brotli -> ``json.loads``, nothing else) and the full client (typed events,
+routing, reader/dispatcher threads, every check on) take turns consuming the same stream. CPU time
+is this process's only, so the blaster's own work is not counted.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import multiprocessing
+import os
+import socket
+import statistics
+import struct
+import threading
+import time
+from typing import Any, TextIO
+from urllib.parse import parse_qs, urlsplit
+
+import brotli
+import websocket
+
+from .client import KiyotakaClient
+from .events import Trade
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+EXCHANGE, SYMBOL = "BENCH", "BTCUSDT"
+CASES = [("brotli", 5), ("brotli", 1), ("brotli", 50), ("plain", 5)]
+
+
+# -- the blaster (a separate process) ------------------------------------------------------------
+
+def _points(count: int, start_id: int, time_ns: int) -> list[dict[str, Any]]:
+    return [{"series": {"type": "TRADE", "symbol": SYMBOL, "exchange": EXCHANGE, "normalizedSymbol": "BTC-USDT",
+                        "category": "PERPETUAL", "side": "BUY" if (start_id + i) % 2 else "SELL", "coin": "BTC",
+                        "inverse": False},
+             "trade": {"id": str(start_id + i), "price": 90003.5 + i, "amount": 0.002,
+                       "timestamp": {"seconds": time_ns // 10**9, "nanoseconds": time_ns % 10**9}}}
+            for i in range(count)]
+
+
+def _frame(payload: bytes, binary: bool) -> bytes:
+    head = 0x82 if binary else 0x81
+    size = len(payload)
+    if size < 126:
+        return struct.pack("!BB", head, size) + payload
+    if size < 65536:
+        return struct.pack("!BBH", head, 126, size) + payload
+    return struct.pack("!BBQ", head, 127, size) + payload
+
+
+def _encode(doc: Any, binary: bool) -> bytes:
+    text = json.dumps(doc, separators=(",", ":")).encode()
+    return _frame(brotli.compress(text, quality=4) if binary else text, binary)
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+def _read_client_frame(sock: socket.socket) -> tuple[int, bytes]:
+    b1, b2 = _recv_exact(sock, 2)
+    size = b2 & 0x7F
+    if size == 126:
+        size = struct.unpack("!H", _recv_exact(sock, 2))[0]
+    elif size == 127:
+        size = struct.unpack("!Q", _recv_exact(sock, 8))[0]
+    mask = _recv_exact(sock, 4) if b2 & 0x80 else b"\0\0\0\0"
+    data = bytes(b ^ mask[i % 4] for i, b in enumerate(_recv_exact(sock, size)))
+    return b1 & 0x0F, data
+
+
+def _handshake(sock: socket.socket) -> dict[str, list[str]]:
+    request = b""
+    while b"\r\n\r\n" not in request:
+        request += sock.recv(4096)
+    lines = request.decode().split("\r\n")
+    key = next(line.split(":", 1)[1].strip() for line in lines if line.lower().startswith("sec-websocket-key"))
+    accept = base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest()).decode()
+    sock.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Accept: {accept}\r\n\r\n").encode())
+    return parse_qs(urlsplit(lines[0].split(" ")[1]).query)
+
+
+def _serve_one(sock: socket.socket) -> None:
+    query = _handshake(sock)
+    binary = query["mode"][0] == "brotli"
+    per_frame, total, rate = int(query["per"][0]), int(query["n"][0]), float(query.get("rate", ["0"])[0])
+    for _ in range(2):  # public/authenticate, then public/subscribe: answer both
+        _, data = _read_client_frame(sock)
+        sock.sendall(_encode({"jsonrpc": "2.0", "id": json.loads(data)["id"], "result": True}, False))
+    frames = total // per_frame
+    if rate:  # paced, with the send time in every point, for latency
+        interval, next_at = per_frame / rate, time.perf_counter()
+        for i in range(frames):
+            sock.sendall(_encode({"points": _points(per_frame, i * per_frame, time.time_ns())}, binary))
+            next_at += interval
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+    else:  # flat out: one pre-encoded frame, sent in large batches
+        frame = _encode({"points": _points(per_frame, 0, time.time_ns())}, binary)
+        batch = frame * max(1, 262144 // len(frame))
+        per_batch = len(batch) // len(frame)
+        sent = 0
+        while sent + per_batch <= frames:
+            sock.sendall(batch)
+            sent += per_batch
+        sock.sendall(frame * (frames - sent))
+    while True:  # wait for the consumer to hang up
+        try:
+            if not sock.recv(65536):
+                break
+        except OSError:
+            break
+
+
+def _blaster(port_pipe: Any) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port_pipe.send(listener.getsockname()[1])
+    while True:
+        conn, _ = listener.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            _serve_one(conn)
+        except (ConnectionError, OSError, ValueError, StopIteration):
+            pass
+        finally:
+            conn.close()
+
+
+# -- the consumers -------------------------------------------------------------------------------
+
+class Result:
+    def __init__(self, points: int, wall: float, cpu: float, latencies: list[float]) -> None:
+        self.points_per_s = points / wall
+        self.cpu_us = cpu / points * 1e6
+        self.latencies = latencies
+
+
+def _subscribe_message(compression: str | None) -> str:
+    params: dict[str, Any] = {"channels": [{"type": "TRADE", "exchange": EXCHANGE, "symbol": SYMBOL,
+                                            "category": "*"}], "version": "v2"}
+    if compression:
+        params["compression"] = compression
+    return json.dumps({"jsonrpc": "2.0", "id": 2, "method": "public/subscribe", "params": params})
+
+
+def run_bare(url: str, total: int, compression: str | None, latency: bool = False) -> Result:
+    """What a user writes instead: recv(), brotli-decompress, json.loads, nothing else."""
+    lat: list[float] = []
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    ws = websocket.create_connection(url)
+    ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "public/authenticate", "params": {"token": "x"}}))
+    ws.send(_subscribe_message(compression))
+    seen = 0
+    while seen < total:
+        data = ws.recv()
+        if isinstance(data, bytes):
+            data = brotli.decompress(data)
+        message = json.loads(data)
+        points = message.get("points")
+        if points:
+            seen += len(points)
+            if latency:
+                now = time.time_ns()
+                lat.extend((now - _ns(p)) / 1e3 for p in points)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    ws.shutdown()  # no close handshake: the blaster never answers one
+    return Result(total, wall, cpu, lat)
+
+
+def _ns(point: dict[str, Any]) -> int:
+    ts = point["trade"]["timestamp"]
+    return ts["seconds"] * 10**9 + ts.get("nanoseconds", 0)
+
+
+def run_client(url: str, total: int, compression: str | None, latency: bool = False) -> Result:
+    """The full client: typed events, routing, threads, every safety check on."""
+    done = threading.Event()
+    lat: list[float] = []
+    count = 0
+
+    def handler(trade: Trade) -> None:
+        nonlocal count
+        count += 1
+        if latency:
+            lat.append((time.time_ns() - trade.time_ns) / 1e3)  # type: ignore[operator]
+        if count >= total:
+            done.set()
+
+    client = KiyotakaClient("x", nonbook_url=url, compression=compression)
+    client.on_trade(handler, exchange=EXCHANGE, symbol=SYMBOL)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    client.start()
+    if not done.wait(300):
+        raise RuntimeError(f"client saw {count} of {total} points")
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    client.stop()
+    return Result(total, wall, cpu, lat)
+
+
+def _rss_mib() -> float:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):  # not Linux
+        return float("nan")
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def run_bench(points: int = 200_000, rounds: int = 3, quick: bool = False, out: TextIO | None = None) -> int:
+    import sys
+    out = out or sys.stdout
+    if quick:
+        points, rounds = 5_000, 1
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    blaster = ctx.Process(target=_blaster, args=(child,), name="kiyotaka-ws-bench-blaster")
+    blaster.start()
+    try:
+        port = parent.recv()
+        base = f"ws://127.0.0.1:{port}/nonbook/ws?encoding=json"
+        out.write(f"kiyotaka-ws bench: {points} TRADE points per run, {rounds} alternating rounds per case, "
+                  f"blaster in process {blaster.pid}\n")
+        out.write(f"{'case':<14}{'bare pts/s':>12}{'client pts/s':>14}{'ratio':>8}{'bare us/pt':>12}"
+                  f"{'client us/pt':>14}\n")
+        rss: list[float] = []
+        for mode, per in CASES:
+            url = f"{base}&mode={mode}&per={per}&n={points}"
+            compression = "brotli" if mode == "brotli" else None
+            bare: list[Result] = []
+            mine: list[Result] = []
+            for _ in range(rounds):
+                bare.append(run_bare(url, points, compression))
+                mine.append(run_client(url, points, compression))
+                rss.append(_rss_mib())
+            b = statistics.median(r.points_per_s for r in bare)
+            c = statistics.median(r.points_per_s for r in mine)
+            out.write(f"{mode + ' x' + str(per):<14}{b:>12,.0f}{c:>14,.0f}{c / b:>8.2f}"
+                      f"{statistics.median(r.cpu_us for r in bare):>12.2f}"
+                      f"{statistics.median(r.cpu_us for r in mine):>14.2f}\n")
+            out.flush()
+        rate, seconds = 10_000, (1 if quick else 3)
+        url = f"{base}&mode=brotli&per=5&n={rate * seconds}&rate={rate}"
+        lat_bare = run_bare(url, rate * seconds, "brotli", latency=True).latencies
+        lat_client = run_client(url, rate * seconds, "brotli", latency=True).latencies
+        for name, lat in (("bare", lat_bare), ("client", lat_client)):
+            out.write(f"latency {name:<7} at {rate:,} pts/s (send -> handler): p50 {_pct(lat, 0.5):,.0f} us, "
+                      f"p99 {_pct(lat, 0.99):,.0f} us, max {max(lat):,.0f} us\n")
+        out.write(f"memory: RSS {rss[0]:.1f} MiB after the first run, {rss[-1]:.1f} MiB after run {len(rss)}\n")
+    finally:
+        blaster.terminate()
+        blaster.join()
+    return 0
