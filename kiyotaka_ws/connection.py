@@ -28,7 +28,6 @@ from typing import Any, Callable
 
 import attrs
 import websocket
-from websocket._abnf import ABNF, frame_buffer
 
 from . import protocol
 from .channels import ChannelSpec
@@ -130,35 +129,88 @@ class _Ended(Exception):
     """Internal: the connection ended; the message is the reason shown in status and logs."""
 
 
+TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
+
+
 class _WebSocket(websocket.WebSocket):
-    """websocket-client's socket with buffered reads (one recv syscall per 64 KiB instead of
-    three per frame) and a cap on a frame's declared length, checked before reading its payload."""
+    """websocket-client's socket (handshake, TLS, proxies, sending) with our own receive path.
+
+    ``read_message`` parses frames straight out of a 64 KiB read buffer: one recv syscall for many
+    frames instead of three per frame, and none of websocket-client's per-frame objects and locks.
+    A frame's declared length is checked against the cap before its payload is read.
+    """
 
     def __init__(self, max_frame_bytes: int, **options: Any) -> None:
         super().__init__(skip_utf8_validation=True, enable_multithread=True, **options)
+        self.max_frame_bytes = max_frame_bytes
         self._buf = b""
         self._pos = 0
-        self.frame_buffer = _CappedFrameBuffer(self._buffered_recv, max_frame_bytes)
 
-    def _buffered_recv(self, bufsize: int) -> bytes:
-        buf, pos = self._buf, self._pos
-        if pos >= len(buf):
-            buf, pos = self._recv(max(bufsize, _READ_CHUNK)), 0
-            self._buf = buf
-        end = pos + bufsize
-        self._pos = min(end, len(buf))
-        return buf[pos:end]
+    def read_message(self) -> tuple[int, bytes]:
+        """The next message (fragments joined) or control frame, as (opcode, payload).
 
+        Pings are answered here. Raises ``_Ended`` on a protocol violation or an oversized frame,
+        and websocket-client's exceptions on a closed socket or a timeout (nothing read is lost).
+        """
+        fragments: list[bytes] = []
+        first_opcode = 0
+        while True:
+            buf, pos = self._buf, self._pos
+            if len(buf) - pos < 2:
+                self._fill(2)
+                continue
+            b1, b2 = buf[pos], buf[pos + 1]
+            size, head = b2 & 0x7F, 2
+            if size == 126:
+                head = 4
+            elif size == 127:
+                head = 10
+            if len(buf) - pos < head:
+                self._fill(head)
+                continue
+            if head == 4:
+                size = int.from_bytes(buf[pos + 2:pos + 4], "big")
+            elif head == 10:
+                size = int.from_bytes(buf[pos + 2:pos + 10], "big")
+            if b2 & 0x80 or b1 & 0x70:
+                raise _Ended("protocol error: masked or extension frame from the server")
+            if size > self.max_frame_bytes:
+                raise _Ended(f"frame of {size} bytes exceeds max_frame_bytes={self.max_frame_bytes}")
+            end = pos + head + size
+            if len(buf) < end:
+                self._fill(head + size)
+                continue
+            payload = buf[pos + head:end]
+            self._pos = end
+            opcode = b1 & 0x0F
+            if opcode >= CLOSE:
+                if opcode == PING:
+                    self.pong(payload)
+                return opcode, payload
+            if opcode and fragments:
+                raise _Ended("protocol error: new message inside a fragmented one")
+            if b1 & 0x80 and not fragments:
+                return opcode, payload
+            if not fragments:
+                first_opcode = opcode
+            fragments.append(payload)
+            if sum(map(len, fragments)) > self.max_frame_bytes:
+                raise _Ended(f"message exceeds max_frame_bytes={self.max_frame_bytes}")
+            if b1 & 0x80:
+                return first_opcode, b"".join(fragments)
 
-class _CappedFrameBuffer(frame_buffer):
-    def __init__(self, recv_fn: Callable[[int], bytes], max_frame_bytes: int) -> None:
-        super().__init__(recv_fn, True)
-        self.max_frame_bytes = max_frame_bytes
-
-    def recv_length(self) -> None:
-        super().recv_length()
-        if self.length is not None and self.length > self.max_frame_bytes:
-            raise _Ended(f"frame of {self.length} bytes exceeds max_frame_bytes={self.max_frame_bytes}")
+    def _fill(self, need: int) -> None:
+        """Read until ``need`` bytes are buffered from the current position (one join at the end)."""
+        parts = [self._buf[self._pos:]]
+        have = len(parts[0])
+        try:
+            while have < need:
+                chunk = self._recv(max(_READ_CHUNK, need - have))
+                parts.append(chunk)
+                have += len(chunk)
+        finally:  # a timeout keeps what was read
+            self._buf = b"".join(parts)
+            self._pos = 0
 
 
 class Connection:
@@ -368,35 +420,35 @@ class Connection:
                     break
                 ws.settimeout(remaining)
                 try:
-                    opcode, frame = ws.recv_data_frame(True)
+                    opcode, payload = ws.read_message()
                 except websocket.WebSocketTimeoutException:
                     continue
-                if opcode == ABNF.OPCODE_CLOSE:
+                if opcode == CLOSE:
                     self._auth_closes += 1
-                    code, reason = _close_info(frame)
+                    code, reason = _close_info(payload)
                     if self._auth_closes >= _AUTH_CLOSES_BEFORE_FATAL:
                         raise AuthenticationError(
                             f"the server closed the {self.family} connection during authentication "
                             f"{self._auth_closes} times in a row (last close {code} {reason!r}): the API "
                             "key was probably rejected")
                     raise _Ended(f"closed by the server during authentication ({code} {reason})")
-                if self._is_answer_to(auth_id, opcode, frame):
+                if self._is_answer_to(auth_id, opcode, payload):
                     self.frames += 1
-                    self.bytes += len(frame.data)
-                    self._on_response(self._decoder.decode(frame.data, opcode == ABNF.OPCODE_BINARY))
+                    self.bytes += len(payload)
+                    self._on_response(self._decoder.decode(payload, opcode == BINARY))
                     log.info("%s: authenticated", self.family)  # _on_response raised if it was an error
                     break
-                self._on_frame(opcode, frame)
+                self._on_frame(opcode, payload)
             self._auth_closes = 0
         finally:
             if ws.sock is not None:
                 ws.settimeout(None)
 
-    def _is_answer_to(self, req_id: int, opcode: int, frame: ABNF) -> bool:
-        if opcode != ABNF.OPCODE_TEXT and opcode != ABNF.OPCODE_BINARY:
+    def _is_answer_to(self, req_id: int, opcode: int, payload: bytes) -> bool:
+        if opcode != TEXT and opcode != BINARY:
             return False
         try:
-            message = self._decoder.decode(frame.data, opcode == ABNF.OPCODE_BINARY)
+            message = self._decoder.decode(payload, opcode == BINARY)
         except DecodeError:
             return False
         return protocol.classify(message) is protocol.Kind.RESPONSE and message.get("id") == req_id
@@ -416,16 +468,18 @@ class Connection:
         self._check_ready()
 
     def _read(self, ws: _WebSocket) -> None:
-        recv = ws.recv_data_frame
+        read = ws.read_message
         on_frame = self._on_frame
         while not self._stopping.is_set():
-            opcode, frame = recv(True)
-            if opcode == ABNF.OPCODE_CLOSE:
-                code, text = _close_info(frame)
+            opcode, payload = read()
+            if opcode == CLOSE:
+                code, text = _close_info(payload)
+                with contextlib.suppress(Exception):
+                    ws.send_close()  # answer the close handshake
                 raise _Ended(f"closed by the server ({code} {text})".rstrip())
-            on_frame(opcode, frame)
+            on_frame(opcode, payload)
 
-    def _on_frame(self, opcode: int, frame: ABNF) -> None:
+    def _on_frame(self, opcode: int, payload: bytes) -> None:
         """The reader's whole share of a frame: clocks, counters, and the raw payload into the queue.
 
         Decompressing and parsing happen on the dispatcher thread: brotli releases the GIL, and a
@@ -434,13 +488,12 @@ class Connection:
         """
         now = self._clock()
         self.last_rx = now
-        if opcode != ABNF.OPCODE_TEXT and opcode != ABNF.OPCODE_BINARY:
-            return  # pong (or ping, answered by websocket-client)
+        if opcode != TEXT and opcode != BINARY:
+            return  # pong, or a ping (already answered)
         self._last_data = now
-        data = frame.data
         self.frames += 1
-        self.bytes += len(data)
-        if self._queue.put_frame(data, opcode == ABNF.OPCODE_BINARY):
+        self.bytes += len(payload)
+        if self._queue.put_frame(payload, opcode == BINARY):
             # We waited on a full queue: what we read next is the backlog, not a late pong.
             self.last_rx = self._last_data = self._clock()
 
@@ -612,8 +665,7 @@ def _abort(ws: websocket.WebSocket, polite: bool) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def _close_info(frame: ABNF) -> tuple[int | None, str]:
-    data = frame.data or b""
+def _close_info(data: bytes) -> tuple[int | None, str]:
     if len(data) < 2:
         return None, ""
     return int.from_bytes(data[:2], "big"), data[2:].decode("utf-8", "replace")

@@ -1,9 +1,10 @@
 """Delivery: the bounded event queue, the routing table and the dispatcher thread.
 
-The reader puts one item per frame (the frame's list of points) into an ``EventQueue``; the
-dispatcher thread takes everything queued under one lock, decodes points, routes them by
-``series`` and calls handlers one at a time, in order. ``Dispatcher._invoke`` is the only place
-in the library that calls user code.
+The reader puts each raw frame into an ``EventQueue``; the dispatcher thread takes everything
+queued under one lock, decompresses and parses each frame, decodes its points, routes them by
+``series`` and calls handlers one at a time, in order. The dispatcher thread is the only place
+in the library that calls user code: event handlers in ``_deliver`` (inline, it is the hot path)
+and ``on_error``/``on_status`` in ``_invoke``, every call wrapped.
 """
 
 from __future__ import annotations
@@ -278,11 +279,14 @@ class Dispatcher:
                 continue
             self.events += 1
             for handler in handlers:
-                self._invoke(handler, event)
+                try:
+                    handler(event)
+                except BaseException as exc:  # noqa: BLE001 - nothing a handler does may kill this thread
+                    self._handler_failed(handler, event, exc)
 
     def _status(self, status: Any) -> None:
         for handler in self.hooks.status:
-            self._invoke(handler, status, report=False)
+            self._invoke(handler, status)
 
     def _error(self, error: KiyotakaError) -> None:
         if not self.hooks.error:
@@ -290,17 +294,18 @@ class Dispatcher:
                       exc_info=error.__cause__ is not None and error)
             return
         for handler in self.hooks.error:
-            self._invoke(handler, error, report=False)
+            self._invoke(handler, error)
 
-    def _invoke(self, handler: Handler, arg: Any, report: bool = True) -> None:
+    def _invoke(self, handler: Handler, arg: Any) -> None:
+        """Call an on_error/on_status handler; if it fails, log it (never report it: no recursion)."""
         try:
             handler(arg)
-        except BaseException as exc:
-            if not report:  # a failing on_error/on_status handler: log, never recurse
-                log.exception("kiyotaka_ws: %r raised while handling %s", handler, type(arg).__name__)
-                return
-            self.handler_errors += 1
-            name = getattr(handler, "__qualname__", repr(handler))
-            error = HandlerError(f"handler {name} raised {type(exc).__name__}: {exc}", event=arg, handler=handler)
-            error.__cause__ = exc
-            self._error(error)
+        except BaseException:  # nothing a handler does may kill this thread
+            log.exception("kiyotaka_ws: %r raised while handling %s", handler, type(arg).__name__)
+
+    def _handler_failed(self, handler: Handler, event: Any, exc: BaseException) -> None:
+        self.handler_errors += 1
+        name = getattr(handler, "__qualname__", repr(handler))
+        error = HandlerError(f"handler {name} raised {type(exc).__name__}: {exc}", event=event, handler=handler)
+        error.__cause__ = exc
+        self._error(error)

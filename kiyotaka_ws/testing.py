@@ -22,6 +22,7 @@ Needs the ``testing`` extra (``websockets``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import struct
@@ -232,9 +233,19 @@ class FakeKiyotakaServer:
                 sent += 1
         return sent
 
-    def publish_raw(self, data: bytes | str, family: str | None = None) -> int:
-        """Send ``data`` as is to every open connection: ``bytes`` as a binary frame, ``str`` as text."""
+    def publish_raw(self, data: bytes | str | list[bytes] | list[str], family: str | None = None) -> int:
+        """Send ``data`` as is to every open connection: ``bytes`` as a binary frame, ``str`` as text,
+        a list as one message fragmented into those parts."""
         return sum(1 for s in self._live_sessions(family) if self._send_frame(s, data))
+
+    def ping(self, timeout: float = 5.0) -> int:
+        """Ping every open connection; returns how many answered with a pong within ``timeout``."""
+        waiters = []
+        for session in self._live_sessions(None):
+            with contextlib.suppress(ConnectionClosed, RuntimeError):
+                waiters.append(session.conn.ping())
+        deadline = time.monotonic() + timeout
+        return sum(1 for w in waiters if w.wait(max(0.0, deadline - time.monotonic())))
 
     def send_error(self, error: Any, family: str | None = None, **extra: Any) -> int:
         """Send an error frame that answers no request (no ``id``)."""
@@ -289,7 +300,7 @@ class FakeKiyotakaServer:
             return self._send_frame(session, brotli.compress(text.encode(), quality=4))
         return self._send_frame(session, text)
 
-    def _send_frame(self, session: _Session, data: bytes | str) -> bool:
+    def _send_frame(self, session: _Session, data: Any) -> bool:
         if self._silent:
             return False
         try:

@@ -305,3 +305,26 @@ print("returned cleanly", flush=True)
         proc.kill()
     assert proc.returncode == 0, err
     assert "returned cleanly" in out and time.monotonic() - started < 5
+
+
+def test_fragments_pings_and_oversized_frames(server, make_client):
+    client = make_client(max_frame_bytes=4096)
+    errors, got, statuses = Collector(), Collector(), Collector()
+    client.on_error(errors)
+    client.on_status(statuses)
+    client.on_trade(got, exchange=EX, symbol=SYM)
+    client.start()
+    assert client.wait_ready(5)
+    text = json.dumps({"points": [trade_point(EX, SYM, price=1, amount=1, id="frag")]})
+    server.publish_raw([text[:10], text[10:50], text[50:]])  # one message in three fragments
+    comp = brotli.compress(text.encode())
+    server.publish_raw([comp[:5], comp[5:]])
+    assert got.wait_for(2) and [e.id for e in got.items] == ["frag", "frag"]
+    assert server.ping() == 1  # the client answers the server's pings
+    server.publish_raw("x" * 5000)  # over max_frame_bytes on the wire: the connection is dropped
+    assert wait_until(lambda: any(s.state is State.DISCONNECTED for s in statuses.items))
+    assert "max_frame_bytes" in next(s.reason for s in statuses.items if s.state is State.DISCONNECTED)
+    assert client.wait_ready(5)
+    assert server.wait_for(lambda s: len(s.subscriptions()) == 1)
+    server.publish([trade_point(EX, SYM, price=2, amount=1, id="after")])
+    assert got.wait_for(3) and got.items[-1].id == "after"
