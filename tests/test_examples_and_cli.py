@@ -116,3 +116,11 @@ class _Publisher:
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join()
+
+
+def test_bench_quick_smoke(capsys):
+    """The benchmark runs end to end and reports every case; timings are not judged here."""
+    assert main(["bench", "--quick"]) == 0
+    out = capsys.readouterr().out
+    for case in ("brotli x5", "brotli x1", "brotli x50", "plain x5", "latency client", "memory: RSS"):
+        assert case in out
