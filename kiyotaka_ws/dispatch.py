@@ -144,12 +144,12 @@ class RouteTable:
         self._by_symbol = {k: tuple(v) for k, v in by_symbol.items()}
         self._by_coin = {k: tuple(v) for k, v in by_coin.items()}
 
-    def handlers_for(self, series: dict[str, Any]) -> list[Handler]:
+    def handlers_for(self, series: dict[str, Any]) -> tuple[Handler, ...]:
         kind = series.get("type")
-        out: list[Handler] = []
         routes = self._by_symbol.get((kind, series.get("symbol")), ())
         if self._by_coin:
             routes += self._by_coin.get((kind, series.get("coin")), ())
+        handlers: tuple[Handler, ...] = ()
         for route in routes:
             if route.exchange != "*" and route.exchange != series.get("exchange"):
                 continue
@@ -159,8 +159,8 @@ class RouteTable:
                 block = series.get("blockSize")
                 if type(block) in (int, float) and block != route.block_size:
                     continue
-            out.extend(route.handlers)
-        return out
+            handlers = handlers + route.handlers if handlers else route.handlers
+        return handlers
 
 
 class Hooks:
