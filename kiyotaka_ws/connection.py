@@ -145,6 +145,9 @@ class _WebSocket(websocket.WebSocket):
         self.max_frame_bytes = max_frame_bytes
         self._buf = b""
         self._pos = 0
+        self._fragments: list[bytes] = []
+        self._first_opcode = 0
+        self._fragmented_size = 0
 
     def read_message(self) -> tuple[int, bytes]:
         """The next message (fragments joined) or control frame, as (opcode, payload).
@@ -152,8 +155,7 @@ class _WebSocket(websocket.WebSocket):
         Pings are answered here. Raises ``_Ended`` on a protocol violation or an oversized frame,
         and websocket-client's exceptions on a closed socket or a timeout (nothing read is lost).
         """
-        fragments: list[bytes] = []
-        first_opcode = 0
+        fragments = self._fragments  # a message may span calls: control frames come between fragments
         while True:
             buf, pos = self._buf, self._pos
             if len(buf) - pos < 2:
@@ -184,20 +186,27 @@ class _WebSocket(websocket.WebSocket):
             self._pos = end
             opcode = b1 & 0x0F
             if opcode >= CLOSE:
+                if opcode > PONG:
+                    raise _Ended(f"protocol error: reserved opcode {opcode}")
                 if opcode == PING:
                     self.pong(payload)
                 return opcode, payload
-            if opcode and fragments:
-                raise _Ended("protocol error: new message inside a fragmented one")
+            if opcode > BINARY or bool(opcode) == bool(fragments):
+                raise _Ended(f"protocol error: unexpected opcode {opcode} (fragmented: {bool(fragments)})")
             if b1 & 0x80 and not fragments:
                 return opcode, payload
-            if not fragments:
-                first_opcode = opcode
             fragments.append(payload)
-            if sum(map(len, fragments)) > self.max_frame_bytes:
+            self._fragmented_size += size
+            if self._fragmented_size > self.max_frame_bytes:
                 raise _Ended(f"message exceeds max_frame_bytes={self.max_frame_bytes}")
             if b1 & 0x80:
-                return first_opcode, b"".join(fragments)
+                message = b"".join(fragments)
+                first_opcode = self._first_opcode
+                fragments.clear()
+                self._fragmented_size = 0
+                return first_opcode, message
+            if len(fragments) == 1:
+                self._first_opcode = opcode
 
     def _fill(self, need: int) -> None:
         """Read until ``need`` bytes are buffered from the current position (one join at the end)."""

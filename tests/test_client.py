@@ -246,9 +246,8 @@ def test_server_error_frame_and_garbage_keep_the_connection(server, make_client)
     assert client.stats()["nonbook"].decode_errors == 2 and client.stats()["nonbook"].reconnects == 0
 
 
-def test_overflow_block_loses_nothing(server, make_client):
-    client = make_client(queue_size=10, overflow="block")
-    got = Collector()
+def gated_trades(client, got):
+    """Register a trade handler stuck until the returned event is set; then it records into ``got``."""
     release = threading.Event()
 
     def slow(event):
@@ -256,6 +255,13 @@ def test_overflow_block_loses_nothing(server, make_client):
         got(event)
 
     client.on_trade(slow, exchange=EX, symbol=SYM)
+    return release
+
+
+def test_overflow_block_loses_nothing(server, make_client):
+    client = make_client(queue_size=10, overflow="block")
+    got = Collector()
+    release = gated_trades(client, got)
     client.start()
     assert client.wait_ready(5)
     for i in range(200):
@@ -271,14 +277,8 @@ def test_overflow_block_loses_nothing(server, make_client):
 def test_overflow_drop_policies_report_and_keep_the_connection(server, make_client, policy):
     client = make_client(queue_size=5, overflow=policy)
     got, errors = Collector(), Collector()
-    release = threading.Event()
     client.on_error(errors)
-
-    def slow(event):
-        release.wait(5)
-        got(event)
-
-    client.on_trade(slow, exchange=EX, symbol=SYM)
+    release = gated_trades(client, got)
     client.start()
     assert client.wait_ready(5)
     for i in range(100):
