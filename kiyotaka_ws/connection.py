@@ -247,6 +247,7 @@ class Connection:
         self._subs: dict[ChannelSpec, WireSub] = {}
         # Per-connection state, reset on every connect (guarded by _lock).
         self._ws: _WebSocket | None = None
+        self._connecting: _WebSocket | None = None  # between TCP connect and the upgrade answer
         self._ids: Iterator[int] = itertools.count(1)
         self._pending: dict[int, tuple[str, ChannelSpec | None, float]] = {}
         self._live = False          # authenticated: subscriptions go out at once
@@ -285,10 +286,12 @@ class Connection:
         """Close the socket, stop both threads and join them by ``deadline``. True when joined."""
         self._stopping.set()
         with self._wake:
-            ws = self._ws
+            ws, connecting = self._ws, self._connecting
             self._wake.notify_all()
         if ws is not None:
             _abort(ws, polite=True)
+        if connecting is not None:
+            _abort(connecting, polite=False)
         me = threading.current_thread()
         for thread in self._threads:
             if thread is not me:
@@ -395,7 +398,13 @@ class Connection:
             kwargs.update(proxy_type=options.proxy[0], http_proxy_host=options.proxy[1],
                           http_proxy_port=options.proxy[2])
         log.info("%s: connecting to %s", self.family, _safe_url(self.url))
-        ws.connect(self.url, **kwargs)
+        with self._lock:
+            self._connecting = ws  # stop() can cut the upgrade handshake short
+        try:
+            ws.connect(self.url, **kwargs)
+        finally:
+            with self._lock:
+                self._connecting = None
         now = self._clock()
         with self._wake:
             if self._stopping.is_set():

@@ -328,3 +328,19 @@ def test_fragments_pings_and_oversized_frames(server, make_client):
     assert server.wait_for(lambda s: len(s.subscriptions()) == 1)
     server.publish([trade_point(EX, SYM, price=2, amount=1, id="after")])
     assert got.wait_for(3) and got.items[-1].id == "after"
+
+
+def test_stop_while_connecting_cuts_the_handshake_short():
+    listener = socket.create_server(("127.0.0.1", 0))  # TCP completes in the backlog; no HTTP answer ever
+    port = listener.getsockname()[1]
+    client = KiyotakaClient("k", nonbook_url=f"ws://127.0.0.1:{port}/nonbook/ws", connect_timeout=30)
+    client.on_trade(lambda e: None, exchange=EX, symbol=SYM)
+    try:
+        client.start()
+        assert wait_until(lambda: client.stats()["nonbook"].state is State.CONNECTING)
+        time.sleep(0.2)  # let it reach the upgrade request
+        started = time.monotonic()
+        client.stop()
+        assert time.monotonic() - started < 2 and not client_threads()
+    finally:
+        listener.close()
