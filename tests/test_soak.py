@@ -122,3 +122,37 @@ def test_memory_stays_flat_over_many_reconnects(server, make_client):
     assert client.stats()["nonbook"].reconnects >= 120
     assert grown < 8, f"RSS grew {grown:.1f} MiB over 100 reconnect cycles of both families"
     assert wait_until(lambda: len(got) >= 110)
+
+
+@pytest.mark.soak
+def test_sustained_load_with_block_loses_nothing(server, make_client, request):
+    seconds = request.config.getoption("--soak-seconds")
+    client = make_client(queue_size=200, overflow="block")
+    seen = {"count": 0, "last": -1, "disorder": 0}
+    done = threading.Event()
+    total = {"sent": None}
+
+    def handler(trade):  # a little work per event, like a real bot
+        n = int(trade.id)
+        if n != seen["last"] + 1:
+            seen["disorder"] += 1
+        seen["last"] = n
+        seen["count"] += 1
+        if total["sent"] is not None and seen["count"] >= total["sent"]:
+            done.set()
+
+    client.on_trade(handler, exchange=EX, symbol=SYM)
+    client.start()
+    assert client.wait_ready(5)
+    sent, started = 0, time.monotonic()
+    while time.monotonic() - started < seconds:
+        server.publish([trade_point(EX, SYM, price=1, amount=1, id=sent + i) for i in range(50)])
+        sent += 50
+    total["sent"] = sent
+    if seen["count"] >= sent:
+        done.set()
+    assert done.wait(60), f"{seen['count']} of {sent} points arrived"
+    elapsed = time.monotonic() - started
+    print(f"sustained: {sent} points in {elapsed:.1f}s ({sent / elapsed:,.0f} points/s), none lost")
+    assert seen["disorder"] == 0 and seen["count"] == sent
+    assert client.stats()["nonbook"].dropped == 0 and client.stats()["nonbook"].reconnects == 0
