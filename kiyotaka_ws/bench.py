@@ -17,6 +17,7 @@ import os
 import socket
 import statistics
 import struct
+import sys
 import threading
 import time
 from typing import Any, TextIO
@@ -225,7 +226,6 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def run_bench(points: int = 200_000, rounds: int = 3, quick: bool = False, out: TextIO | None = None) -> int:
-    import sys
     out = out or sys.stdout
     if quick:
         points, rounds = 5_000, 1

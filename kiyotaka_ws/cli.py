@@ -97,7 +97,7 @@ class _Output:
             self.on_closed()
 
 
-def _run_for(client: KiyotakaClient, seconds: float | None) -> None:
+def run_for(client: KiyotakaClient, seconds: float | None) -> None:
     """run_forever(), ended by a timer after ``seconds`` when given. The timer is joined."""
     timer = threading.Timer(seconds, client.stop) if seconds else None
     if timer is not None:
@@ -135,7 +135,7 @@ def cmd_stream(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             err.write(f"kiyotaka-ws: {status.family} {status.state.value}{reason}\n")
 
     try:
-        _run_for(client, args.seconds)
+        run_for(client, args.seconds)
     except AuthenticationError as exc:
         err.write(f"kiyotaka-ws: error: the API key was rejected: {exc}\n")
         return EXIT_FAILURE

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from .cli import _run_for, format_event
+from .cli import format_event, run_for
 from .client import KiyotakaClient
 from .errors import KiyotakaError
 from .events import BookSnapshot, Event, FundingRate, Liquidation, OpenInterest, Trade
@@ -261,7 +261,7 @@ def run_demo(seconds: float, out: TextIO, plain: bool = False, seed: int | None 
         market = Market(server, seed=seed, drop_after=seconds / 2 if seconds >= 4 else None)
         market.start()
         try:
-            _run_for(client, seconds)
+            run_for(client, seconds)
         finally:
             market.stop()
             client.stop()

@@ -115,3 +115,12 @@ def test_wire_values_are_strings():
                      params={"f": 25, "n": "3", "flag": "1"})
     assert spec == same and hash(spec) == hash(same)  # identical specs share one wire subscription
     assert Channel.BLOCK_BOOK_SNAPSHOT.family == "book" and Channel.TRADE.family == "nonbook"
+
+
+def test_backoff_is_exponential_jittered_and_capped():
+    from kiyotaka_ws.connection import Backoff
+
+    low, high = Backoff(0.5, 30.0, rng=lambda: 0.0), Backoff(0.5, 30.0, rng=lambda: 0.999999)
+    assert [low.delay(n) for n in range(4)] == [0.5, 0.5, 0.5, 0.5]  # never below backoff_initial
+    assert [round(high.delay(n), 3) for n in range(8)] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert high.delay(10_000) <= 30.0  # no overflow for long outages
