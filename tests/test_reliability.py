@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ from conftest import Collector, client_threads, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kiyotaka_ws import DecodeError, KiyotakaClient, State
+from kiyotaka_ws import DecodeError, KiyotakaClient, KiyotakaError, State
 from kiyotaka_ws.events import decode_point
 from kiyotaka_ws.protocol import FrameDecoder
 from kiyotaka_ws.testing import FakeKiyotakaServer, book_point, trade_point
@@ -65,6 +66,8 @@ class BlackHoleProxy:
                     return
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone does not
         self.listener.close()
         for sock in self.sockets:
             try:
@@ -344,3 +347,70 @@ def test_stop_while_connecting_cuts_the_handshake_short():
         assert time.monotonic() - started < 2 and not client_threads()
     finally:
         listener.close()
+
+
+def test_compressed_answers_and_reconnect_false(make_client):
+    with FakeKiyotakaServer(api_key="k", compress_replies=True) as server:
+        client = make_client(server, api_key="k", reconnect=False)
+        got, statuses = Collector(), Collector()
+        client.on_status(statuses)
+        sub = client.on_trade(got, exchange=EX, symbol=SYM)
+        client.start()
+        sub.wait(5)  # the ack came brotli-compressed
+        assert sub._wire.state == "active"
+        server.publish([trade_point(EX, SYM, price=1, amount=1)])
+        assert got.wait_for(1)
+        server.drop_connections()
+        with pytest.raises(KiyotakaError, match="reconnect=False"):
+            client.run_forever()
+        assert statuses.items[-1].state is State.FAILED and server.connection_count == 1
+
+
+class ConnectProxy(BlackHoleProxy):
+    """A minimal HTTP CONNECT proxy: reads the CONNECT request, then pumps bytes both ways."""
+
+    def __init__(self) -> None:
+        self.requests: list = []
+        super().__init__(target_port=0)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = client.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+            if b"\r\n\r\n" not in head:
+                client.close()
+                continue
+            line = head.split(b"\r\n", 1)[0].decode()
+            self.requests.append(line)
+            host, port = line.split()[1].rsplit(":", 1)
+            upstream = socket.create_connection((host, int(port)))
+            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            self.sockets += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                thread = threading.Thread(target=self._pump, args=(src, dst))
+                self.threads.append(thread)
+                thread.start()
+
+
+def test_http_proxy(server, make_client):
+    proxy = ConnectProxy()
+    try:
+        client = make_client(proxy=f"http://127.0.0.1:{proxy.port}")
+        got = Collector()
+        client.on_trade(got, exchange=EX, symbol=SYM)
+        client.start()
+        assert client.wait_ready(5)
+        server.publish([trade_point(EX, SYM, price=1, amount=1)])
+        assert got.wait_for(1)
+        assert proxy.requests == [f"CONNECT 127.0.0.1:{server.port} HTTP/1.1"]
+        client.stop()  # before the proxy goes, or it would reconnect into a closing proxy
+    finally:
+        proxy.close()
