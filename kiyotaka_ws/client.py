@@ -56,6 +56,7 @@ class Subscription:
 
     @property
     def channel(self) -> Channel:
+        """The subscribed channel."""
         return self._spec.channel
 
     @property

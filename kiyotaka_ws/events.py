@@ -65,6 +65,8 @@ class Event:
 
 @attrs.frozen
 class Trade(Event):
+    """One trade: ``side`` is the aggressor side (None when the server did not say)."""
+
     id: str
     price: float
     amount: float
@@ -73,6 +75,8 @@ class Trade(Event):
 
 @attrs.frozen
 class TradeAggregation(Event):
+    """Trades of one side batched over ``batchInterval``: OHLC prices, volume, first/last trade times."""
+
     open: float
     high: float
     low: float
@@ -85,26 +89,32 @@ class TradeAggregation(Event):
 
 @attrs.frozen
 class BookSnapshot(Event):
+    """A full order-book snapshot bucketed by ``block_size``; ``bids``/``asks`` nearest to mid first."""
+
     bids: tuple[BookLevel, ...]
     asks: tuple[BookLevel, ...]
     block_size: float | None
 
     @property
     def best_bid(self) -> BookLevel | None:
+        """The highest bid level, or None for an empty side."""
         return self.bids[0] if self.bids else None
 
     @property
     def best_ask(self) -> BookLevel | None:
+        """The lowest ask level, or None for an empty side."""
         return self.asks[0] if self.asks else None
 
     @property
     def mid(self) -> float | None:
+        """Midpoint of the best bid and ask, or None when a side is empty."""
         if not self.bids or not self.asks:
             return None
         return (self.bids[0].price + self.asks[0].price) / 2
 
     @property
     def spread(self) -> float | None:
+        """Best ask minus best bid, or None when a side is empty."""
         if not self.bids or not self.asks:
             return None
         return self.asks[0].price - self.bids[0].price
@@ -112,6 +122,8 @@ class BookSnapshot(Event):
 
 @attrs.frozen
 class Liquidation(Event):
+    """One liquidation; ``side`` is passed through as the server sends it (BUY/SELL)."""
+
     id: str
     price: float
     amount: float
@@ -120,17 +132,23 @@ class Liquidation(Event):
 
 @attrs.frozen
 class FundingRate(Event):
+    """Current and predicted funding rate; either is None until the exchange publishes it."""
+
     rate: float | None
     predicted_rate: float | None
 
 
 @attrs.frozen
 class OpenInterest(Event):
+    """Open interest as the exchange reports it (contracts or base asset, by exchange)."""
+
     open_interest: float
 
 
 @attrs.frozen
 class VolumeProfile(Event):
+    """Traded volume per price bucket (the server picks ``block_size``)."""
+
     levels: tuple[VolumeLevel, ...]
     block_size: float | None
 

@@ -61,6 +61,7 @@ class Received:
 
     @property
     def method(self) -> str | None:
+        """The JSON-RPC method of the message, if it has one."""
         return self.message.get("method") if isinstance(self.message, dict) else None
 
     def __repr__(self) -> str:
@@ -159,14 +160,17 @@ class FakeKiyotakaServer:
 
     @property
     def port(self) -> int:
+        """The port it listens on (kept across a stop and start)."""
         return self._port
 
     @property
     def book_url(self) -> str:
+        """The book endpoint, for ``KiyotakaClient(book_url=...)``."""
         return f"ws://{self.host}:{self._port}/ws?encoding=json"
 
     @property
     def nonbook_url(self) -> str:
+        """The nonbook endpoint, for ``KiyotakaClient(nonbook_url=...)``."""
         return f"ws://{self.host}:{self._port}/nonbook/ws?encoding=json"
 
     def client_kwargs(self) -> dict[str, Any]:
@@ -183,6 +187,7 @@ class FakeKiyotakaServer:
             return list(self._received)
 
     def requests(self, method: str, family: str | None = None) -> list[Received]:
+        """The received requests with this ``method`` (e.g. ``"public/subscribe"``), in order."""
         return [r for r in self.received if r.method == method and family in (None, r.family)]
 
     @property
@@ -192,6 +197,7 @@ class FakeKiyotakaServer:
             return self._connections
 
     def open_connections(self, family: str | None = None) -> int:
+        """How many client connections are open now (of one family, or all)."""
         with self._lock:
             return sum(1 for s in self._sessions.values() if family in (None, s.family))
 

@@ -37,3 +37,25 @@ def test_ruff_is_clean():
     result = subprocess.run([str(ruff), "check", "--target-version", "py39", "--ignore", "PYI034",
                              "kiyotaka_ws", "tests", "examples"], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_public_name_has_a_docstring():
+    import inspect
+
+    import kiyotaka_ws
+    from kiyotaka_ws import testing
+
+    missing = []
+    for module in (kiyotaka_ws, testing):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if name == "__version__":
+                continue
+            if not inspect.getdoc(obj) or (inspect.isclass(obj) and obj.__doc__ is None):
+                missing.append(name)
+            if inspect.isclass(obj):
+                for attr, member in vars(obj).items():
+                    public = not attr.startswith("_") and (inspect.isfunction(member) or isinstance(member, property))
+                    if public and not (member.__doc__ or "").strip():
+                        missing.append(f"{name}.{attr}")
+    assert not missing
