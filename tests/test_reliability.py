@@ -44,12 +44,15 @@ class BlackHoleProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            self.sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                thread = threading.Thread(target=self._pump, args=(src, dst))
-                self.threads.append(thread)
-                thread.start()
+            self._bridge(client, socket.create_connection(("127.0.0.1", self.target_port)))
+
+    def _bridge(self, client: socket.socket, upstream: socket.socket) -> None:
+        """Pump bytes both ways between two sockets, in threads joined by close()."""
+        self.sockets += [client, upstream]
+        for src, dst in ((client, upstream), (upstream, client)):
+            thread = threading.Thread(target=self._pump, args=(src, dst))
+            self.threads.append(thread)
+            thread.start()
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         while True:
@@ -393,11 +396,7 @@ class ConnectProxy(BlackHoleProxy):
             host, port = line.split()[1].rsplit(":", 1)
             upstream = socket.create_connection((host, int(port)))
             client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            self.sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                thread = threading.Thread(target=self._pump, args=(src, dst))
-                self.threads.append(thread)
-                thread.start()
+            self._bridge(client, upstream)
 
 
 def test_http_proxy(server, make_client):
