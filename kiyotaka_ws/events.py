@@ -304,7 +304,6 @@ _DECODERS: dict[str, tuple[Channel, str, _Decoder]] = {
     "OPEN_INTEREST": (Channel.OPEN_INTEREST, "openInterest", _open_interest),
     "VOLUME_PROFILE_AGG": (Channel.VOLUME_PROFILE_AGG, "volumeProfileAggregation", _volume_profile),
 }
-PAYLOAD_KEYS: dict[Channel, str] = {chan: key for chan, key, _ in _DECODERS.values()}
 
 
 def decode_point(point: Any) -> Event | None:

@@ -44,7 +44,10 @@ class BlackHoleProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            self._bridge(client, socket.create_connection(("127.0.0.1", self.target_port)))
+            self._serve(client)
+
+    def _serve(self, client: socket.socket) -> None:
+        self._bridge(client, socket.create_connection(("127.0.0.1", self.target_port)))
 
     def _bridge(self, client: socket.socket, upstream: socket.socket) -> None:
         """Pump bytes both ways between two sockets, in threads joined by close()."""
@@ -376,27 +379,20 @@ class ConnectProxy(BlackHoleProxy):
         self.requests: list = []
         super().__init__(target_port=0)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = client.recv(4096)
-                if not chunk:
-                    break
-                head += chunk
-            if b"\r\n\r\n" not in head:
+    def _serve(self, client: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = client.recv(4096)
+            if not chunk:
                 client.close()
-                continue
-            line = head.split(b"\r\n", 1)[0].decode()
-            self.requests.append(line)
-            host, port = line.split()[1].rsplit(":", 1)
-            upstream = socket.create_connection((host, int(port)))
-            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            self._bridge(client, upstream)
+                return
+            head += chunk
+        line = head.split(b"\r\n", 1)[0].decode()
+        self.requests.append(line)
+        host, port = line.split()[1].rsplit(":", 1)
+        upstream = socket.create_connection((host, int(port)))
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        self._bridge(client, upstream)
 
 
 def test_http_proxy(server, make_client):
