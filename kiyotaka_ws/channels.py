@@ -125,6 +125,14 @@ _CHECKS = {
     "max_depth": _positive_int,
     "quote": _nonempty,
 }
+_OPTION_NAMES = {wire: option for option, wire in WIRE_NAMES.items()}
+
+
+def _group_flag(name: str, value: Any) -> str:
+    text = wire_value(name, value)
+    if text not in ("0", "1"):
+        raise ConfigurationError(f"{name}: expected \"0\" or \"1\" (or True/False), got {value!r}")
+    return text
 
 
 @attrs.frozen
@@ -194,7 +202,14 @@ def make_spec(channel: str | Channel, *, exchange: Any, symbol: Any, category: A
             if not isinstance(key, str) or not key or key in _RESERVED:
                 raise ConfigurationError(f"params: {key!r} is not an allowed extra wire field "
                                          f"(type, exchange, symbol and category are arguments)")
-            if value is not None:
+            if value is None:
+                continue
+            option = _OPTION_NAMES.get(key)
+            if option == "group_by_coin":
+                extras[key] = _group_flag(f"params[{key!r}]", value)
+            elif option is not None:  # a known field: the same check as its typed argument
+                extras[key] = _CHECKS[option](f"params[{key!r}]", value)
+            else:
                 extras[key] = wire_value(f"params[{key!r}]", value)
     if chan is Channel.BLOCK_BOOK_SNAPSHOT and "blockSize" not in extras:
         raise ConfigurationError("block_size: required for BLOCK_BOOK_SNAPSHOT (see GET /v1/block-sizes)")

@@ -1,13 +1,21 @@
-"""``KiyotakaClient``: the public facade. Owns the subscription registry and one pipeline per family."""
+"""``KiyotakaClient``: the public facade. Owns the subscription registry and one pipeline per family.
+
+The client's lock guards only its registry (specs, handlers, families); it is never held while
+user code runs or while waiting on I/O. Each family's protocol state belongs to its session
+(session.py); the client talks to it by message.
+"""
 
 from __future__ import annotations
 
+import atexit
+import itertools
 import logging
 import math
 import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from typing import (
     Any,
@@ -18,9 +26,16 @@ from typing import (
 from urllib.parse import urlsplit
 
 from .channels import BOOK, FAMILIES, NONBOOK, Channel, ChannelSpec, make_spec
-from .connection import Connection, Options, Secret, WireSub
-from .dispatch import OVERFLOW_POLICIES, Dispatcher, EventQueue, Hooks, RouteTable
-from .errors import ConfigurationError, KiyotakaError
+from .dial import Proxy
+from .dispatch import (
+    OVERFLOW_POLICIES,
+    Dispatcher,
+    EventQueue,
+    Hooks,
+    RouteTable,
+    data_key,
+)
+from .errors import ClientStoppedError, ConfigurationError, KiyotakaError
 from .events import (
     BookSnapshot,
     FundingRate,
@@ -31,13 +46,14 @@ from .events import (
     VolumeProfile,
 )
 from .protocol import FrameDecoder
+from .session import Options, Secret, Session, WireSub
 from .status import ConnectionStats
 
-log = logging.getLogger("kiyotaka_ws.client")
+log = logging.getLogger("kiyotaka_ws")
 
 REGIONS = {"singapore": "wss://ap-sin3.ws.api.kiyotaka.ai", "europe": "wss://eu-de3.ws.api.kiyotaka.ai"}
 _PATHS = {BOOK: "/ws", NONBOOK: "/nonbook/ws"}
-_PROXY_TYPES = ("http", "socks4", "socks4a", "socks5", "socks5h")
+_RUN_FOREVER_STOP_TIMEOUT = 1.5  # Ctrl-C in run_forever() returns within 2 s in every state
 
 F = TypeVar("F", bound=Callable[..., Any])
 E = TypeVar("E")
@@ -67,9 +83,10 @@ class Subscription:
     def wait(self, timeout: float | None = None) -> None:
         """Block until the server acknowledged the subscription on the current connection.
 
-        Raises ``SubscriptionError`` if the server rejected it and ``TimeoutError`` on timeout. A
-        server that never answers subscriptions counts as accepting them after ``subscribe_timeout``
-        (as for ``wait_ready``). Returns at once after ``unsubscribe()``.
+        Raises ``SubscriptionError`` if the server rejected it, ``TimeoutError`` on timeout,
+        ``ClientStoppedError`` once the client is stopped and the family's fatal error once it
+        FAILED. A server that never answers subscriptions counts as accepting them after
+        ``subscribe_timeout`` (as for ``wait_ready``). Returns at once after ``unsubscribe()``.
         """
         if self.active:
             self._wire.wait(timeout)
@@ -84,27 +101,39 @@ class Subscription:
 
 
 class _Family:
-    """One endpoint family's pipeline: queue -> dispatcher, fed by its connection."""
+    """One endpoint family's pipeline: session -> reader -> queue -> dispatcher."""
 
-    def __init__(self, family: str, url: str, key: Secret, options: Options, queue_size: int,
-                 overflow: str, hooks: Hooks, on_fatal: Callable[[KiyotakaError], None],
-                 rng: Callable[[], float]) -> None:
-        self.queue = EventQueue(queue_size, overflow)
-        self.dispatcher = Dispatcher(family, self.queue, hooks, FrameDecoder(options.max_frame_bytes),
-                                     on_message=lambda message: self.connection.handle_message(message))
-        self.connection = Connection(family, url, key, options, self.queue, self.dispatcher, on_fatal, rng)
+    def __init__(self, name: str, url: str, key: Secret, options: Options, queue_size: int, max_queue_bytes: int,
+                 overflow: str, hooks: Hooks, ids: itertools.count[int],
+                 on_fatal: Callable[[KiyotakaError], None], rng: Callable[[], float]) -> None:
+        self.queue = EventQueue(queue_size, overflow, max_queue_bytes)
+        self.session = Session(name, url, key, options, self.queue, ids, on_fatal, rng)
+        self.dispatcher = Dispatcher(name, self.queue, hooks, FrameDecoder(options.max_frame_bytes),
+                                     on_answer=self.session.answer, on_died=self.session.fail)
 
     def start(self) -> None:
         self.dispatcher.start()
-        self.connection.start()
+        self.session.start()
 
     def stats(self) -> ConnectionStats:
-        conn, disp = self.connection, self.dispatcher
+        session, disp = self.session, self.dispatcher
         return ConnectionStats(
-            state=conn.state, frames=conn.frames, bytes=conn.bytes, events=disp.events,
-            decode_errors=conn.frame_errors + disp.decode_errors, handler_errors=disp.handler_errors,
-            dropped=self.queue.dropped_total, reconnects=conn.reconnects, queue_depth=self.queue.depth,
-            last_frame_age=conn.last_frame_age, skipped=disp.skipped)
+            state=session.state, frames=session.frames, bytes=session.bytes, events=disp.events,
+            decode_errors=disp.decode_errors, handler_errors=disp.handler_errors,
+            dropped=self.queue.dropped_total, reconnects=session.reconnects, queue_depth=self.queue.depth,
+            last_frame_age=session.last_frame_age, skipped=disp.skipped)
+
+
+_running: weakref.WeakSet[KiyotakaClient] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_running_clients() -> None:
+    """At interpreter exit, stop every client still running, so a script that ends without
+    ``stop()`` leaves cleanly (its threads are daemons: nothing keeps the process alive)."""
+    for client in list(_running):
+        if not client._stopping:
+            client.stop(timeout=2.0)
 
 
 class KiyotakaClient:
@@ -112,9 +141,9 @@ class KiyotakaClient:
 
     Register handlers with the ``on_*`` methods, then ``start()`` (or ``run_forever()``, or use the
     client as a context manager). Each endpoint family (``book`` for order books, ``nonbook`` for
-    everything else) gets one connection, a reader thread, a watchdog thread and a dispatcher
-    thread that calls your handlers one at a time, in the order the server sent the points.
-    Connections reconnect with backoff and restore every subscription by themselves.
+    everything else) gets one connection with a session thread (protocol, timers), a reader thread
+    and a dispatcher thread that calls your handlers one at a time, in the order the server sent
+    the points. Connections reconnect with backoff and restore every subscription by themselves.
     See the README for every argument.
     """
 
@@ -139,7 +168,10 @@ class KiyotakaClient:
         max_frame_bytes: int = 16 * 2**20,
         sslopt: dict[str, Any] | None = None,
         proxy: str | None = None,
+        max_retries: int | None = None,
+        max_queue_bytes: int = 64 * 2**20,
         connect_timeout: float = 10.0,
+        send_timeout: float = 10.0,
         rng: Callable[[], float] | None = None,
     ) -> None:
         if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
@@ -161,14 +193,16 @@ class KiyotakaClient:
         _positive("auth_timeout", auth_timeout, allow_zero=True)
         _positive("subscribe_timeout", subscribe_timeout)
         _positive("connect_timeout", connect_timeout)
-        if not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size < 1:
-            raise ConfigurationError(f"queue_size: expected a whole number >= 1, got {queue_size!r}")
+        _positive("send_timeout", send_timeout)
+        _whole("queue_size", queue_size, 1)
         if overflow not in OVERFLOW_POLICIES:
             raise ConfigurationError(f"overflow: expected one of {', '.join(OVERFLOW_POLICIES)}, got {overflow!r}")
-        if not isinstance(max_frame_bytes, int) or isinstance(max_frame_bytes, bool) or max_frame_bytes < 1024:
-            raise ConfigurationError(f"max_frame_bytes: expected a whole number >= 1024, got {max_frame_bytes!r}")
+        _whole("max_frame_bytes", max_frame_bytes, 1024)
+        _whole("max_queue_bytes", max_queue_bytes, 1024)
+        if max_retries is not None:
+            _whole("max_retries", max_retries, 0, "or None to retry for ever")
         if sslopt is not None and not isinstance(sslopt, Mapping):
-            raise ConfigurationError(f"sslopt: expected a dict of websocket-client ssl options, got {type(sslopt).__name__}")
+            raise ConfigurationError(f"sslopt: expected a dict of ssl options, got {type(sslopt).__name__}")
         urls = {BOOK: _endpoint("book_url", book_url, region, BOOK),
                 NONBOOK: _endpoint("nonbook_url", nonbook_url, region, NONBOOK)}
 
@@ -176,6 +210,7 @@ class KiyotakaClient:
         self._region = region
         self._urls = urls
         self._queue_size = queue_size
+        self._max_queue_bytes = max_queue_bytes
         self._overflow = overflow
         self._rng = rng or random.random
         self._options = Options(
@@ -183,11 +218,14 @@ class KiyotakaClient:
             backoff_max=float(backoff_max), ping_interval=ping_interval, ping_timeout=ping_timeout,
             stale_timeout=stale_timeout, auth_timeout=float(auth_timeout),
             subscribe_timeout=float(subscribe_timeout), connect_timeout=float(connect_timeout),
-            max_frame_bytes=max_frame_bytes, sslopt=dict(sslopt) if sslopt else None,
-            proxy=_parse_proxy(proxy))
+            send_timeout=float(send_timeout), max_frame_bytes=max_frame_bytes, max_retries=max_retries,
+            sslopt=dict(sslopt) if sslopt else None, proxy=Proxy.parse(proxy) if proxy is not None else None)
         self._hooks = Hooks()
-        self._lock = threading.RLock()
+        self._ids = itertools.count(1)  # request ids: never reused in this client's lifetime
+        self._lock = threading.Lock()   # guards the registry below; never held around user code or I/O
         self._registry: dict[ChannelSpec, list[Subscription]] = {}
+        self._data_keys: dict[tuple[Any, ...], ChannelSpec] = {}
+        self._routes: dict[str, RouteTable] = {name: RouteTable() for name in FAMILIES}
         self._families: dict[str, _Family] = {}
         self._started = False
         self._stopping = False
@@ -263,7 +301,8 @@ class KiyotakaClient:
     def on_error(self, handler: F) -> F:
         """Call ``handler(error)`` for every ``KiyotakaError`` reported while streaming.
 
-        Without any error handler, errors are logged to ``logging.getLogger("kiyotaka_ws")``.
+        Errors delivered to a handler are logged at DEBUG only. Without any error handler, errors
+        are logged to ``logging.getLogger("kiyotaka_ws")`` (identical ones rate-limited).
         Returns the handler, so it works as a decorator.
         """
         _check_handler(handler)
@@ -284,40 +323,42 @@ class KiyotakaClient:
         """Start the threads of every family that has subscriptions; returns at once. Idempotent."""
         with self._lock:
             if self._stopping:
-                raise KiyotakaError("this client was stopped; create a new KiyotakaClient to start again")
+                raise ClientStoppedError("this client was stopped; create a new KiyotakaClient to start again")
             if self._started:
                 return
             self._resolve_key()
             self._started = True
-            for name in FAMILIES:
-                specs = [spec for spec in self._registry if spec.family == name]
-                if specs:
-                    family = self._family(name)
-                    for spec in specs:
-                        family.connection.add(self._registry[spec][0]._wire)
-                    self._update_routes(name)
-                    family.start()
+            _running.add(self)
+            for spec in self._registry:
+                family = self._family(spec.family)
+                family.session.add(self._registry[spec][0]._wire)
+            for family in self._families.values():
+                family.start()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        """True once every open connection is READY (False on timeout or after a fatal error)."""
+        """True once every open connection is READY (False on timeout, after a fatal error, or when
+        the client was never started)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            connections = [f.connection for f in self._families.values() if f.connection.started]
-        for conn in connections:
-            while not conn.ready.is_set():
+            if not self._started:
+                return False
+            sessions = [f.session for f in self._families.values() if f.session.started]
+        for session in sessions:
+            while not session.ready.is_set():
                 if self._done.is_set():
                     return False
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                # Wake up now and then to notice a fatal error (no busy wait: 0.1 s at most per check).
-                conn.ready.wait(0.1 if remaining is None else min(remaining, 0.1))
-        return True
+                # Wake up now and then to notice a fatal error or stop (0.1 s at most per check).
+                session.ready.wait(0.1 if remaining is None else min(remaining, 0.1))
+        return not self._done.is_set()
 
     def run_forever(self) -> None:
         """``start()``, then block until ``stop()`` or Ctrl-C (which stops cleanly and returns).
 
-        If a connection failed fatally (a rejected API key), stops the client and raises the error.
+        If a connection failed fatally (a rejected API key, a wrong URL, ``max_retries`` reached),
+        stops the client and raises the error. A second Ctrl-C while stopping abandons the wait.
         """
         self.start()
         try:
@@ -326,37 +367,49 @@ class KiyotakaClient:
                 pass
         except KeyboardInterrupt:
             log.info("interrupted; stopping")
-        self.stop()
+        self.stop(timeout=_RUN_FOREVER_STOP_TIMEOUT)
         if self._fatal is not None:
             raise self._fatal
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Close the sockets and join every thread the client started. Idempotent; safe in a handler.
+        """Close the sockets and join every thread the client started, within ``timeout``.
 
-        Pending events not yet handled are discarded. Called from a handler, the calling dispatcher
-        thread ends as soon as the handler returns.
+        Idempotent; safe from any thread, handlers included. No handler starts after it returns;
+        events not yet handled are discarded. Called from a handler, the calling dispatcher thread
+        ends as soon as the handler returns.
         """
         deadline = time.monotonic() + timeout
         with self._lock:
             first = not self._stopping
             self._stopping = True
             families = list(self._families.values())
+            wires = [subs[0]._wire for subs in self._registry.values() if subs]
         if not first:
-            if threading.current_thread().name.startswith("kiyotaka-ws-"):
-                return
-            self._stopped.wait(max(0.0, deadline - time.monotonic()))
+            if not threading.current_thread().name.startswith("kiyotaka-ws-"):
+                self._stopped.wait(max(0.0, deadline - time.monotonic()))
             return
         self._done.set()
+        _running.discard(self)
+        for family in families:  # first: no new event starts, and a reader blocked on a full queue wakes
+            family.dispatcher.closing = True
+            family.queue.close_data()
+            family.session.stop()
         joined = True
+        for family in families:  # every join runs, whatever the others did
+            joined = family.session.join(deadline) and joined
+        for family in families:  # the sessions' last statuses are queued: let the dispatchers finish
+            family.queue.close()
         for family in families:
-            joined = family.connection.stop(deadline) and joined
+            joined = family.dispatcher.join(deadline) and joined
         for family in families:
-            joined = family.dispatcher.stop(deadline) and joined
+            family.dispatcher.finished = True
+        stopped = ClientStoppedError("the client was stopped")
+        for wire in wires:
+            wire.end(stopped)
         self._final_stats = self.stats()
         self._stopped.set()
         if not joined and not threading.current_thread().name.startswith("kiyotaka-ws-"):
-            log.warning("stop(): some threads did not finish within %.1fs (a connect still in progress "
-                        "ends within connect_timeout)", timeout)
+            log.warning("stop(): some threads did not finish within %.1fs (a handler still running?)", timeout)
 
     def __enter__(self) -> KiyotakaClient:
         self.start()
@@ -369,8 +422,7 @@ class KiyotakaClient:
         """Counters per family, keyed ``"book"`` / ``"nonbook"``; final figures after ``stop()``."""
         if self._final_stats is not None:
             return dict(self._final_stats)
-        with self._lock:
-            families = dict(self._families)
+        families = dict(self._families)
         return {name: families[name].stats() if name in families else ConnectionStats() for name in FAMILIES}
 
     def __repr__(self) -> str:
@@ -389,11 +441,13 @@ class KiyotakaClient:
         return self._api_key
 
     def _family(self, name: str) -> _Family:
+        """The family's pipeline, created on first use (call with the lock held, after start)."""
         family = self._families.get(name)
         if family is None:
             family = self._families[name] = _Family(
-                name, self._urls[name], self._resolve_key(), self._options, self._queue_size, self._overflow,
-                self._hooks, self._on_fatal, self._rng)
+                name, self._urls[name], self._resolve_key(), self._options, self._queue_size,
+                self._max_queue_bytes, self._overflow, self._hooks, self._ids, self._on_fatal, self._rng)
+            family.dispatcher.routes = self._routes[name]
         return family
 
     def _on_fatal(self, error: KiyotakaError) -> None:
@@ -415,16 +469,24 @@ class KiyotakaClient:
         _check_handler(handler)
         with self._lock:
             if self._stopping:
-                raise KiyotakaError("this client was stopped; create a new KiyotakaClient")
-            # Key resolution is deferred to start(); until then the family holds no connection.
-            family = self._family(spec.family) if self._started else None
+                raise ClientStoppedError("this client was stopped; create a new KiyotakaClient")
+            key = data_key(spec)
+            other = self._data_keys.get(key)
+            if other is not None and other != spec:
+                raise ConfigurationError(_conflict(spec, other))
             subs = self._registry.setdefault(spec, [])
-            sub = Subscription(self, spec, handler, subs[0]._wire if subs else WireSub(spec))
+            new_wire = not subs
+            sub = Subscription(self, spec, handler, WireSub(spec) if new_wire else subs[0]._wire)
             subs.append(sub)
-            self._update_routes(spec.family)  # routes first: the first point after the ack is delivered
-            if family is not None:
-                family.connection.add(sub._wire)
-                if not family.connection.started:
+            self._data_keys[key] = spec
+            self._set_routes(spec, subs)  # routes first: the first point after the ack is delivered
+            if self._started:
+                family = self._family(spec.family)
+                if new_wire:
+                    if family.session.fatal is not None:
+                        sub._wire.end(family.session.fatal)
+                    family.session.add(sub._wire)
+                if not family.session.started:
                     family.start()
         return sub
 
@@ -433,21 +495,30 @@ class KiyotakaClient:
             if not sub.active:
                 return
             sub.active = False
-            subs = self._registry.get(sub._spec, [])
+            spec = sub._spec
+            subs = self._registry.get(spec, [])
             subs[:] = [s for s in subs if s is not sub]
             if not subs:
-                self._registry.pop(sub._spec, None)
-                family = self._families.get(sub._spec.family)
+                del self._registry[spec]
+                self._data_keys.pop(data_key(spec), None)
+                family = self._families.get(spec.family)
                 if family is not None:
-                    family.connection.remove(sub._spec)
-            self._update_routes(sub._spec.family)
+                    family.session.remove(spec)
+            self._set_routes(spec, subs)
 
-    def _update_routes(self, family_name: str) -> None:
-        family = self._families.get(family_name)
-        if family is None:
-            return
-        family.dispatcher.routes = RouteTable(
-            (spec, [s.handler for s in subs]) for spec, subs in self._registry.items() if spec.family == family_name)
+    def _set_routes(self, spec: ChannelSpec, subs: list[Subscription]) -> None:
+        routes = self._routes[spec.family] = self._routes[spec.family].updated(
+            spec, tuple(s.handler for s in subs))
+        family = self._families.get(spec.family)
+        if family is not None:
+            family.dispatcher.routes = routes
+
+
+def _conflict(spec: ChannelSpec, other: ChannelSpec) -> str:
+    differ = sorted({k for k, _ in set(spec.extras) ^ set(other.extras)})
+    return (f"{', '.join(differ)}: {spec} conflicts with the registered {other}; the data does not carry "
+            f"{'these parameters' if len(differ) > 1 else 'this parameter'}, so their points could not be "
+            "told apart. Register both handlers with the same settings")
 
 
 def _check_handler(handler: Any) -> None:
@@ -462,6 +533,12 @@ def _positive(name: str, value: Any, hint: str = "", allow_zero: bool = False) -
         raise ConfigurationError(f"{name}: expected {what}{' ' + hint if hint else ''}, got {value!r}")
 
 
+def _whole(name: str, value: Any, minimum: int, hint: str = "") -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigurationError(f"{name}: expected a whole number >= {minimum}{' ' + hint if hint else ''}, "
+                                 f"got {value!r}")
+
+
 def _endpoint(name: str, url: str | None, region: str, family: str) -> str:
     if url is None:
         return f"{REGIONS[region]}{_PATHS[family]}?encoding=json"
@@ -472,16 +549,3 @@ def _endpoint(name: str, url: str | None, region: str, family: str) -> str:
     if not any(q.split("=", 1)[0] == "encoding" for q in query):
         url = f"{url}{'&' if parts.query else '?'}encoding=json"
     return url
-
-
-def _parse_proxy(proxy: str | None) -> tuple[str, str, int] | None:
-    if proxy is None:
-        return None
-    parts = urlsplit(proxy) if isinstance(proxy, str) else None
-    try:
-        port = parts.port if parts else None
-    except ValueError:
-        port = None
-    if parts is None or parts.scheme not in _PROXY_TYPES or not parts.hostname or not port:
-        raise ConfigurationError(f"proxy: expected 'http://host:port' or 'socks5://host:port', got {proxy!r}")
-    return parts.scheme, parts.hostname, port

@@ -1,10 +1,11 @@
 """Delivery: the bounded event queue, the routing table and the dispatcher thread.
 
-The reader puts each raw frame into an ``EventQueue``; the dispatcher thread takes everything
-queued under one lock, decompresses and parses each frame, decodes its points, routes them by
-``series`` and calls handlers one at a time, in order. The dispatcher thread is the only place
-in the library that calls user code: event handlers in ``_deliver`` (inline, it is the hot path)
-and ``on_error``/``on_status`` in ``_invoke``, every call wrapped.
+The reader puts each raw frame, tagged with its connection's number, into an ``EventQueue``; the
+dispatcher thread takes bounded batches, decompresses and parses each frame, decodes its points,
+routes them by ``series`` and calls handlers one at a time, in order. Answers to requests go back
+to the family's session with their connection tag. The dispatcher thread is the only place in the
+library that calls user code: event handlers in ``_deliver`` (inline, it is the hot path) and
+``on_error``/``on_status`` in ``_invoke``; every call is wrapped and no library lock is held.
 """
 
 from __future__ import annotations
@@ -13,41 +14,53 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from typing import (
-    Any,
-    Callable,
-    NamedTuple,
-)
+from typing import Any, Callable, NamedTuple
 
 from .channels import ChannelSpec
-from .errors import DecodeError, EventsDropped, HandlerError, KiyotakaError
+from .errors import DecodeError, EventsDropped, HandlerError, KiyotakaError, ServerError
 from .events import decode_point, excerpt
-from .protocol import FrameDecoder
+from .protocol import FrameDecoder, Kind, classify, error_details
 
-log = logging.getLogger("kiyotaka_ws.dispatch")
+log = logging.getLogger("kiyotaka_ws")
 
 BLOCK, DROP_OLDEST, DROP_NEWEST = "block", "drop_oldest", "drop_newest"
 OVERFLOW_POLICIES = (BLOCK, DROP_OLDEST, DROP_NEWEST)
+BATCH_FRAMES = 64       # frames the dispatcher takes at once (they stay counted until the next take)
+MAX_CONTROL_ITEMS = 1000  # statuses and errors waiting for the dispatcher; more are dropped (logged)
+LOG_REPEAT_WINDOW = 60.0  # seconds during which an identical unhandled error is counted, not logged again
 
 Handler = Callable[[Any], Any]
 
 
-class EventQueue:
-    """A FIFO of raw frames bounded by ``capacity`` frames, with an overflow policy.
+class Status(NamedTuple):
+    """A ``ConnectionStatus`` on its way to the ``on_status`` handlers."""
 
-    Data items are ``(payload, binary)`` tuples, one per WebSocket message; control items (errors,
-    statuses) are any other object and are never dropped nor bounded. ``blocked`` tells the
-    connection's watchdog that the reader waits on a full queue, so back-pressure is not mistaken
-    for a dead socket.
+    status: Any
+
+
+class EventQueue:
+    """A FIFO of raw frames bounded in frames AND bytes, with an overflow policy.
+
+    Data items are ``(payload, binary, connection)`` tuples, one per WebSocket message. A batch
+    taken by the dispatcher stays counted until its next ``take``, so ``capacity`` and
+    ``max_bytes`` bound everything between the reader and the handlers (one frame larger than
+    ``max_bytes`` is let in when nothing else is queued). Control items (errors, statuses) are
+    never dropped by the policy and are capped at ``MAX_CONTROL_ITEMS``. ``blocked`` tells the
+    session that the reader waits on a full queue, so back-pressure is not mistaken for a dead
+    socket.
     """
 
-    def __init__(self, capacity: int, policy: str) -> None:
+    def __init__(self, capacity: int, policy: str, max_bytes: int = 64 * 2**20) -> None:
         self.capacity = capacity
         self.policy = policy
+        self.max_bytes = max_bytes
         self._items: collections.deque[Any] = collections.deque()
-        self._frames = 0
-        self._dropped = 0  # not yet reported
+        self._frames = 0       # queued + taken but not yet done
+        self._bytes = 0
+        self._taken = (0, 0)   # (frames, bytes) of the batch being dispatched
+        self._controls = 0
+        self._dropped = 0      # not yet reported
+        self._data_closed = False
         self._closed = False
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
@@ -59,51 +72,89 @@ class EventQueue:
     def depth(self) -> int:
         return self._frames
 
-    def put_frame(self, payload: bytes, binary: bool) -> bool:
+    @property
+    def depth_bytes(self) -> int:
+        return self._bytes
+
+    def _full(self, size: int) -> bool:
+        return self._frames >= self.capacity or (self._bytes + size > self.max_bytes and self._frames > 0)
+
+    def put_frame(self, payload: bytes, binary: bool, connection: int = 0) -> bool:
         """Queue one frame; True when it had to wait for room (policy "block")."""
+        size = len(payload)
         waited = False
         with self._lock:
-            if self._frames >= self.capacity and not self._closed:
+            if self._full(size) and not self._data_closed:
                 if self.policy == BLOCK:
                     self.blocked = waited = True
                     try:
-                        while self._frames >= self.capacity and not self._closed:
+                        while self._full(size) and not self._data_closed:
                             self._not_full.wait()
                     finally:
                         self.blocked = False
-                elif self.policy == DROP_NEWEST:
+                elif self.policy == DROP_NEWEST or not self._drop_oldest_until_fits(size):
                     self._drop(1)
                     return waited
-                else:
-                    self._drop_oldest()
-            if self._closed:
+            if self._data_closed:
                 return waited
-            self._items.append((payload, binary))
+            self._items.append((payload, binary, connection))
             self._frames += 1
+            self._bytes += size
             self._not_empty.notify()
         return waited
 
     def put_control(self, item: Any) -> None:
+        """An error (or a ``Status``) for the dispatcher to hand to the user's hooks."""
         with self._lock:
-            if not self._closed:
-                self._items.append(item)
-                self._not_empty.notify()
+            if self._closed:
+                return
+            if self._controls >= MAX_CONTROL_ITEMS:
+                log.debug("dropped a %s: %d control items already wait", type(item).__name__, self._controls)
+                return
+            self._controls += 1
+            self._items.append(item)
+            self._not_empty.notify()
 
-    def take_all(self) -> tuple[list[Any], int, bool]:
-        """Block until something is queued or the queue closes; (items, newly dropped, closed)."""
+    def put_status(self, status: Any) -> None:
+        self.put_control(Status(status))
+
+    def take(self) -> tuple[list[Any], int, bool]:
+        """Block until something is queued or the queue closes; (batch, newly dropped, closed).
+
+        Releases the previous batch's room: the caller has finished with it.
+        """
         with self._lock:
+            frames, size = self._taken
+            self._frames -= frames
+            self._bytes -= size
+            self._taken = (0, 0)
+            self._not_full.notify_all()
             while not self._items and not self._dropped and not self._closed:
                 self._not_empty.wait()
-            items = list(self._items)
-            self._items.clear()
-            self._frames = 0
+            batch: list[Any] = []
+            frames = size = 0
+            items = self._items
+            while items and frames < BATCH_FRAMES:
+                item = items.popleft()
+                if type(item) is tuple:
+                    frames += 1
+                    size += len(item[0])
+                else:
+                    self._controls -= 1
+                batch.append(item)
+            self._taken = (frames, size)
             dropped, self._dropped = self._dropped, 0
+            return batch, dropped, self._closed and not items
+
+    def close_data(self) -> None:
+        """Refuse further frames and wake a reader blocked on a full queue; controls still pass."""
+        with self._lock:
+            self._data_closed = True
             self._not_full.notify_all()
-            return items, dropped, self._closed
 
     def close(self) -> None:
         with self._lock:
-            self._closed = True
+            self._data_closed = self._closed = True
             self._not_empty.notify_all()
             self._not_full.notify_all()
 
@@ -112,49 +163,89 @@ class EventQueue:
         self.dropped_total += count
         self._not_empty.notify()
 
-    def _drop_oldest(self) -> None:
-        for index, item in enumerate(self._items):
-            if type(item) is tuple:  # the oldest frame; control items stay
-                del self._items[index]
+    def _drop_oldest_until_fits(self, size: int) -> bool:
+        """Drop queued frames (never controls, never the batch in flight) until ``size`` fits."""
+        items = self._items
+        kept: list[Any] = []
+        while self._full(size) and items:
+            item = items.popleft()
+            if type(item) is tuple:
                 self._frames -= 1
+                self._bytes -= len(item[0])
                 self._drop(1)
-                return
+            else:
+                kept.append(item)
+        items.extendleft(reversed(kept))
+        return not self._full(size)
 
 
 class _Route(NamedTuple):
+    spec: ChannelSpec
     exchange: str
     category: str
     block_size: float | None
     handlers: tuple[Handler, ...]
 
 
-class RouteTable:
-    """Immutable routing table: series -> handlers. Replaced whole on every change."""
+# Parameters the data does not carry: two registrations differing only in them cannot be told apart.
+_UNCARRIED = ("batchInterval", "maxDepth", "updateFrequency", "quote")
 
-    def __init__(self, registrations: Iterable[tuple[ChannelSpec, Sequence[Handler]]] = ()) -> None:
-        by_symbol: dict[tuple[str, str], list[_Route]] = {}
-        by_coin: dict[tuple[str, str], list[_Route]] = {}
-        for spec, handlers in registrations:
-            if not handlers:
-                continue
+
+def data_key(spec: ChannelSpec) -> tuple[Any, ...]:
+    """What identifies a spec's points in the data (everything but the uncarried parameters)."""
+    return (spec.channel, spec.exchange, spec.symbol, spec.category,
+            tuple(kv for kv in spec.extras if kv[0] not in _UNCARRIED))
+
+
+class RouteTable:
+    """Immutable routing table: series -> handlers. ``updated`` returns a changed copy.
+
+    Per-symbol points (with a ``symbol``) go to per-symbol registrations only; grouped points (no
+    ``symbol``, a ``coin``) to ``group_by_coin`` registrations only. A category filter matches a
+    series with that category or with none. Copying is per key, so registering thousands of
+    handlers on a running client stays linear.
+    """
+
+    def __init__(self) -> None:
+        self._by_symbol: dict[tuple[str, str], tuple[_Route, ...]] = {}
+        self._by_coin: dict[tuple[str, str], tuple[_Route, ...]] = {}
+
+    def updated(self, spec: ChannelSpec, handlers: tuple[Handler, ...]) -> RouteTable:
+        """A copy where ``spec`` routes to ``handlers`` (none: the spec is gone)."""
+        new = RouteTable()
+        new._by_symbol, new._by_coin = self._by_symbol, self._by_coin
+        table = dict(self._by_coin if spec.grouped else self._by_symbol)
+        key = (spec.channel.value, spec.symbol)
+        routes = tuple(r for r in table.get(key, ()) if r.spec != spec)
+        if handlers:
             block = spec.param("blockSize")
-            route = _Route(spec.exchange, spec.category, float(block) if block else None, tuple(handlers))
-            table = by_coin if spec.grouped else by_symbol
-            table.setdefault((spec.channel.value, spec.symbol), []).append(route)
-        self._by_symbol = {k: tuple(v) for k, v in by_symbol.items()}
-        self._by_coin = {k: tuple(v) for k, v in by_coin.items()}
+            routes += (_Route(spec, spec.exchange, spec.category, float(block) if block else None, handlers),)
+        if routes:
+            table[key] = routes
+        else:
+            table.pop(key, None)
+        if spec.grouped:
+            new._by_coin = table
+        else:
+            new._by_symbol = table
+        return new
 
     def handlers_for(self, series: dict[str, Any]) -> tuple[Handler, ...]:
-        kind = series.get("type")
-        routes = self._by_symbol.get((kind, series.get("symbol")), ())
-        if self._by_coin:
-            routes += self._by_coin.get((kind, series.get("coin")), ())
+        symbol = series.get("symbol")
+        if symbol is not None:
+            routes = self._by_symbol.get((series.get("type"), symbol), ())
+        else:
+            routes = self._by_coin.get((series.get("type"), series.get("coin")), ())
+        if not routes:
+            return ()
         handlers: tuple[Handler, ...] = ()
         for route in routes:
             if route.exchange != "*" and route.exchange != series.get("exchange"):
                 continue
-            if route.category != "*" and route.category != series.get("category"):
-                continue
+            if route.category != "*":
+                category = series.get("category")
+                if category is not None and category != route.category:
+                    continue
             if route.block_size is not None:
                 block = series.get("blockSize")
                 if type(block) in (int, float) and block != route.block_size:
@@ -171,81 +262,99 @@ class Hooks:
         self.status: tuple[Handler, ...] = ()
 
 
-class _Status(NamedTuple):
-    status: Any
+class _RepeatFilter:
+    """Rate-limits identical error log lines: the first is logged, repeats are counted."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._seen: dict[str, tuple[float, int]] = {}
+        self._clock = clock
+
+    def admit(self, key: str) -> tuple[bool, int]:
+        """(log it now, how many identical ones were held back before it)."""
+        now = self._clock()
+        first, held = self._seen.get(key, (0.0, -1))
+        if held >= 0 and now - first < LOG_REPEAT_WINDOW:
+            self._seen[key] = (first, held + 1)
+            return False, 0
+        if len(self._seen) > 256:  # bounded: forget the oldest windows
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < LOG_REPEAT_WINDOW}
+            if len(self._seen) > 256:
+                self._seen.clear()
+        self._seen[key] = (now, 0)
+        return True, max(held, 0)
 
 
 class Dispatcher:
     """One family's dispatcher thread: decode, route, call handlers one at a time."""
 
     def __init__(self, family: str, queue: EventQueue, hooks: Hooks, decoder: FrameDecoder,
-                 on_message: Callable[[Any], None]) -> None:
+                 on_answer: Callable[[int, Any], None], on_died: Callable[[KiyotakaError], None]) -> None:
         self.family = family
         self.queue = queue
         self.hooks = hooks
         self.decoder = decoder
-        self.on_message = on_message  # answers and error frames go back to the connection
+        self.on_answer = on_answer  # answers go back to the session, with their connection
+        self.on_died = on_died
         self.routes = RouteTable()
         self.events = 0
         self.decode_errors = 0
         self.handler_errors = 0
         self.skipped = 0
+        self.closing = False   # set by stop(): no further event is delivered
+        self.finished = False  # set when stop() returns: no user code at all any more
+        self._repeats = _RepeatFilter()
         self._thread: threading.Thread | None = None
 
     # -- called from other threads --------------------------------------------------------------
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=f"kiyotaka-ws-{self.family}-dispatch")
+            self._thread = threading.Thread(target=self._run, name=f"kiyotaka-ws-{self.family}-dispatch",
+                                            daemon=True)
             self._thread.start()
 
-    def report_error(self, error: KiyotakaError) -> None:
-        if threading.current_thread() is self._thread:
-            self._error(error)  # raised while handling a frame: keep the server's order
-        else:
-            self.queue.put_control(error)
-
-    def report_status(self, status: Any) -> None:
-        if threading.current_thread() is self._thread:
-            self._status(status)
-        else:
-            self.queue.put_control(_Status(status))
-
-    def stop(self, deadline: float) -> bool:
-        """Close the queue and join the thread (not when called from it). True when joined."""
-        self.queue.close()
+    def join(self, deadline: float) -> bool:
         thread = self._thread
         if thread is None or thread is threading.current_thread():
-            return thread is None
+            return True
         thread.join(max(0.0, deadline - time.monotonic()))
         return not thread.is_alive()
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     # -- the dispatcher thread ----------------------------------------------------------------
 
     def _run(self) -> None:
-        queue = self.queue
-        while True:
-            items, dropped, closed = queue.take_all()
-            if dropped:
-                self._error(EventsDropped(dropped, family=self.family))
-            for item in items:
+        try:
+            while self._dispatch():
+                pass
+        except BaseException as exc:
+            if not self.closing:
+                log.exception("%s: the dispatcher failed", self.family)
+                self.on_died(KiyotakaError(f"{self.family}: the dispatcher thread failed ({_describe(exc)})"))
+
+    def _dispatch(self) -> bool:
+        """Handle one batch; False once the queue is closed and drained."""
+        items, dropped, closed = self.queue.take()
+        if dropped:
+            self._error(EventsDropped(dropped, family=self.family))
+        for item in items:
+            if self.finished:
+                return False
+            try:
                 if type(item) is tuple:
-                    if not closed:  # on stop, pending data is discarded; errors and statuses still go out
+                    if not self.closing:  # on stop, pending data is discarded
                         self._frame(item)
-                elif type(item) is _Status:
-                    self._status(item.status)
+                elif type(item) is Status:
+                    for handler in self.hooks.status:
+                        self._invoke(handler, item.status)
                 else:
                     self._error(item)
-            if closed:
-                return
+            except Exception:  # noqa: BLE001 - a bug in one item must not end delivery
+                log.exception("%s: internal error while dispatching", self.family)
+        return not closed
 
-    def _frame(self, item: tuple[bytes, bool]) -> None:
+    def _frame(self, item: tuple[bytes, bool, int]) -> None:
         try:
-            message = self.decoder.decode(*item)
+            message = self.decoder.decode(item[0], item[1])
         except DecodeError as exc:
             self.decode_errors += 1
             self._error(exc)
@@ -253,11 +362,21 @@ class Dispatcher:
         points = message.get("points") if type(message) is dict else None
         if type(points) is list:
             self._deliver(points)
+            return
+        kind = classify(message)
+        if kind is Kind.RESPONSE:
+            self.on_answer(item[2], message)
+        elif kind is Kind.ERROR:
+            code, text, data = error_details(message)
+            self._error(ServerError(f"server error {code}: {text}", code=code, data=data))
         else:
-            self.on_message(message)
+            self.decode_errors += 1
+            self._error(DecodeError("unexpected message shape", excerpt=excerpt(message)))
 
     def _deliver(self, points: list[Any]) -> None:
         for point in points:
+            if self.closing:
+                return
             routes = self.routes  # one snapshot per point: an unsubscribe takes effect at once
             try:
                 handlers = routes.handlers_for(point["series"])
@@ -284,28 +403,47 @@ class Dispatcher:
                 except BaseException as exc:  # noqa: BLE001 - nothing a handler does may kill this thread
                     self._handler_failed(handler, event, exc)
 
-    def _status(self, status: Any) -> None:
-        for handler in self.hooks.status:
-            self._invoke(handler, status)
-
     def _error(self, error: KiyotakaError) -> None:
-        if not self.hooks.error:
-            log.error("%s (%s): %s", type(error).__name__, self.family, error,
-                      exc_info=error.__cause__ is not None and error)
+        if self.hooks.error:
+            log.debug("%s (%s): %s", type(error).__name__, self.family, error)
+            for handler in self.hooks.error:
+                self._invoke(handler, error)
             return
-        for handler in self.hooks.error:
-            self._invoke(handler, error)
+        text = _describe(error, with_type=False)
+        show, held = self._repeats.admit(f"{type(error).__name__}:{text[:200]}")
+        if show:
+            more = f" (and {held} more like it in the last {LOG_REPEAT_WINDOW:.0f}s)" if held else ""
+            level = logging.ERROR if isinstance(error, HandlerError) else logging.WARNING
+            log.log(level, "%s (%s): %s%s", type(error).__name__, self.family, text, more,
+                    exc_info=error.__cause__ is not None and error)
 
     def _invoke(self, handler: Handler, arg: Any) -> None:
         """Call an on_error/on_status handler; if it fails, log it (never report it: no recursion)."""
         try:
             handler(arg)
-        except BaseException:  # nothing a handler does may kill this thread
-            log.exception("kiyotaka_ws: %r raised while handling %s", handler, type(arg).__name__)
+        except BaseException as exc:  # noqa: BLE001 - nothing a handler does may kill this thread
+            log.error("kiyotaka_ws: %s raised %s while handling %s", _name(handler), _describe(exc),
+                      type(arg).__name__)
 
     def _handler_failed(self, handler: Handler, event: Any, exc: BaseException) -> None:
         self.handler_errors += 1
-        name = getattr(handler, "__qualname__", repr(handler))
-        error = HandlerError(f"handler {name} raised {type(exc).__name__}: {exc}", event=event, handler=handler)
+        error = HandlerError(f"handler {_name(handler)} raised {_describe(exc)}", event=event, handler=handler)
         error.__cause__ = exc
         self._error(error)
+
+
+def _name(handler: Any) -> str:
+    try:
+        return str(getattr(handler, "__qualname__", None) or repr(handler))
+    except Exception:  # noqa: BLE001 - a hostile __repr__
+        return type(handler).__name__
+
+
+def _describe(exc: BaseException, with_type: bool = True) -> str:
+    """``Type: message`` even when the exception's ``__str__`` itself raises."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a hostile __str__
+        text = "<unprintable>"
+    return f"{type(exc).__name__}: {text}" if with_type else text
+

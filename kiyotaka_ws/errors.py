@@ -66,3 +66,23 @@ class EventsDropped(KiyotakaError):
         super().__init__(f"{count} frames of events dropped{where}: queue full (handlers too slow)")
         self.count = count
         self.family = family
+
+
+class ConnectionFailedError(KiyotakaError):
+    """A family gave up for good: an HTTP 400/404/410 answer to the upgrade (wrong URL),
+    ``max_retries`` reached, or the connection lost with ``reconnect=False``.
+
+    ``family`` is ``"book"`` or ``"nonbook"``, ``status`` the HTTP status (or None), ``url`` the
+    endpoint without its query (it never holds the key).
+    """
+
+    def __init__(self, message: str, *, family: str = "", status: int | None = None, url: str = "") -> None:
+        super().__init__(message)
+        self.family = family
+        self.status = status
+        self.url = url.split("?", 1)[0]
+
+
+class ClientStoppedError(KiyotakaError):
+    """The client was stopped: raised by ``Subscription.wait()``, and by registering or starting
+    on a stopped client."""

@@ -88,7 +88,7 @@ def _matches(channel: dict[str, Any], series: dict[str, Any]) -> bool:
         return False
     if channel.get("exchange") not in ("*", series.get("exchange")):
         return False
-    if channel.get("category", "*") not in ("*", series.get("category")):
+    if series.get("category") is not None and channel.get("category", "*") not in ("*", series["category"]):
         return False
     key = "coin" if channel.get("groupByType") == "1" else "symbol"
     return channel.get("symbol") == series.get(key)
