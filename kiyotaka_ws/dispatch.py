@@ -348,7 +348,7 @@ class Dispatcher:
                         self._invoke(handler, item.status)
                 else:
                     self._error(item)
-            except Exception:  # noqa: BLE001 - a bug in one item must not end delivery
+            except Exception:  # a bug in one item must not end delivery
                 log.exception("%s: internal error while dispatching", self.family)
         return not closed
 
