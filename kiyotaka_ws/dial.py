@@ -219,7 +219,7 @@ class Proxy:
 def _redact_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return "***" if "@" in url else url
+        return "<not a URL, not shown>"
     if "@" in rest:
         rest = "***@" + rest.rpartition("@")[2]
     return f"{scheme}{sep}{rest}"
