@@ -231,6 +231,32 @@ def socks5_proxy(user: str, password: str, *, stall: bool = False) -> RawServer:
     return server
 
 
+def socks4_proxy(user: str) -> RawServer:
+    def until_nul(conn: socket.socket, buf: bytearray) -> bytes:
+        out = b""
+        while True:
+            c = read_exact(conn, 1, buf)
+            if c == b"\0":
+                return out
+            out += c
+
+    def handle(conn: socket.socket) -> None:
+        buf = bytearray()
+        _, _, port, ip = struct.unpack("!BBH4s", read_exact(conn, 8, buf))
+        userid = until_nul(conn, buf).decode()
+        host = until_nul(conn, buf).decode() if ip[:3] == b"\0\0\0" else socket.inet_ntoa(ip)
+        server.requests.append(f"{userid} {host}:{port}".encode())
+        if userid != user:
+            conn.sendall(b"\x00\x5b" + b"\0" * 6)
+            return
+        upstream = socket.create_connection((host, port))
+        conn.sendall(b"\x00\x5a" + b"\0" * 6)
+        bridge(conn, upstream)
+
+    server = RawServer(handle)
+    return server
+
+
 def http_answer(response: bytes) -> Callable[[socket.socket], None]:
     def handle(conn: socket.socket) -> None:
         read_head(conn)
@@ -582,6 +608,25 @@ def test_socks5_failure_reply() -> None:
         proxy = Proxy.parse(f"socks5://a:b@127.0.0.1:{proxy_server.port}")
         with pytest.raises(ProxyError, match="connection refused"):
             dial(f"ws://127.0.0.1:{port}/", timeout=5, cancel=Cancel(), proxy=proxy)
+
+
+@pytest.mark.parametrize(("scheme", "sent"), [("socks4", "127.0.0.1"), ("socks4a", "localhost")])
+def test_socks4_proxies(scheme: str, sent: str) -> None:
+    with ws_server() as port, closing(socks4_proxy("me")) as proxy_server:
+        sock, leftover = dial(f"ws://localhost:{port}/", timeout=5, cancel=Cancel(),
+                              proxy=Proxy.parse(f"{scheme}://me@127.0.0.1:{proxy_server.port}"))
+        with sock:
+            echo_roundtrip(sock, leftover)
+        assert proxy_server.requests == [f"me {sent}:{port}".encode()]
+        with pytest.raises(ProxyError, match="rejected"):
+            dial(f"ws://localhost:{port}/", timeout=5, cancel=Cancel(),
+                 proxy=Proxy.parse(f"{scheme}://you@127.0.0.1:{proxy_server.port}"))
+
+
+def test_cancel_during_http_connect() -> None:
+    with closing(RawServer(silent)) as proxy_server:
+        exc = dial_and_cancel("ws://127.0.0.1:9/", proxy=Proxy.parse(f"http://u:p@127.0.0.1:{proxy_server.port}"))
+    assert exc.phase == "proxy"
 
 
 def test_cancel_during_socks_negotiation() -> None:
