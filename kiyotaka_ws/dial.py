@@ -301,11 +301,14 @@ def dial(url: str, *, timeout: float, cancel: Cancel, sslopt: dict[str, Any] | N
     ``timeout`` is the total budget for the whole dial (name resolution included, though that part
     cannot be cut short). The socket comes back in blocking mode with no timeout and TCP_NODELAY set.
     Raises ``DialError`` subclasses (the OS or TLS exception is the ``__cause__``) and
-    ``ConfigurationError`` for bad arguments.
+    ``ConfigurationError`` for bad arguments. A ``cancel()`` that comes after ``dial`` returned only
+    sets ``cancel.cancelled``; the caller owns the socket from then on.
     """
     target = _parse_target(url)
-    context = _ssl_context(sslopt or {}) if target.secure else None
-    server_hostname = (sslopt or {}).get("server_hostname") or target.host
+    context = server_hostname = None
+    if target.secure:
+        context = _ssl_context({} if sslopt is None else sslopt)
+        server_hostname = (sslopt or {}).get("server_hostname") or target.host
     extra = _check_headers(headers, user_agent)
     if not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ConfigurationError(f"timeout: expected a positive number of seconds, got {timeout!r}")
@@ -320,7 +323,7 @@ def dial(url: str, *, timeout: float, cancel: Cancel, sslopt: dict[str, Any] | N
         else:
             io.connect(proxy.host, proxy.port, via=proxy)
             _negotiate_proxy(io, proxy, target)
-        if context is not None:
+        if context is not None and server_hostname is not None:
             io.start_tls(context, server_hostname)
         sock, leftover = _upgrade(io, target, extra)
     except BaseException:
@@ -362,12 +365,15 @@ def _parse_target(url: str) -> _Target:
 def _check_headers(headers: Sequence[str], user_agent: str) -> list[str]:
     if isinstance(headers, (str, bytes)):
         raise ConfigurationError("headers: expected a sequence of 'Name: value' strings, got a single string")
+    if not isinstance(user_agent, str) or "\r" in user_agent or "\n" in user_agent:
+        raise ConfigurationError("user_agent: expected a string without line breaks")
     out = []
-    for line in list(headers) + [f"User-Agent: {user_agent}"]:
+    for line in headers:
         name, colon, _ = line.partition(":") if isinstance(line, str) else (type(line).__name__, "", "")
         if not colon or not name.strip() or name != name.strip() or "\r" in line or "\n" in line:
             raise ConfigurationError(f"headers: expected 'Name: value' without line breaks, got one named {name!r}")
         out.append(line)
+    out.append(f"User-Agent: {user_agent}")
     return out
 
 
@@ -545,8 +551,6 @@ class _Io:
                 last = socket.timeout("timed out")
             except OSError as exc:
                 last = exc
-        if isinstance(last, socket.timeout):  # only reachable when an earlier address timed out
-            self.check()
         message = f"cannot connect to {what}: {_strerror(last) if last else 'no address'}"
         if via is not None:
             raise ProxyError(message, url=self.shown) from last
@@ -693,8 +697,6 @@ class _Io:
                 self.too_big(f"more than {MAX_HEADER_LINES} lines")
             if end >= 0:
                 break
-        if end > MAX_HEADER_BYTES:
-            self.too_big(f"more than {MAX_HEADER_BYTES} bytes")
         head, leftover = bytes(buf[:end]), bytes(buf[end + 4:])
         text = head.decode("latin-1").split("\r\n")
         fields = []

@@ -752,6 +752,8 @@ def test_proxy_repr_hides_password() -> None:
     ({"timeout": 0}, "timeout"),
     ({"headers": ["X-Evil: a\r\nHost: b"]}, "headers"),
     ({"headers": "X: 1"}, "headers"),
+    ({"user_agent": "a\r\nX: y"}, "user_agent"),
+    ({"url": "wss://127.0.0.1:9/", "sslopt": ["context"]}, "sslopt"),
 ])
 def test_bad_arguments(kwargs: dict[str, Any], name: str) -> None:
     args: dict[str, Any] = {"url": "ws://127.0.0.1:9/", "timeout": 1, "cancel": Cancel(), **kwargs}
