@@ -181,7 +181,12 @@ def http_proxy(user: str, password: str) -> RawServer:
                          b"Proxy-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\n\r\n")
             return
         host, _, port = authority.rpartition(":")
-        upstream = socket.create_connection((host.strip("[]"), int(port)))
+        try:
+            upstream = socket.create_connection((host.strip("[]"), int(port)), timeout=2)
+        except OSError:
+            conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+            return
+        upstream.settimeout(None)
         conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
         bridge(conn, upstream)
 
@@ -558,12 +563,13 @@ def test_http_proxy_password_never_shows() -> None:
         sock, _ = dial(f"ws://127.0.0.1:{port}/ws", timeout=5, cancel=Cancel(), proxy=proxy)
         sock.close()
         texts = [repr(proxy), str(proxy)]
-        # Every failure the dial can meet through this proxy: 407 (wrong user), refused target, cancel.
+        # Failures through this proxy: 407 (wrong user), 502 (refused target).
         cases = [(Proxy.parse(f"http://other:secret@127.0.0.1:{proxy_server.port}"), f"ws://127.0.0.1:{port}/"),
                  (proxy, "ws://127.0.0.1:1/")]
-        for p, url in cases:
-            with pytest.raises(DialError) as info:
+        for (p, url), status in zip(cases, (407, 502)):
+            with pytest.raises(ProxyError) as info:
                 dial(url, timeout=5, cancel=Cancel(), proxy=p)
+            assert info.value.status == status
             texts += [str(info.value), repr(info.value), repr(info.value.__cause__)]
         with pytest.raises(ConfigurationError) as bad:
             Proxy.parse("http://user:secret@127.0.0.1:notaport")
@@ -759,3 +765,13 @@ def test_bad_arguments(kwargs: dict[str, Any], name: str) -> None:
     args: dict[str, Any] = {"url": "ws://127.0.0.1:9/", "timeout": 1, "cancel": Cancel(), **kwargs}
     with pytest.raises(ConfigurationError, match=f"^{name}:"):
         dial(**args)
+
+
+def test_error_hierarchy() -> None:
+    from kiyotaka_ws.errors import KiyotakaError
+
+    for cls in (ConnectFailed, DialTimeout, TLSFailed, BadHandshake, HandshakeRejected, ProxyError, DialCancelled):
+        assert issubclass(cls, DialError)
+    assert issubclass(DialError, KiyotakaError)
+    exc = HandshakeRejected("a\nb", url="ws://h/", status=503, reason="x", retry_after=None)
+    assert str(exc) == "a b" and exc.retryable and exc.url == "ws://h/"
