@@ -17,14 +17,20 @@ The wake-up pair belongs to one ``dial`` call: it is attached to the ``Cancel`` 
 detached (under the same lock) before it is closed, so ``cancel()`` never writes to a closed or
 reused file descriptor. A ``cancel()`` after ``dial`` returned only sets the flag.
 
-Limit: name resolution (``getaddrinfo``) cannot be interrupted. It runs first, before the
-cancellable part; a ``cancel()`` during it takes effect as soon as it returns. IP literals and
+Limit: name resolution (``getaddrinfo``) cannot be interrupted. It runs before each cancellable
+wait (the target or proxy host first; with ``socks4``/``socks5`` proxies the target is also
+resolved locally before the request); a ``cancel()`` during it takes effect as soon as it returns. IP literals and
 ``localhost`` resolve at once; a slow DNS server delays both the dial and its cancellation.
 
 Failures are ``DialError`` subclasses with a one-line message that never holds a password, header
 value or URL query; ``retryable`` tells a permanent failure (rejected key, wrong URL, proxy
 credentials refused, certificate not trusted) from a transient one. Bad arguments (URL, proxy,
 ``sslopt``, headers) raise ``ConfigurationError`` before any network traffic.
+
+``sslopt`` (wss only) honours websocket-client's common keys: ``context`` (used as is),
+``cert_reqs``, ``check_hostname``, ``ca_certs``, ``ca_cert_path``, ``certfile``, ``keyfile``,
+``password``, ``server_hostname``, ``ciphers`` (and the ``WEBSOCKET_CLIENT_CA_BUNDLE`` variable);
+any other key is a ``ConfigurationError``. Without ``sslopt`` it is ``ssl.create_default_context()``.
 
 SOCKS4/4a/5/5h and HTTP CONNECT are implemented here (RFC 1928/1929 and RFC 9110 CONNECT are
 short) over the already-connected, cancellable socket; no optional dependency is needed.
