@@ -26,7 +26,7 @@ from typing import (
 from urllib.parse import urlsplit
 
 from .channels import BOOK, FAMILIES, NONBOOK, Channel, ChannelSpec, make_spec
-from .dial import Proxy
+from .dial import Proxy, ssl_context
 from .dispatch import (
     OVERFLOW_POLICIES,
     Dispatcher,
@@ -219,7 +219,7 @@ class KiyotakaClient:
             stale_timeout=stale_timeout, auth_timeout=float(auth_timeout),
             subscribe_timeout=float(subscribe_timeout), connect_timeout=float(connect_timeout),
             send_timeout=float(send_timeout), max_frame_bytes=max_frame_bytes, max_retries=max_retries,
-            sslopt=dict(sslopt) if sslopt else None, proxy=Proxy.parse(proxy) if proxy is not None else None)
+            sslopt=_tls(sslopt, urls), proxy=Proxy.parse(proxy) if proxy is not None else None)
         self._hooks = Hooks()
         self._ids = itertools.count(1)  # request ids: never reused in this client's lifetime
         self._lock = threading.Lock()   # guards the registry below; never held around user code or I/O
@@ -512,6 +512,14 @@ class KiyotakaClient:
         family = self._families.get(spec.family)
         if family is not None:
             family.dispatcher.routes = routes
+
+
+def _tls(sslopt: Mapping[str, Any] | None, urls: dict[str, str]) -> dict[str, Any] | None:
+    """Check ``sslopt`` now (a bad key is a ConfigurationError here, not a failed connect later)
+    and build the TLS context once for every connect."""
+    if not sslopt and not any(url.startswith("wss:") for url in urls.values()):
+        return None
+    return {"context": ssl_context(dict(sslopt or {}))}
 
 
 def _conflict(spec: ChannelSpec, other: ChannelSpec) -> str:

@@ -313,7 +313,7 @@ def dial(url: str, *, timeout: float, cancel: Cancel, sslopt: dict[str, Any] | N
     target = _parse_target(url)
     context = server_hostname = None
     if target.secure:
-        context = _ssl_context({} if sslopt is None else sslopt)
+        context = ssl_context({} if sslopt is None else sslopt)
         server_hostname = (sslopt or {}).get("server_hostname") or target.host
     extra = _check_headers(headers, user_agent)
     if not isinstance(timeout, (int, float)) or not timeout > 0:
@@ -383,7 +383,7 @@ def _check_headers(headers: Sequence[str], user_agent: str) -> list[str]:
     return out
 
 
-def _ssl_context(sslopt: dict[str, Any]) -> ssl.SSLContext:
+def ssl_context(sslopt: dict[str, Any]) -> ssl.SSLContext:
     """An SSLContext honouring websocket-client's common ``sslopt`` keys; unknown keys are an error
     (a silently ignored security option is worse than a clear message)."""
     if not isinstance(sslopt, dict):
