@@ -58,6 +58,7 @@ WIRE_NAMES: dict[str, str] = {
     "quote": "quote",
     "group_by_coin": "groupByType",
 }
+_OPTION_NAMES = {wire: option for option, wire in WIRE_NAMES.items()}  # wire field -> keyword argument
 _RESERVED = frozenset({"type", "exchange", "symbol", "category"})
 _DURATION = re.compile(r"^\d+(\.\d+)?(ms|s|m|h)$")
 
@@ -194,7 +195,16 @@ def make_spec(channel: str | Channel, *, exchange: Any, symbol: Any, category: A
             if not isinstance(key, str) or not key or key in _RESERVED:
                 raise ConfigurationError(f"params: {key!r} is not an allowed extra wire field "
                                          f"(type, exchange, symbol and category are arguments)")
-            if value is not None:
+            if value is None:
+                continue
+            option = _OPTION_NAMES.get(key)
+            if option in _CHECKS:  # a known wire field is checked like its keyword argument
+                extras[key] = _CHECKS[option](f"params[{key!r}]", value)
+            elif key == "groupByType":
+                extras[key] = wire_value(f"params[{key!r}]", value)
+                if extras[key] not in ("0", "1"):
+                    raise ConfigurationError(f"params['groupByType']: expected \"0\" or \"1\", got {value!r}")
+            else:
                 extras[key] = wire_value(f"params[{key!r}]", value)
     if chan is Channel.BLOCK_BOOK_SNAPSHOT and "blockSize" not in extras:
         raise ConfigurationError("block_size: required for BLOCK_BOOK_SNAPSHOT (see GET /v1/block-sizes)")
