@@ -20,18 +20,20 @@ from kiyotaka_ws.cli import main
 from kiyotaka_ws.testing import FakeKiyotakaServer, trade_point
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-EXAMPLES = {
-    "trade_tape.py": " @ ",
-    "liquidation_alerts.py": None,  # alerts depend on random sizes; a clean run is the check
-    "spread_monitor.py": "spread",
-    "funding_oi_watcher.py": "open interest",
-    "volume_profile_poc.py": "POC",
-    "multi_channel_bot.py": "vs mid",
+EXAMPLES = {  # what each example must print in a short --fake run
+    "trade_tape.py": (" @ ",),
+    "liquidation_alerts.py": ("LIQUIDATION BINANCE_FUTURES BTCUSDT", "LIQUIDATION BYBIT BTCUSDT"),  # exchange="*"
+    "spread_monitor.py": ("spread 10.0", "<-- wide"),
+    "funding_oi_watcher.py": ("open interest", "funding ", "(next n/a)"),
+    "volume_profile_poc.py": ("POC ", "(bucket 25.0)"),
+    "multi_channel_bot.py": ("vs mid", "[lost] nonbook", "[gap] nonbook was down", "[gap] book was down",
+                             "2 gap(s) detected"),
 }
 
 
 def _spawn(args, **kwargs):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # PYTHONPATH: run against this checkout even when another copy of the package is installed.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, **kwargs)
 
@@ -43,10 +45,20 @@ def test_every_example_runs_against_the_fake_server():
     for name, proc in procs.items():
         out, err = results[name]
         assert proc.returncode == 0, f"{name} failed:\n{out}\n{err}"
-        expected = EXAMPLES.get(name, "ok")
-        if expected:
+        for expected in EXAMPLES.get(name, ("ok",)):
             assert expected in out, f"{name} printed:\n{out}"
-    assert sorted(p.name for p in (ROOT / "examples").glob("*.py") if not p.name.startswith("_")) == sorted(procs)
+    assert sorted(p.name for p in (ROOT / "examples").glob("*.py")) == sorted(procs)
+
+
+def test_examples_use_only_the_public_api():
+    """Examples are meant to be copied: no private modules, no helpers outside the file."""
+    allowed = re.compile(r"^(from kiyotaka_ws(\.testing)? import|import (argparse|random|threading|time)$|"
+                         r"from __future__ import|from typing import)")
+    for path in sorted((ROOT / "examples").glob("*.py")):
+        imports = [line for line in path.read_text().splitlines() if line.startswith(("import ", "from "))]
+        assert imports and all(allowed.match(line) for line in imports), (path.name, imports)
+        assert "_runner" not in path.read_text() and "kiyotaka_ws.demo" not in path.read_text()
+    assert not (ROOT / "examples" / "_runner.py").exists()
 
 
 def test_demo_runs_and_summarises(capsys):
