@@ -398,3 +398,15 @@ def test_demo_ctrl_c_still_summarises():
             proc.communicate()
     assert proc.returncode == 130, err
     assert "events per channel" in out and "Traceback" not in err
+
+
+def test_readme_documents_the_commands_and_exit_codes():
+    from kiyotaka_ws import cli
+
+    readme = (ROOT / "README.md").read_text()
+    commands = readme[readme.index("## Command line"):readme.index("## Troubleshooting")]
+    for command in ("kiyotaka-ws demo", "kiyotaka-ws stream", "kiyotaka-ws bench", "--retries N"):
+        assert command in commands
+    for code in (cli.EXIT_OK, cli.EXIT_REJECTED, cli.EXIT_USAGE, cli.EXIT_NO_CONNECTION, cli.EXIT_INTERRUPTED):
+        assert f"\n| {code} | " in commands and f"\n  {code} " in cli.EXIT_CODES
+    assert "| `bench.py` |" in readme and "## Logging" in readme and "## Troubleshooting" in readme
