@@ -23,7 +23,7 @@ class SubscriptionError(KiyotakaError):
     ``channel`` is the wire channel object (a dict), ``code`` and ``message`` what the server said.
     """
 
-    def __init__(self, message: str, *, channel: dict | None = None,
+    def __init__(self, message: str, *, channel: dict[str, Any] | None = None,
                  code: Any = None, server_message: str | None = None) -> None:
         super().__init__(message)
         self.channel = channel

@@ -35,7 +35,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Callable
 
-import brotli
+import brotli  # type: ignore[import-untyped]
 
 try:
     from websockets.exceptions import ConnectionClosed
