@@ -47,8 +47,8 @@ EXIT_FAILURE = EXIT_REJECTED  # the older name
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}    ran to --seconds, or ended cleanly (e.g. the output pipe was closed)
   {EXIT_REJECTED}    the API key was rejected
-  {EXIT_USAGE}    usage error: bad channel, --param, --category, --region or missing key (checked before
-       connecting), or the server rejected the subscription (e.g. an unknown symbol)
+  {EXIT_USAGE}    usage error: a bad channel, --param, --category, --region or --url (all checked
+       before the key), no key, or the server rejected the subscription (e.g. an unknown symbol)
   {EXIT_NO_CONNECTION}    could not connect: never READY within --seconds, or the client gave up
        (a wrong URL answered 400/404/410, or --retries attempts failed)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
