@@ -1,11 +1,18 @@
-"""A multi-channel bot: trades and book on two threads, gap handling with on_status, errors logged.
+"""A multi-channel bot: trades and the book on two threads, gap handling with on_status, errors reported.
 
-    python examples/multi_channel_bot.py --fake --seconds 10
+    python examples/multi_channel_bot.py                     # the real service (key from KIYOTAKA_API_KEY)
+    python examples/multi_channel_bot.py --fake --seconds 5  # offline: a fake server that drops the connection once
+
+A DISCONNECTED followed by READY means events sent in between were missed (the service has no
+replay): the bot reports the gap, and a real bot would re-sync there (e.g. fetch trades over REST).
 """
 
-import threading
+from __future__ import annotations
 
-from _runner import run
+import argparse
+import random
+import threading
+import time
 
 from kiyotaka_ws import (
     BookSnapshot,
@@ -15,13 +22,21 @@ from kiyotaka_ws import (
     State,
     Trade,
 )
+from kiyotaka_ws.testing import (  # the "testing" extra
+    FakeKiyotakaServer,
+    book_point,
+    trade_point,
+)
+
+EXCHANGE, SYMBOL, BLOCK = "BINANCE_FUTURES", "BTCUSDT", 10.0
 
 
 class Bot:
     def __init__(self) -> None:
         self.lock = threading.Lock()  # trades and books arrive on two different dispatcher threads
-        self.mid = None
+        self.mid: float | None = None
         self.trades = 0
+        self.lost_at: dict[str, float] = {}  # family -> when it went DISCONNECTED
         self.gaps = 0
 
     def on_trade(self, trade: Trade) -> None:
@@ -35,25 +50,82 @@ class Bot:
             self.mid = book.mid
 
     def on_status(self, status: ConnectionStatus) -> None:
-        if status.state is State.DISCONNECTED:
-            with self.lock:
+        # Runs on the dispatcher of the family concerned; the lock guards state shared by both.
+        with self.lock:
+            if status.state is State.DISCONNECTED:
+                self.lost_at.setdefault(status.family, time.monotonic())
+                print(f"[lost] {status.family} ({status.reason}); reconnecting")
+            elif status.state is State.READY and status.family in self.lost_at:
+                down = time.monotonic() - self.lost_at.pop(status.family)
                 self.gaps += 1
-            print(f"[gap] {status.family} lost ({status.reason}); events may be missed until READY")
-        elif status.state is State.READY and self.gaps:
-            # Back after a gap: a real bot would re-sync here (e.g. fetch recent trades over REST).
-            print(f"[resync] {status.family} READY again")
+                print(f"[gap] {status.family} was down {down:.2f}s: events in between may be missing; re-syncing")
 
     def on_error(self, error: KiyotakaError) -> None:
         print(f"[error] {type(error).__name__}: {error}")
 
 
-def setup(client: KiyotakaClient) -> None:
+def setup(client: KiyotakaClient) -> Bot:
     bot = Bot()
-    client.on_trade(bot.on_trade, exchange="BINANCE_FUTURES", symbol="BTCUSDT")
-    client.on_book(bot.on_book, exchange="BINANCE_FUTURES", symbol="BTCUSDT", block_size=10)
+    client.on_trade(bot.on_trade, exchange=EXCHANGE, symbol=SYMBOL)
+    client.on_book(bot.on_book, exchange=EXCHANGE, symbol=SYMBOL, block_size=BLOCK)
     client.on_status(bot.on_status)
     client.on_error(bot.on_error)
+    return bot
+
+
+def fake_market(server: FakeKiyotakaServer, stop: threading.Event, drop_after: float) -> None:
+    """Publish trades and books until ``stop`` is set, and cut every connection once (only for --fake)."""
+    rng, mid, started, dropped = random.Random(6), 90_000.0, time.monotonic(), False
+    while not stop.wait(0.02):
+        mid += rng.gauss(0, 3)
+        side = rng.choice(["BUY", "SELL"])
+        points = [trade_point(EXCHANGE, SYMBOL, price=round(mid + (3 if side == "BUY" else -3), 1),
+                              amount=round(rng.expovariate(20), 4), side=side, id=rng.getrandbits(40))]
+        if rng.random() < 0.2:
+            best_bid = (mid // BLOCK) * BLOCK
+            points.append(book_point(EXCHANGE, SYMBOL, bids=[(best_bid - i * BLOCK, 1.0) for i in range(5)],
+                                     asks=[(best_bid + (i + 1) * BLOCK, 1.0) for i in range(5)], block_size=BLOCK))
+        server.publish(points)
+        if not dropped and time.monotonic() - started >= drop_after:
+            dropped = True
+            server.drop_connections()  # a fault on purpose: a TCP reset of both connections
+
+
+def run(client: KiyotakaClient, seconds: float | None) -> None:
+    """Run until Ctrl-C (or for ``seconds``); a rejected key raises AuthenticationError."""
+    timer = threading.Timer(seconds or 0, client.stop)
+    if seconds:
+        timer.start()
+    try:
+        client.run_forever()
+    finally:
+        timer.cancel()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fake", action="store_true", help="use a local fake server with a synthetic market")
+    parser.add_argument("--seconds", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    args = parser.parse_args()
+    if not args.fake:
+        client = KiyotakaClient()  # the key comes from KIYOTAKA_API_KEY
+        setup(client)
+        run(client, args.seconds)
+        return
+    with FakeKiyotakaServer() as server:
+        client = KiyotakaClient(**server.client_kwargs(), backoff_initial=0.1)
+        bot = setup(client)
+        stop = threading.Event()
+        drop_after = min(1.0, (args.seconds or 3.0) / 3)
+        market = threading.Thread(target=fake_market, args=(server, stop, drop_after))
+        market.start()
+        try:
+            run(client, args.seconds)
+        finally:
+            stop.set()
+            market.join()
+        print(f"{bot.trades} trades, {bot.gaps} gap(s) detected")
 
 
 if __name__ == "__main__":
-    run(__doc__, setup)
+    main()

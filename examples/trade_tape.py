@@ -1,19 +1,74 @@
 """Trade tape: every BTCUSDT trade on Binance USDT-M futures, one line each.
 
-    python examples/trade_tape.py --fake --seconds 10
+    python examples/trade_tape.py                    # the real service (key from KIYOTAKA_API_KEY)
+    python examples/trade_tape.py --fake --seconds 5 # offline: a local fake server with synthetic trades
 """
 
-from _runner import run
+from __future__ import annotations
+
+import argparse
+import random
+import threading
 
 from kiyotaka_ws import KiyotakaClient, Trade
+from kiyotaka_ws.testing import FakeKiyotakaServer, trade_point  # the "testing" extra
+
+EXCHANGE, SYMBOL = "BINANCE_FUTURES", "BTCUSDT"
 
 
 def setup(client: KiyotakaClient) -> None:
-    @client.on_trade(exchange="BINANCE_FUTURES", symbol="BTCUSDT")
+    @client.on_trade(exchange=EXCHANGE, symbol=SYMBOL)
     def tape(trade: Trade) -> None:
         # Runs on the nonbook dispatcher thread, one trade at a time, in server order.
         print(f"{trade.datetime:%H:%M:%S.%f} {trade.side:<4} {trade.amount:>10.4f} @ {trade.price:,.1f}")
 
 
+def fake_market(server: FakeKiyotakaServer, stop: threading.Event) -> None:
+    """Publish a random walk of trades until ``stop`` is set (only for --fake)."""
+    rng, price = random.Random(1), 90_000.0
+    while not stop.wait(0.05):
+        price += rng.gauss(0, 5)
+        server.publish([trade_point(EXCHANGE, SYMBOL, price=round(price, 1), amount=round(rng.expovariate(20), 4),
+                                    side=rng.choice(["BUY", "SELL"]), id=rng.getrandbits(40))])
+
+
+def run(client: KiyotakaClient, seconds: float | None) -> None:
+    """Run until Ctrl-C (or for ``seconds``); a rejected key raises AuthenticationError."""
+    timer = threading.Timer(seconds or 0, client.stop)
+    if seconds:
+        timer.start()
+    try:
+        client.run_forever()
+    finally:
+        timer.cancel()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fake", action="store_true", help="use a local fake server with a synthetic market")
+    parser.add_argument("--seconds", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    args = parser.parse_args()
+    if not args.fake:
+        client = KiyotakaClient()  # the key comes from KIYOTAKA_API_KEY
+        setup(client)
+        run(client, args.seconds)
+        return
+    from kiyotaka_ws.testing import (
+        FakeKiyotakaServer,  # the "testing" extra: pip install "kiyotaka-ws[testing]"
+    )
+
+    with FakeKiyotakaServer() as server:
+        client = KiyotakaClient(**server.client_kwargs())
+        setup(client)
+        stop = threading.Event()
+        market = threading.Thread(target=fake_market, args=(server, stop))
+        market.start()
+        try:
+            run(client, args.seconds)
+        finally:
+            stop.set()
+            market.join()
+
+
 if __name__ == "__main__":
-    run(__doc__, setup)
+    main()

@@ -5,7 +5,9 @@ from .channels import Channel, Side
 from .client import KiyotakaClient, Subscription
 from .errors import (
                      AuthenticationError,
+                     ClientStoppedError,
                      ConfigurationError,
+                     ConnectionFailedError,
                      DecodeError,
                      EventsDropped,
                      HandlerError,
@@ -31,7 +33,9 @@ __all__ = [
                      "BookLevel",
                      "BookSnapshot",
                      "Channel",
+                     "ClientStoppedError",
                      "ConfigurationError",
+                     "ConnectionFailedError",
                      "ConnectionStats",
                      "ConnectionStatus",
                      "DecodeError",

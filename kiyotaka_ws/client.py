@@ -47,7 +47,7 @@ from .events import (
 )
 from .protocol import FrameDecoder
 from .session import Options, Secret, Session, WireSub
-from .status import ConnectionStats
+from .status import ConnectionStats, ConnectionStatus
 
 log = logging.getLogger("kiyotaka_ws")
 
@@ -57,6 +57,17 @@ _RUN_FOREVER_STOP_TIMEOUT = 1.5  # Ctrl-C in run_forever() returns within 2 s in
 
 F = TypeVar("F", bound=Callable[..., Any])
 E = TypeVar("E")
+# Handler types for the decorator forms: each keeps the decorated function's own type.
+_TradeH = TypeVar("_TradeH", bound=Callable[[Trade], Any])
+_TradeAggH = TypeVar("_TradeAggH", bound=Callable[[TradeAggregation], Any])
+_BookH = TypeVar("_BookH", bound=Callable[[BookSnapshot], Any])
+_LiquidationH = TypeVar("_LiquidationH", bound=Callable[[Liquidation], Any])
+_FundingH = TypeVar("_FundingH", bound=Callable[[FundingRate], Any])
+_OpenInterestH = TypeVar("_OpenInterestH", bound=Callable[[OpenInterest], Any])
+_VolumeProfileH = TypeVar("_VolumeProfileH", bound=Callable[[VolumeProfile], Any])
+_EventH = TypeVar("_EventH", bound=Callable[[Any], Any])
+_ErrorH = TypeVar("_ErrorH", bound=Callable[[KiyotakaError], Any])
+_StatusH = TypeVar("_StatusH", bound=Callable[[ConnectionStatus], Any])
 
 
 class Subscription:
@@ -235,10 +246,13 @@ class KiyotakaClient:
         self._final_stats: dict[str, ConnectionStats] | None = None
 
     # -- registering handlers -------------------------------------------------------------------
+    #
+    # Each method has two typed forms: with a handler it returns a Subscription; without one it
+    # returns a decorator that registers the function and gives it back with its own type.
 
     @overload
     def on_trade(self, handler: None = None, *, exchange: str, symbol: str,
-                 category: str = "*") -> Callable[[F], F]: ...
+                 category: str = "*") -> Callable[[_TradeH], _TradeH]: ...
     @overload
     def on_trade(self, handler: Callable[[Trade], Any], *, exchange: str, symbol: str,
                  category: str = "*") -> Subscription: ...
@@ -248,11 +262,28 @@ class KiyotakaClient:
         """Every trade (``Trade``) of ``symbol`` on ``exchange`` (``"*"``: every exchange)."""
         return self._register(Channel.TRADE, handler, exchange, symbol, category)
 
+    @overload
+    def on_trade_agg(self, handler: None = None, *, exchange: str, symbol: str, category: str = "*",
+                     batch_interval: str | None = None) -> Callable[[_TradeAggH], _TradeAggH]: ...
+    @overload
+    def on_trade_agg(self, handler: Callable[[TradeAggregation], Any], *, exchange: str, symbol: str,
+                     category: str = "*", batch_interval: str | None = None) -> Subscription: ...
+
     def on_trade_agg(self, handler: Callable[[TradeAggregation], Any] | None = None, *, exchange: str,
                      symbol: str, category: str = "*", batch_interval: str | None = None) -> Any:
         """Per-side OHLCV batches of trades (``TradeAggregation``); ``batch_interval`` e.g. ``"1s"``."""
         return self._register(Channel.TRADE_AGG, handler, exchange, symbol, category,
                               {"batch_interval": batch_interval})
+
+    @overload
+    def on_book(self, handler: None = None, *, exchange: str, symbol: str, block_size: str | float,
+                category: str = "*", max_depth: str | int | None = None, update_frequency: str | None = None,
+                quote: str | None = None, group_by_coin: bool = False) -> Callable[[_BookH], _BookH]: ...
+    @overload
+    def on_book(self, handler: Callable[[BookSnapshot], Any], *, exchange: str, symbol: str,
+                block_size: str | float, category: str = "*", max_depth: str | int | None = None,
+                update_frequency: str | None = None, quote: str | None = None,
+                group_by_coin: bool = False) -> Subscription: ...
 
     def on_book(self, handler: Callable[[BookSnapshot], Any] | None = None, *, exchange: str, symbol: str,
                 block_size: str | float, category: str = "*", max_depth: str | int | None = None,
@@ -268,20 +299,50 @@ class KiyotakaClient:
                                "update_frequency": update_frequency, "quote": quote,
                                "group_by_coin": group_by_coin})
 
+    @overload
+    def on_liquidation(self, handler: None = None, *, exchange: str, symbol: str,
+                       category: str = "*") -> Callable[[_LiquidationH], _LiquidationH]: ...
+    @overload
+    def on_liquidation(self, handler: Callable[[Liquidation], Any], *, exchange: str, symbol: str,
+                       category: str = "*") -> Subscription: ...
+
     def on_liquidation(self, handler: Callable[[Liquidation], Any] | None = None, *, exchange: str,
                        symbol: str, category: str = "*") -> Any:
         """Every liquidation (``Liquidation``)."""
         return self._register(Channel.LIQUIDATION, handler, exchange, symbol, category)
+
+    @overload
+    def on_funding_rate(self, handler: None = None, *, exchange: str, symbol: str,
+                        category: str = "*") -> Callable[[_FundingH], _FundingH]: ...
+    @overload
+    def on_funding_rate(self, handler: Callable[[FundingRate], Any], *, exchange: str, symbol: str,
+                        category: str = "*") -> Subscription: ...
 
     def on_funding_rate(self, handler: Callable[[FundingRate], Any] | None = None, *, exchange: str,
                         symbol: str, category: str = "*") -> Any:
         """Funding-rate snapshots (``FundingRate``; either rate may be None)."""
         return self._register(Channel.FUNDING_RATE, handler, exchange, symbol, category)
 
+    @overload
+    def on_open_interest(self, handler: None = None, *, exchange: str, symbol: str,
+                         category: str = "*") -> Callable[[_OpenInterestH], _OpenInterestH]: ...
+    @overload
+    def on_open_interest(self, handler: Callable[[OpenInterest], Any], *, exchange: str, symbol: str,
+                         category: str = "*") -> Subscription: ...
+
     def on_open_interest(self, handler: Callable[[OpenInterest], Any] | None = None, *, exchange: str,
                          symbol: str, category: str = "*") -> Any:
         """Open-interest snapshots (``OpenInterest``)."""
         return self._register(Channel.OPEN_INTEREST, handler, exchange, symbol, category)
+
+    @overload
+    def on_volume_profile(self, handler: None = None, *, exchange: str, symbol: str, category: str = "*",
+                          quote: str | None = None, update_frequency: str | None = None,
+                          group_by_coin: bool = False) -> Callable[[_VolumeProfileH], _VolumeProfileH]: ...
+    @overload
+    def on_volume_profile(self, handler: Callable[[VolumeProfile], Any], *, exchange: str, symbol: str,
+                          category: str = "*", quote: str | None = None, update_frequency: str | None = None,
+                          group_by_coin: bool = False) -> Subscription: ...
 
     def on_volume_profile(self, handler: Callable[[VolumeProfile], Any] | None = None, *, exchange: str,
                           symbol: str, category: str = "*", quote: str | None = None,
@@ -291,27 +352,41 @@ class KiyotakaClient:
                               {"quote": quote, "update_frequency": update_frequency,
                                "group_by_coin": group_by_coin})
 
+    @overload
+    def subscribe(self, channel: str | Channel, handler: None = None, *, exchange: str, symbol: str,
+                  category: str = "*", params: Mapping[str, Any] | None = None) -> Callable[[_EventH], _EventH]: ...
+    @overload
+    def subscribe(self, channel: str | Channel, handler: Callable[[Any], Any], *, exchange: str, symbol: str,
+                  category: str = "*", params: Mapping[str, Any] | None = None) -> Subscription: ...
+
     def subscribe(self, channel: str | Channel, handler: Callable[[Any], Any] | None = None, *,
                   exchange: str, symbol: str, category: str = "*",
                   params: Mapping[str, Any] | None = None) -> Any:
-        """Any channel by name, with ``params`` as extra wire fields (``{"batchInterval": "1s"}``)."""
+        """Any channel by name, with ``params`` as extra wire fields (``{"batchInterval": "1s"}``).
+
+        The handler gets the channel's event class (``Trade``, ``BookSnapshot``, ...); it is typed
+        ``Any`` here because the channel is only known at run time.
+        """
         spec = make_spec(channel, exchange=exchange, symbol=symbol, category=category, params=params)
         return self._register_spec(spec, handler)
 
-    def on_error(self, handler: F) -> F:
-        """Call ``handler(error)`` for every ``KiyotakaError`` reported while streaming.
+    def on_error(self, handler: _ErrorH) -> _ErrorH:
+        """Call ``handler(error: KiyotakaError)`` for every error reported while streaming.
 
         Errors delivered to a handler are logged at DEBUG only. Without any error handler, errors
         are logged to ``logging.getLogger("kiyotaka_ws")`` (identical ones rate-limited).
-        Returns the handler, so it works as a decorator.
+        Returns the handler unchanged, so it works as a decorator.
         """
         _check_handler(handler)
         with self._lock:
             self._hooks.error = self._hooks.error + (handler,)
         return handler
 
-    def on_status(self, handler: F) -> F:
-        """Call ``handler(status: ConnectionStatus)`` on every connection state change."""
+    def on_status(self, handler: _StatusH) -> _StatusH:
+        """Call ``handler(status: ConnectionStatus)`` on every connection state change.
+
+        Returns the handler unchanged, so it works as a decorator.
+        """
         _check_handler(handler)
         with self._lock:
             self._hooks.status = self._hooks.status + (handler,)

@@ -260,11 +260,14 @@ def run_demo(seconds: float, out: TextIO, plain: bool = False, seed: int | None 
         client.on_error(view.on_error)
         market = Market(server, seed=seed, drop_after=seconds / 2 if seconds >= 4 else None)
         market.start()
+        interrupted = False
         try:
             run_for(client, seconds)
+        except KeyboardInterrupt:
+            interrupted = True  # Ctrl-C ends the demo early; the summary is still shown
         finally:
             market.stop()
             client.stop()
     out.write(view.summary(client.stats(), market.dropped_at))
     out.flush()
-    return 0
+    return 130 if interrupted else 0

@@ -23,7 +23,7 @@ class SubscriptionError(KiyotakaError):
     ``channel`` is the wire channel object (a dict), ``code`` and ``message`` what the server said.
     """
 
-    def __init__(self, message: str, *, channel: dict | None = None,
+    def __init__(self, message: str, *, channel: dict[str, Any] | None = None,
                  code: Any = None, server_message: str | None = None) -> None:
         super().__init__(message)
         self.channel = channel
@@ -68,21 +68,41 @@ class EventsDropped(KiyotakaError):
         self.family = family
 
 
-class ConnectionFailedError(KiyotakaError):
-    """A family gave up for good: an HTTP 400/404/410 answer to the upgrade (wrong URL),
-    ``max_retries`` reached, or the connection lost with ``reconnect=False``.
+def _safe_url(url: str | None) -> str | None:
+    """``url`` without credentials or query string, so it can go into messages and logs."""
+    if not url:
+        return url
+    from urllib.parse import urlsplit, urlunsplit
 
-    ``family`` is ``"book"`` or ``"nonbook"``, ``status`` the HTTP status (or None), ``url`` the
-    endpoint without its query (it never holds the key).
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:  # IPv6 literal
+            host = f"[{host}]"
+        netloc = f"{host}:{parts.port}" if parts.port else host
+    except ValueError:
+        return "<unparseable url>"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class ConnectionFailedError(KiyotakaError):
+    """An endpoint family gave up for good.
+
+    Raised (and passed to ``on_error``) when the server answered the WebSocket upgrade with HTTP
+    400, 404 or 410 (a wrong URL), when ``max_retries`` consecutive attempts failed, or when the
+    connection was lost with ``reconnect=False``. ``family`` is ``"book"`` or ``"nonbook"``,
+    ``status`` the HTTP status of the answer (or None), and ``url`` the endpoint without any
+    credentials or query string (it never holds the key).
     """
 
-    def __init__(self, message: str, *, family: str = "", status: int | None = None, url: str = "") -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, family: str = "", status: int | None = None,
+                 url: str | None = None) -> None:
         self.family = family
         self.status = status
-        self.url = url.split("?", 1)[0]
+        self.url = _safe_url(url)
+        super().__init__(message)
 
 
 class ClientStoppedError(KiyotakaError):
-    """The client was stopped: raised by ``Subscription.wait()``, and by registering or starting
-    on a stopped client."""
+    """The client was stopped: raised by ``Subscription.wait()`` once it is, and by registering a
+    handler or calling ``start()`` on a stopped client (create a new ``KiyotakaClient`` instead)."""

@@ -17,6 +17,10 @@ answers ``public/authenticate`` / ``public/subscribe`` / ``public/unsubscribe`` 
 or rejects, as configured), sends brotli or plain frames as each client asked, routes published
 points to the subscribers whose channels match their ``series``, records every message it gets,
 and injects faults: abrupt drops, close codes, raw bytes, silence, rejected symbols.
+
+A point builder for each channel makes points exactly as the service sends them:
+``trade_point``, ``trade_agg_point``, ``book_point``, ``liquidation_point``,
+``funding_rate_point``, ``open_interest_point`` and ``volume_profile_point``.
 Needs the ``testing`` extra (``websockets``).
 """
 
@@ -31,7 +35,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Callable
 
-import brotli
+import brotli  # type: ignore[import-untyped]
 
 try:
     from websockets.exceptions import ConnectionClosed
@@ -43,7 +47,18 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .channels import BOOK, NONBOOK
 
-__all__ = ["FakeKiyotakaServer", "Received", "book_point", "series", "trade_point"]
+__all__ = [
+    "FakeKiyotakaServer",
+    "Received",
+    "book_point",
+    "funding_rate_point",
+    "liquidation_point",
+    "open_interest_point",
+    "series",
+    "trade_agg_point",
+    "trade_point",
+    "volume_profile_point",
+]
 
 _PATHS = {"/ws": BOOK, "/nonbook/ws": NONBOOK}
 ANSWER, SILENT, REJECT = "answer", "silent", "reject"
@@ -413,36 +428,132 @@ class FakeKiyotakaServer:
 
 
 # -- point builders (for tests and the demo) -------------------------------------------------
+#
+# Each builder returns one point exactly as the service sends it inside a ``{"points": [...]}``
+# frame (see the protocol notes, section 5): a ``series`` object and one payload object whose key
+# depends on the type. Pass the points to ``FakeKiyotakaServer.publish()``. Extra keyword
+# arguments go into ``series`` as they are (wire names: ``normalizedSymbol="BTC-USDT"``,
+# ``inverse=False``, ``category="SPOT"``; ``category=None`` leaves it out).
+
+_QUOTES = ("USDT", "USDC", "BUSD", "USD", "EUR", "KRW", "BTC", "ETH")
+
+
+def _coin_of(symbol: str | None) -> str:
+    """A best guess at the base coin of a raw symbol: ``BTCUSDT``, ``BTC-USDT-SWAP``, ``XBTUSD``."""
+    if not symbol:
+        return ""
+    for sep in ("-", "_", ":"):
+        if sep in symbol:
+            return symbol.split(sep, 1)[0]
+    for quote in _QUOTES:
+        if symbol.endswith(quote) and len(symbol) > len(quote):
+            return symbol[: -len(quote)]
+    return symbol
+
 
 def series(channel: str, exchange: str, symbol: str | None, *, coin: str | None = None,
-           category: str = "PERPETUAL", **extra: Any) -> dict[str, Any]:
-    """A ``series`` object as the server sends it."""
+           category: str | None = "PERPETUAL", **extra: Any) -> dict[str, Any]:
+    """A ``series`` object as the server sends it.
+
+    ``symbol=None`` leaves ``symbol`` out (as in coin-grouped streams, keyed by ``coin``). ``coin``
+    defaults to the base coin guessed from ``symbol``; ``category=None`` leaves it out. ``extra``
+    holds further wire fields (``side``, ``blockSize``, ``normalizedSymbol``, ``inverse``, ...).
+    """
     out: dict[str, Any] = {"type": channel, "exchange": exchange}
     if symbol is not None:
         out["symbol"] = symbol
-    out["coin"] = coin or (symbol or "")[:3]
-    out["category"] = category
+    out["coin"] = coin or _coin_of(symbol)
+    if category is not None:
+        out["category"] = category
     out.update(extra)
     return out
 
 
 def _timestamp(time_ns: int | None) -> dict[str, int]:
+    """``{"seconds", "nanoseconds"}``; like protobuf-JSON, a zero ``nanoseconds`` is left out."""
     ns = time.time_ns() if time_ns is None else time_ns
-    return {"seconds": ns // 1_000_000_000, "nanoseconds": ns % 1_000_000_000}
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    return {"seconds": seconds, "nanoseconds": nanos} if nanos else {"seconds": seconds}
 
 
 def trade_point(exchange: str, symbol: str, *, price: float, amount: float, side: str = "BUY",
                 id: str | int = "1", time_ns: int | None = None, **series_extra: Any) -> dict[str, Any]:
-    """A TRADE point."""
+    """A TRADE point: ``trade.{id, price, amount, timestamp}``, the aggressor ``side`` in ``series``.
+
+    ``time_ns`` (nanoseconds since the epoch) defaults to now.
+    """
     return {"series": series("TRADE", exchange, symbol, side=side, **series_extra),
             "trade": {"id": str(id), "price": price, "amount": amount, "timestamp": _timestamp(time_ns)}}
+
+
+def trade_agg_point(exchange: str, symbol: str, *, open: float, high: float, low: float, close: float,
+                    volume: float, side: str = "BUY", time_ns: int | None = None,
+                    first_time_ns: int | None = None, last_time_ns: int | None = None,
+                    **series_extra: Any) -> dict[str, Any]:
+    """A TRADE_AGG point: one side's OHLCV batch in ``tradeAggregation``.
+
+    ``first_time_ns`` / ``last_time_ns`` (the batch's first and last trade) default to ``time_ns``,
+    which defaults to now.
+    """
+    ns = time.time_ns() if time_ns is None else time_ns
+    return {"series": series("TRADE_AGG", exchange, symbol, side=side, **series_extra),
+            "tradeAggregation": {"open": open, "high": high, "low": low, "close": close, "volume": volume,
+                                 "timestamp": _timestamp(ns),
+                                 "firstTimestamp": _timestamp(ns if first_time_ns is None else first_time_ns),
+                                 "lastTimestamp": _timestamp(ns if last_time_ns is None else last_time_ns)}}
 
 
 def book_point(exchange: str, symbol: str | None, *, bids: Sequence[tuple[float, float]],
                asks: Sequence[tuple[float, float]], block_size: float = 25, time_ns: int | None = None,
                **series_extra: Any) -> dict[str, Any]:
-    """A BLOCK_BOOK_SNAPSHOT point (``bids``/``asks`` as (price, size) pairs, nearest to mid first)."""
+    """A BLOCK_BOOK_SNAPSHOT point (``bids``/``asks`` as (price, size) pairs, nearest to mid first).
+
+    On the wire each side is a flat ``[price, size, price, size, ...]`` list and ``block_size``
+    goes into ``series.blockSize``. For a coin-grouped stream pass ``symbol=None, coin="BTC"``.
+    """
     return {"series": series("BLOCK_BOOK_SNAPSHOT", exchange, symbol, blockSize=block_size, **series_extra),
             "blockBookSnapshot": {"bids": [v for level in bids for v in level],
                                   "asks": [v for level in asks for v in level],
                                   "timestamp": _timestamp(time_ns)}}
+
+
+def liquidation_point(exchange: str, symbol: str, *, price: float, amount: float, side: str = "SELL",
+                      id: str | int = "1", time_ns: int | None = None, **series_extra: Any) -> dict[str, Any]:
+    """A LIQUIDATION point: ``liquidation.{id, price, amount, timestamp}``, ``side`` in ``series``."""
+    return {"series": series("LIQUIDATION", exchange, symbol, side=side, **series_extra),
+            "liquidation": {"id": str(id), "price": price, "amount": amount, "timestamp": _timestamp(time_ns)}}
+
+
+def funding_rate_point(exchange: str, symbol: str, *, rate: float | None, predicted_rate: float | None = None,
+                       time_ns: int | None = None, **series_extra: Any) -> dict[str, Any]:
+    """A FUNDING_RATE point: ``fundingRate.{fundingRate, predictedFundingRate, timestamp}``.
+
+    A rate given as None is left out, as the service does before the exchange publishes it.
+    """
+    payload: dict[str, Any] = {}
+    if rate is not None:
+        payload["fundingRate"] = rate
+    if predicted_rate is not None:
+        payload["predictedFundingRate"] = predicted_rate
+    payload["timestamp"] = _timestamp(time_ns)
+    return {"series": series("FUNDING_RATE", exchange, symbol, **series_extra), "fundingRate": payload}
+
+
+def open_interest_point(exchange: str, symbol: str, *, open_interest: float, time_ns: int | None = None,
+                        **series_extra: Any) -> dict[str, Any]:
+    """An OPEN_INTEREST point: ``openInterest.{openInterest, timestamp}``."""
+    return {"series": series("OPEN_INTEREST", exchange, symbol, **series_extra),
+            "openInterest": {"openInterest": open_interest, "timestamp": _timestamp(time_ns)}}
+
+
+def volume_profile_point(exchange: str, symbol: str | None, *, levels: Sequence[tuple[float, float, float]],
+                         block_size: float = 25, time_ns: int | None = None,
+                         **series_extra: Any) -> dict[str, Any]:
+    """A VOLUME_PROFILE_AGG point: ``levels`` as (price, buy_volume, sell_volume) triplets.
+
+    On the wire the profile is a flat ``[price, buy, sell, price, buy, sell, ...]`` list and the
+    bucket size the server chose is ``series.blockSize``.
+    """
+    return {"series": series("VOLUME_PROFILE_AGG", exchange, symbol, blockSize=block_size, **series_extra),
+            "volumeProfileAggregation": {"profile": [v for level in levels for v in level],
+                                         "timestamp": _timestamp(time_ns)}}
