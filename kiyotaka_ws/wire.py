@@ -54,7 +54,7 @@ _READ_CHUNK = 65536
 _MAX_CONTROL_PAYLOAD = 125
 _CLOSE_TIMEOUT_CAP = 1.0  # closing is a courtesy: never wait long for a peer that may be gone
 
-_PROTOCOL_ERROR, _INVALID_DATA, _TOO_BIG = 1002, 1007, 1009
+_PROTOCOL_ERROR, _NO_STATUS, _INVALID_DATA, _TOO_BIG = 1002, 1005, 1007, 1009
 
 
 def _valid_close_code(code: int) -> bool:
@@ -79,7 +79,10 @@ class ProtocolError(WireError):
 
 
 class ConnectionClosed(WireError):
-    """The peer closed: ``code``/``reason`` from its close frame, or ``code`` None on EOF or a socket error."""
+    """The peer closed: ``code``/``reason`` from its close frame, or ``code`` None on EOF or a socket error.
+
+    A close frame without a code gives 1005 (RFC 6455 §7.1.5); we echo 1000 for it.
+    """
 
     def __init__(self, code: int | None, reason: str) -> None:
         if code is None:
@@ -285,7 +288,7 @@ class WebSocket:
 
     def _on_close(self, payload: bytes) -> None:
         """Validate the peer's close frame, echo it (unless we closed first), and end with ConnectionClosed."""
-        code: int | None = None
+        code = _NO_STATUS  # an empty close frame carries no code: RFC 6455 §7.1.5 reports it as 1005
         reason = ""
         if len(payload) == 1:
             self._fail(_PROTOCOL_ERROR, "close frame with a 1-byte payload")
@@ -297,7 +300,7 @@ class WebSocket:
                 reason = payload[2:].decode("utf-8")
             except UnicodeDecodeError:
                 self._fail(_INVALID_DATA, "close reason is not valid UTF-8")
-        self.close(1000 if code is None else code)
+        self.close(1000 if code == _NO_STATUS else code)
         raise ConnectionClosed(code, reason)
 
     def _fail(self, code: int, reason: str) -> NoReturn:
