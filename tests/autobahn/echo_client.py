@@ -8,7 +8,6 @@ and binary as binary, one message for one message.
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import websocket
 
@@ -17,15 +16,15 @@ from kiyotaka_ws.wire import TEXT, WebSocket, WireError
 AGENT = "kiyotaka-ws-wire"
 
 
-def connect(url: str) -> tuple[Any, WebSocket]:
+def connect(url: str) -> WebSocket:
     handshake = websocket.create_connection(url, timeout=30, suppress_origin=True)
-    # 9.* sends 16 MiB messages, 9.3.1 a 4 MiB one in 64-byte fragments.
-    return handshake, WebSocket(handshake.sock, max_message_bytes=32 << 20, max_fragments=1 << 17,
-                                send_timeout=30.0)
+    # 9.* sends 16 MiB messages, 9.3.1 a 4 MiB one in 64-byte fragments. The socket object outlives
+    # the handshake object (websocket-client closes nothing on garbage collection).
+    return WebSocket(handshake.sock, max_message_bytes=32 << 20, max_fragments=1 << 17, send_timeout=30.0)
 
 
 def run_case(base: str, case: int) -> None:
-    handshake, ws = connect(f"{base}/runCase?case={case}&agent={AGENT}")
+    ws = connect(f"{base}/runCase?case={case}&agent={AGENT}")
     try:
         while True:
             opcode, payload = ws.read_message()
@@ -37,12 +36,11 @@ def run_case(base: str, case: int) -> None:
         pass
     finally:
         ws.close_socket()
-        del handshake
 
 
 def main() -> None:
     base = sys.argv[1] if len(sys.argv) > 1 else "ws://127.0.0.1:9001"
-    handshake, ws = connect(f"{base}/getCaseCount")
+    ws = connect(f"{base}/getCaseCount")
     count = int(ws.read_message()[1])
     ws.close()
     ws.close_socket()
@@ -51,7 +49,7 @@ def main() -> None:
         run_case(base, case)
         if case % 50 == 0:
             print(f"  {case}/{count}", flush=True)
-    handshake, ws = connect(f"{base}/updateReports?agent={AGENT}")
+    ws = connect(f"{base}/updateReports?agent={AGENT}")
     try:
         ws.read_message()
     except WireError:
