@@ -206,13 +206,31 @@ class WebSocket:
                 size = int.from_bytes(buf[pos + 2:pos + 10], "big")
                 if size >> 63:
                     self._fail(_PROTOCOL_ERROR, "64-bit frame length with the most significant bit set")
+            if (b1 == 0x81 or b1 == 0x82) and b2 < 0x80 and not self._message_opcode:
+                # The common case, kept short: a whole unmasked text or binary message in one frame.
+                if size > max_bytes:
+                    self._fail(_TOO_BIG, f"{size}-byte frame exceeds max_message_bytes={max_bytes}")
+                end = pos + head + size
+                if len(buf) < end:
+                    self._fill(head + size)
+                    continue
+                payload = buf[pos + head:end]
+                self._pos = end
+                self.last_rx = clock()
+                if b1 == 0x82 or payload.isascii():
+                    return b1 & 0x0F, payload
+                try:
+                    payload.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    self._fail(_INVALID_DATA, f"text message is not valid UTF-8 ({exc.reason})")
+                return TEXT, payload
+            # Anything else: judge the header before reading the payload, so nothing unbounded is buffered.
             if b1 & 0x70:
                 self._fail(_PROTOCOL_ERROR, "reserved bits set (no extension was negotiated)")
             if b2 & 0x80:
                 self._fail(_PROTOCOL_ERROR, "masked frame from the server")
             opcode = b1 & 0x0F
             final = b1 & 0x80
-            # Judge the header before reading the payload: nothing unbounded is ever buffered.
             if opcode >= CLOSE:
                 if opcode > PONG:
                     self._fail(_PROTOCOL_ERROR, f"reserved control opcode {opcode:#x}")
@@ -242,16 +260,7 @@ class WebSocket:
             self._pos = end
             self.last_rx = clock()
 
-            if opcode == TEXT and final:  # the fast path: a whole text message in one frame
-                if not payload.isascii():
-                    try:
-                        payload.decode("utf-8")
-                    except UnicodeDecodeError as exc:
-                        self._fail(_INVALID_DATA, f"text message is not valid UTF-8 ({exc.reason})")
-                return TEXT, payload
-            if opcode == BINARY and final:
-                return BINARY, payload
-            if opcode < CLOSE:
+            if opcode < CLOSE:  # a fragment (whole messages took the fast path)
                 message = self._fragment(opcode, payload, final)
                 if message is not None:
                     return message
