@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import ssl
 import struct
+import subprocess
 import threading
 import time
 import tracemalloc
@@ -571,3 +574,103 @@ def test_ping_and_close_are_masked_with_fresh_keys(link):
         b.close()
     with pytest.raises(ValueError):
         ws.ping(b"x" * 126)
+
+
+# -- TLS: the same socket code under ssl.SSLSocket ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture
+def tls_link(link: tuple[socket.socket, socket.socket],
+             certificate: tuple[str, str]) -> Iterator[tuple[ssl.SSLSocket, ssl.SSLSocket]]:
+    """(client, server) ends of a TLS connection on loopback."""
+    client, server = link
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(*certificate)
+    client_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_context.load_verify_locations(certificate[0])
+    wrapped: list[ssl.SSLSocket] = []
+    accepting = threading.Thread(target=lambda: wrapped.append(server_context.wrap_socket(server, server_side=True)))
+    accepting.start()
+    tls_client = client_context.wrap_socket(client, server_hostname="localhost")
+    accepting.join()
+    yield tls_client, wrapped[0]
+    tls_client.close()
+    wrapped[0].close()
+
+
+def test_tls_round_trip_with_records_split_by_timeouts(tls_link):
+    client, server = tls_link
+    ws = make_ws(client, send_timeout=0.05)  # the reader times out between (and inside) records
+    big = bytes(range(256)) * 800
+    data = frame(TEXT, b"hello") + frame(BINARY, big) + frame(PING, b"tls")
+
+    def feed() -> None:
+        for i in range(0, len(data), 7000):
+            server.sendall(data[i:i + 7000])
+            time.sleep(0.02)
+        time.sleep(0.1)
+        server.sendall(frame(TEXT, b"later"))
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        assert _read_all(ws, 3) == [(TEXT, b"hello"), (BINARY, big), (TEXT, b"later")]
+    finally:
+        feeder.join()
+    assert read_client_frame(server) == (True, PONG, b"tls")
+    ws.send_text("x" * 100_000)
+    assert read_client_frame(server) == (True, TEXT, b"x" * 100_000)
+
+
+def test_tls_ping_flood_from_a_peer_that_never_reads_gives_send_timeout(tls_link):
+    client, server = tls_link
+    for sock in (client, server):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ws = make_ws(client, send_timeout=0.5)
+    stop = threading.Event()
+    server.settimeout(0.2)
+
+    def flood() -> None:
+        ping = frame(PING, b"p" * 125) * 32
+        while not stop.is_set():
+            try:
+                server.sendall(ping)
+            except OSError:
+                continue
+
+    flooder = threading.Thread(target=flood)
+    flooder.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(SendTimeout):
+            ws.read_message()
+        assert time.monotonic() - started < 5.0
+    finally:
+        stop.set()
+        flooder.join()
+
+
+def test_tls_abort_wakes_a_blocked_reader(tls_link):
+    client, _server = tls_link
+    ws = make_ws(client, send_timeout=30.0)
+    errors: list[BaseException] = []
+    reader = threading.Thread(target=lambda: errors.append(pytest.raises(WireError, ws.read_message).value))
+    reader.start()
+    time.sleep(0.1)
+    ws.abort()
+    reader.join(5)
+    assert not reader.is_alive()
+    assert isinstance(errors[0], ConnectionClosed) and errors[0].code is None
