@@ -295,7 +295,7 @@ class WebSocket:
         self._utf8 = None
         return message
 
-    def _on_close(self, payload: bytes) -> None:
+    def _on_close(self, payload: bytes) -> NoReturn:
         """Validate the peer's close frame, echo it (unless we closed first), and end with ConnectionClosed."""
         code = _NO_STATUS  # an empty close frame carries no code: RFC 6455 §7.1.5 reports it as 1005
         reason = ""
