@@ -263,25 +263,23 @@ class Hooks:
 
 
 class _RepeatFilter:
-    """Rate-limits identical error log lines: the first is logged, repeats are counted."""
+    """Rate-limits identical error log lines: within a window, the 1st, 10th, 100th, ... are logged."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._seen: dict[str, tuple[float, int]] = {}
+        self._seen: dict[str, tuple[float, int]] = {}  # key -> (window start, count in window)
         self._clock = clock
 
-    def admit(self, key: str) -> tuple[bool, int]:
-        """(log it now, how many identical ones were held back before it)."""
+    def admit(self, key: str) -> int:
+        """How many identical lines this window holds if this one is to be logged, else 0."""
         now = self._clock()
-        first, held = self._seen.get(key, (0.0, -1))
-        if held >= 0 and now - first < LOG_REPEAT_WINDOW:
-            self._seen[key] = (first, held + 1)
-            return False, 0
-        if len(self._seen) > 256:  # bounded: forget the oldest windows
-            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < LOG_REPEAT_WINDOW}
-            if len(self._seen) > 256:
-                self._seen.clear()
-        self._seen[key] = (now, 0)
-        return True, max(held, 0)
+        start, count = self._seen.get(key, (now, 0))
+        if now - start >= LOG_REPEAT_WINDOW:
+            start, count = now, 0
+        count += 1
+        if len(self._seen) >= 256 and key not in self._seen:  # bounded: forget every window
+            self._seen.clear()
+        self._seen[key] = (start, count)
+        return count if count == 10 ** (len(str(count)) - 1) else 0
 
 
 class Dispatcher:
@@ -410,12 +408,12 @@ class Dispatcher:
                 self._invoke(handler, error)
             return
         text = _describe(error, with_type=False)
-        show, held = self._repeats.admit(f"{type(error).__name__}:{text[:200]}")
-        if show:
-            more = f" (and {held} more like it in the last {LOG_REPEAT_WINDOW:.0f}s)" if held else ""
+        count = self._repeats.admit(f"{type(error).__name__}:{text[:200]}")
+        if count:
+            more = f" ({count} times in {LOG_REPEAT_WINDOW:.0f}s; repeats are counted, not logged)" if count > 1 else ""
             level = logging.ERROR if isinstance(error, HandlerError) else logging.WARNING
             log.log(level, "%s (%s): %s%s", type(error).__name__, self.family, text, more,
-                    exc_info=error.__cause__ is not None and error)
+                    exc_info=count == 1 and error.__cause__ is not None and error)
 
     def _invoke(self, handler: Handler, arg: Any) -> None:
         """Call an on_error/on_status handler; if it fails, log it (never report it: no recursion)."""

@@ -372,7 +372,7 @@ class Session:
     def _classify_rejection(self, exc: HandshakeRejected) -> str:
         """Raise ``_GiveUp`` for a permanent HTTP answer to the upgrade; the reason otherwise."""
         if exc.status in (401, 403):
-            raise _GiveUp(AuthenticationError(f"API key rejected: HTTP {exc.status} at the {self.family} upgrade"))
+            raise _GiveUp(AuthenticationError(f"API key rejected: HTTP {exc.status} from {_safe_url(self.url)}"))
         if exc.status in (400, 404, 410):
             raise _GiveUp(ConnectionFailedError(
                 f"HTTP {exc.status} from {_safe_url(self.url)}: wrong URL?",
@@ -450,7 +450,8 @@ class Session:
                 f"(close {error.code} {error.reason!r}): API key rejected"))
         if link.end_reason is not None:
             return link.end_reason
-        return str(error) or type(error).__name__
+        # wire.py knows no Kiyotaka names: say which of the user's settings a 1009 refers to.
+        return (str(error) or type(error).__name__).replace("max_message_bytes", "max_frame_bytes")
 
     def _handle(self, message: Any, link: _Link | None) -> None:
         kind = type(message)

@@ -11,6 +11,9 @@ import pytest
 from kiyotaka_ws import KiyotakaClient
 from kiyotaka_ws.testing import FakeKiyotakaServer
 
+# The Autobahn runner (tests/autobahn/run.sh) needs a live fuzzing server on Python 2: not a test.
+collect_ignore = ["autobahn"]
+
 
 def pytest_addoption(parser: Any) -> None:
     parser.addoption("--soak-seconds", type=float, default=3.0,

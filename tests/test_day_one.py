@@ -1,7 +1,6 @@
 """Day one for a new user: the new errors, what gets logged, and the stopped-client contract.
 
-Tests marked ``xfail(reason="needs core: ...")`` describe behaviour of the connection core that is
-being rewritten separately; they are meant to pass once it lands (then drop the mark).
+Each runs the real client against the fake server on loopback.
 """
 
 from __future__ import annotations
@@ -41,8 +40,6 @@ def test_new_errors_are_exported_and_documented():
     assert isinstance(ClientStoppedError("stopped"), KiyotakaError)
 
 
-@pytest.mark.xfail(reason="needs core: registering a handler or start() on a stopped client raises "
-                          "ClientStoppedError (today: a plain KiyotakaError)", strict=False)
 def test_stopped_client_raises_client_stopped_error(server, make_client):
     client = make_client()
     sub = client.on_trade(print, exchange=EX, symbol=SYM)
@@ -57,8 +54,6 @@ def test_stopped_client_raises_client_stopped_error(server, make_client):
         sub.wait(1)
 
 
-@pytest.mark.xfail(reason="needs core: a lost connection with reconnect=False ends the family with "
-                          "ConnectionFailedError (family FAILED), which run_forever() raises", strict=False)
 def test_reconnect_false_loss_is_connection_failed(server, make_client):
     client = make_client(reconnect=False)
     errors = Collector()
@@ -74,8 +69,6 @@ def test_reconnect_false_loss_is_connection_failed(server, make_client):
     assert client.stats()["nonbook"].state is State.FAILED
 
 
-@pytest.mark.xfail(reason="needs core: wait_ready() on a client that was never started returns False at once "
-                          "(today: True)", strict=False)
 def test_wait_ready_on_a_client_never_started_is_false_at_once():
     started = time.monotonic()
     assert KiyotakaClient("k").wait_ready(timeout=3) is False
@@ -102,8 +95,6 @@ def test_errors_given_to_on_error_are_not_logged_above_debug(server, make_client
                 or "DecodeError" in r.getMessage()]
 
 
-@pytest.mark.xfail(reason="needs core: without on_error, repeated identical errors are logged once, "
-                          "then as a count (rate-limited), not one line each", strict=False)
 def test_repeated_errors_without_a_handler_are_rate_limited(server, make_client, caplog):
     caplog.set_level(logging.DEBUG, logger="kiyotaka_ws")
     client = make_client()
@@ -120,8 +111,6 @@ def test_repeated_errors_without_a_handler_are_rate_limited(server, make_client,
     assert re.search(r"\d", " ".join(lines)), lines  # the repeats are counted (the frames hold no digits)
 
 
-@pytest.mark.xfail(reason="needs core: lifecycle lines (connecting, connected, lost, reconnecting) are INFO, "
-                          "one line each (today 'connection lost' is a WARNING)", strict=False)
 def test_lifecycle_lines_are_info_one_each(server, make_client, caplog):
     caplog.set_level(logging.DEBUG, logger="kiyotaka_ws")
     client = make_client()

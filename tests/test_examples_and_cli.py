@@ -260,8 +260,6 @@ def test_stream_http_404_exits_3_with_one_line():
     assert "404" in line and "X-Request-Id" not in result.stderr  # no header dump
 
 
-@pytest.mark.xfail(reason="needs core: an HTTP 404 answer to the upgrade raises ConnectionFailedError at once "
-                          "(family FAILED, run_forever() raises it) instead of reconnecting", strict=False)
 def test_stream_http_404_gives_up_at_once():
     with _Http404() as server:
         started = time.monotonic()
@@ -272,8 +270,6 @@ def test_stream_http_404_gives_up_at_once():
     _assert_one_error_line(result, server.url, code=3, says="404")
 
 
-@pytest.mark.xfail(reason="needs core: KiyotakaClient(max_retries=N) gives up after N failed attempts with "
-                          "ConnectionFailedError (run_forever() raises it)", strict=False)
 def test_stream_retries_gives_up_with_exit_3():
     url = f"ws://127.0.0.1:{_free_port()}/nonbook/ws"
     started = time.monotonic()
@@ -282,8 +278,6 @@ def test_stream_retries_gives_up_with_exit_3():
     _assert_one_error_line(result, url, code=3, says="could not connect")
 
 
-@pytest.mark.xfail(reason="needs core: an HTTP 401/403 answer to the upgrade is a rejected key "
-                          "(AuthenticationError, fatal)", strict=False)
 def test_stream_http_401_is_a_rejected_key():
     with _HttpStatus(401) as server:
         started = time.monotonic()

@@ -118,7 +118,7 @@ def test_wire_values_are_strings():
 
 
 def test_backoff_is_exponential_jittered_and_capped():
-    from kiyotaka_ws.connection import Backoff
+    from kiyotaka_ws.session import Backoff
 
     low, high = Backoff(0.5, 30.0, rng=lambda: 0.0), Backoff(0.5, 30.0, rng=lambda: 0.999999)
     assert [low.delay(n) for n in range(4)] == [0.5, 0.5, 0.5, 0.5]  # never below backoff_initial
