@@ -437,8 +437,9 @@ class KiyotakaClient:
         """
         self.start()
         try:
-            # A plain wait is interruptible by Ctrl-C on POSIX; Windows needs a timeout to notice it.
-            while not self._done.wait(0.5 if os.name == "nt" else None):
+            # Wait in slices: SIGINT may be delivered to another thread, and then only a wake-up
+            # lets the main thread run Python's handler (an untimed wait can miss Ctrl-C).
+            while not self._done.wait(0.2):
                 pass
         except KeyboardInterrupt:
             log.info("interrupted; stopping")
