@@ -207,8 +207,8 @@ class RouteTable:
     """
 
     def __init__(self) -> None:
-        self._by_symbol: dict[tuple[str, str], tuple[_Route, ...]] = {}
-        self._by_coin: dict[tuple[str, str], tuple[_Route, ...]] = {}
+        self._by_symbol: dict[tuple[Any, Any], tuple[_Route, ...]] = {}
+        self._by_coin: dict[tuple[Any, Any], tuple[_Route, ...]] = {}
 
     def updated(self, spec: ChannelSpec, handlers: tuple[Handler, ...]) -> RouteTable:
         """A copy where ``spec`` routes to ``handlers`` (none: the spec is gone)."""

@@ -100,7 +100,7 @@ class Backoff:
         self.rng = rng
 
     def delay(self, attempt: int) -> float:
-        cap = min(self.maximum, self.initial * 2 ** min(attempt, 60))
+        cap = min(self.maximum, self.initial * 2.0 ** min(attempt, 60))
         return self.initial + self.rng() * (cap - self.initial)
 
 
