@@ -219,6 +219,7 @@ class Session:
         self._cancel: Cancel | None = None
         self._link: _Link | None = None  # written by the session thread; read by stop() to abort
         self._thread: threading.Thread | None = None
+        self._readers: list[threading.Thread] = []  # of ended links, joined when the session ends
 
         # Owned by the session thread.
         self._subs: dict[ChannelSpec, WireSub] = {}
@@ -326,6 +327,8 @@ class Session:
             self.ready.clear()
             if self.state is not State.FAILED:
                 self._set_state(State.STOPPED)
+            for reader in self._readers:  # awake: sockets shut down, and stop() closed the queue to data
+                reader.join(2.0)
 
     def _supervise(self) -> None:
         attempt = 0      # for the backoff: reset once a connection stayed up
@@ -625,16 +628,20 @@ class Session:
         link.ws.abort()
 
     def _close_link(self, polite: bool) -> None:
+        """End the current link. Its reader wakes up, reports and closes the socket itself (the
+        owner closes the descriptor, so no other thread can race on a reused one); it is not
+        waited for here, since it may still be waiting for room in a full queue."""
         link = self._link
         if link is None:
             return
+        self._link = None
         if polite:
             link.ws.close(1000)
         link.ws.abort()
-        if link.reader is not None and link.reader is not threading.current_thread():
-            link.reader.join(5.0)  # it wakes at once: its socket is shut down and the queue never blocks a stop
-        link.ws.close_socket()
-        self._link = None
+        if link.reader is None:
+            link.ws.close_socket()
+        else:
+            self._readers = [r for r in self._readers if r.is_alive()] + [link.reader]
 
     def _give_up(self, error: KiyotakaError) -> None:
         self.fatal = error
@@ -671,6 +678,7 @@ class Session:
                     link.unblocked_at = clock()  # we waited on a full queue: what follows is backlog
         except BaseException as exc:  # noqa: BLE001 - every end of a reader is reported to the session
             error = exc
+        link.ws.close_socket()
         self._post(_Ended(number, error))
 
 

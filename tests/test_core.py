@@ -367,3 +367,84 @@ def test_series_without_symbol_or_category_route_as_documented(server, make_clie
     del point["series"]["category"]
     server.publish([point])
     assert got.wait_for(1)
+
+
+class _RawServer:
+    """A raw WebSocket server on loopback: upgrades every connection, then runs ``behave(sock)``."""
+
+    def __init__(self, behave) -> None:
+        import base64
+        import hashlib
+        self._b64, self._sha1 = base64.b64encode, hashlib.sha1
+        self.behave = behave
+        self.connections = 0
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited: a tiny window
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(8)
+        self._listener.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self._listener.getsockname()[1]}/nonbook/ws"
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(4096)
+            key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
+                       if line.lower().startswith(b"sec-websocket-key"))
+            accept = self._b64(self._sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()).decode()
+            conn.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          f"Sec-WebSocket-Accept: {accept}\r\n\r\n").encode())
+            try:
+                self.behave(conn, self._stop)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+
+
+def _flood_pings_never_read(conn: socket.socket, stop: threading.Event) -> None:
+    conn.settimeout(0.5)
+    ping = bytes([0x89, 125]) + b"p" * 125
+    deadline = time.monotonic() + 15
+    while not stop.is_set() and time.monotonic() < deadline:
+        conn.sendall(ping * 64)
+
+
+def test_a_server_that_floods_pings_and_never_reads_is_a_dead_link():
+    server = _RawServer(_flood_pings_never_read)
+    client = KiyotakaClient(api_key="k", nonbook_url=server.url, send_timeout=0.5, auth_timeout=30,
+                            backoff_initial=0.05, backoff_max=0.1)
+    statuses = Collector()
+    client.on_status(statuses)
+    client.on_trade(lambda e: None, exchange=EX, symbol=SYM)
+    try:
+        client.start()
+        assert wait_until(lambda: server.connections >= 2, timeout=15)  # gave up on the first: reconnected
+        reasons = [s.reason for s in statuses.items if s.state is State.DISCONNECTED]
+        assert reasons and any("send" in r or "timed out" in r for r in reasons), reasons
+        started = time.monotonic()
+        client.stop(timeout=3)
+        assert time.monotonic() - started < 3
+        assert wait_until(lambda: not client_threads())
+    finally:
+        client.stop()
+        server.close()
