@@ -350,6 +350,10 @@ class Session:
             except DialCancelled:
                 return
             except DialError as exc:
+                if not exc.retryable:  # a proxy refusing our credentials, an untrusted certificate
+                    raise _GiveUp(ConnectionFailedError(
+                        f"{self.family}: {exc}", family=self.family, status=getattr(exc, "status", None),
+                        url=self.url)) from None
                 reason, reached_ready = str(exc), False
             if self._stopping.is_set():
                 return

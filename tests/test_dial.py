@@ -6,6 +6,7 @@ import base64
 import contextlib
 import email.utils
 import hashlib
+import logging
 import os
 import shutil
 import socket
@@ -775,3 +776,31 @@ def test_error_hierarchy() -> None:
     assert issubclass(DialError, KiyotakaError)
     exc = HandshakeRejected("a\nb", url="ws://h/", status=503, reason="x", retry_after=None)
     assert str(exc) == "a b" and exc.retryable and exc.url == "ws://h/"
+
+
+# -- through the client ----------------------------------------------------------------------------
+
+def test_client_streams_through_an_authenticating_proxy(caplog: pytest.LogCaptureFixture) -> None:
+    from kiyotaka_ws import KiyotakaClient
+    from kiyotaka_ws.errors import ConnectionFailedError
+    from kiyotaka_ws.testing import FakeKiyotakaServer, trade_point
+
+    caplog.set_level(logging.DEBUG, logger="kiyotaka_ws")
+    with FakeKiyotakaServer(api_key="k") as fake, closing(http_proxy("trader", "s3cret-pw")) as proxy:
+        got: list[Any] = []
+        client = KiyotakaClient(**fake.client_kwargs(), proxy=f"http://trader:s3cret-pw@127.0.0.1:{proxy.port}")
+        client.on_trade(got.append, exchange="X", symbol="Y")
+        with client:
+            assert client.wait_ready(5)
+            fake.publish([trade_point("X", "Y", price=1, amount=1)])
+            deadline = time.monotonic() + 5
+            while not got and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert got and got[0].price == 1
+        assert b"Proxy-Authorization: Basic" in proxy.requests[0]
+        wrong = KiyotakaClient(**fake.client_kwargs(), proxy=f"http://trader:nope-pw@127.0.0.1:{proxy.port}")
+        wrong.on_trade(got.append, exchange="X", symbol="Y")
+        with pytest.raises(ConnectionFailedError, match="407") as info:
+            wrong.run_forever()
+        assert "nope-pw" not in str(info.value) and "nope-pw" not in repr(wrong)
+    assert "s3cret-pw" not in caplog.text and "nope-pw" not in caplog.text
