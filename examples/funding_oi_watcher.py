@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import random
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 from kiyotaka_ws import FundingRate, KiyotakaClient, OpenInterest
 from kiyotaka_ws.testing import (  # the "testing" extra
@@ -39,10 +41,10 @@ def setup(client: KiyotakaClient) -> None:
         print(f"open interest {oi.open_interest:,.2f}{delta}")
 
 
-def fake_market(server: FakeKiyotakaServer, stop: threading.Event) -> None:
-    """Publish funding rates and open interest until ``stop`` is set (only for --fake)."""
+def fake_market() -> Iterator[list[dict[str, Any]]]:
+    """Funding rates and open interest, for ever (only for --fake)."""
     rng, oi, tick = random.Random(3), 72_450.0, 0
-    while not stop.wait(0.1):
+    while True:
         tick += 1
         oi += rng.gauss(0, 40)
         points = [open_interest_point(EXCHANGE, SYMBOL, open_interest=round(oi, 2))]
@@ -51,7 +53,7 @@ def fake_market(server: FakeKiyotakaServer, stop: threading.Event) -> None:
             # The predicted rate is left out now and then, as exchanges do before publishing it.
             predicted = None if tick % 3 == 0 else rate * 1.1
             points.append(funding_rate_point(EXCHANGE, SYMBOL, rate=rate, predicted_rate=predicted))
-        server.publish(points)
+        yield points
 
 
 def run(client: KiyotakaClient, seconds: float | None) -> None:
@@ -75,21 +77,12 @@ def main() -> None:
         setup(client)
         run(client, args.seconds)
         return
-    from kiyotaka_ws.testing import (
-        FakeKiyotakaServer,  # the "testing" extra: pip install "kiyotaka-ws[testing]"
-    )
 
     with FakeKiyotakaServer() as server:
         client = KiyotakaClient(**server.client_kwargs())
         setup(client)
-        stop = threading.Event()
-        market = threading.Thread(target=fake_market, args=(server, stop))
-        market.start()
-        try:
-            run(client, args.seconds)
-        finally:
-            stop.set()
-            market.join()
+        server.feed(fake_market(), interval=0.1)
+        run(client, args.seconds)
 
 
 if __name__ == "__main__":

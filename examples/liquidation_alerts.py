@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import random
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 from kiyotaka_ws import KiyotakaClient, Liquidation
 from kiyotaka_ws.testing import (  # the "testing" extra
@@ -31,14 +33,14 @@ def setup(client: KiyotakaClient) -> None:
                   f"= ${notional:,.0f}")
 
 
-def fake_market(server: FakeKiyotakaServer, stop: threading.Event) -> None:
-    """Publish liquidations of every size on two exchanges until ``stop`` is set (only for --fake)."""
+def fake_market() -> Iterator[list[dict[str, Any]]]:
+    """Liquidations of every size on two exchanges, for ever (only for --fake)."""
     rng, price = random.Random(4), 90_000.0
-    while not stop.wait(0.1):
+    while True:
         price += rng.gauss(0, 10)
         exchange = rng.choice([EXCHANGE, "BYBIT"])
-        server.publish([liquidation_point(exchange, SYMBOL, price=round(price, 1), amount=round(rng.uniform(0.01, 2), 3),
-                                          side=rng.choice(["BUY", "SELL"]), id=rng.getrandbits(32))])
+        yield [liquidation_point(exchange, SYMBOL, price=round(price, 1), amount=round(rng.uniform(0.01, 2), 3),
+                                          side=rng.choice(["BUY", "SELL"]), id=rng.getrandbits(32))]
 
 
 def run(client: KiyotakaClient, seconds: float | None) -> None:
@@ -62,21 +64,12 @@ def main() -> None:
         setup(client)
         run(client, args.seconds)
         return
-    from kiyotaka_ws.testing import (
-        FakeKiyotakaServer,  # the "testing" extra: pip install "kiyotaka-ws[testing]"
-    )
 
     with FakeKiyotakaServer() as server:
         client = KiyotakaClient(**server.client_kwargs())
         setup(client)
-        stop = threading.Event()
-        market = threading.Thread(target=fake_market, args=(server, stop))
-        market.start()
-        try:
-            run(client, args.seconds)
-        finally:
-            stop.set()
-            market.join()
+        server.feed(fake_market(), interval=0.1)
+        run(client, args.seconds)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import argparse
 import random
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
 from kiyotaka_ws import (
     BookSnapshot,
@@ -73,10 +75,10 @@ def setup(client: KiyotakaClient) -> Bot:
     return bot
 
 
-def fake_market(server: FakeKiyotakaServer, stop: threading.Event, drop_after: float) -> None:
-    """Publish trades and books until ``stop`` is set, and cut every connection once (only for --fake)."""
+def fake_market(server: FakeKiyotakaServer, drop_after: float) -> Iterator[list[dict[str, Any]]]:
+    """Trades and books for ever, and every connection cut once (only for --fake)."""
     rng, mid, started, dropped = random.Random(6), 90_000.0, time.monotonic(), False
-    while not stop.wait(0.02):
+    while True:
         mid += rng.gauss(0, 3)
         side = rng.choice(["BUY", "SELL"])
         points = [trade_point(EXCHANGE, SYMBOL, price=round(mid + (3 if side == "BUY" else -3), 1),
@@ -85,7 +87,7 @@ def fake_market(server: FakeKiyotakaServer, stop: threading.Event, drop_after: f
             best_bid = (mid // BLOCK) * BLOCK
             points.append(book_point(EXCHANGE, SYMBOL, bids=[(best_bid - i * BLOCK, 1.0) for i in range(5)],
                                      asks=[(best_bid + (i + 1) * BLOCK, 1.0) for i in range(5)], block_size=BLOCK))
-        server.publish(points)
+        yield points
         if not dropped and time.monotonic() - started >= drop_after:
             dropped = True
             server.drop_connections()  # a fault on purpose: a TCP reset of both connections
@@ -115,15 +117,8 @@ def main() -> None:
     with FakeKiyotakaServer() as server:
         client = KiyotakaClient(**server.client_kwargs(), backoff_initial=0.1)
         bot = setup(client)
-        stop = threading.Event()
-        drop_after = min(1.0, (args.seconds or 3.0) / 3)
-        market = threading.Thread(target=fake_market, args=(server, stop, drop_after))
-        market.start()
-        try:
-            run(client, args.seconds)
-        finally:
-            stop.set()
-            market.join()
+        server.feed(fake_market(server, drop_after=min(1.0, (args.seconds or 3.0) / 3)), interval=0.02)
+        run(client, args.seconds)
         print(f"{bot.trades} trades, {bot.gaps} gap(s) detected")
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import random
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 from kiyotaka_ws import BookSnapshot, KiyotakaClient
 from kiyotaka_ws.testing import FakeKiyotakaServer, book_point  # the "testing" extra
@@ -32,16 +34,16 @@ def setup(client: KiyotakaClient) -> None:
               f"depth(5) {depth_bid:.2f}/{depth_ask:.2f}{flag}")
 
 
-def fake_market(server: FakeKiyotakaServer, stop: threading.Event) -> None:
-    """Publish random order books until ``stop`` is set (only for --fake)."""
+def fake_market() -> Iterator[list[dict[str, Any]]]:
+    """Random order books, for ever (only for --fake)."""
     rng, mid = random.Random(2), 90_000.0
-    while not stop.wait(0.1):
+    while True:
         mid += rng.gauss(0, 8)
         best_bid = (mid // BLOCK) * BLOCK
         gap = BLOCK * rng.choice([1, 1, 1, 2, 3])  # now and then the book thins out
         bids = [(best_bid - i * BLOCK, round(rng.uniform(0.5, 6), 3)) for i in range(10)]
         asks = [(best_bid + gap + i * BLOCK, round(rng.uniform(0.5, 6), 3)) for i in range(10)]
-        server.publish([book_point(EXCHANGE, SYMBOL, bids=bids, asks=asks, block_size=BLOCK)])
+        yield [book_point(EXCHANGE, SYMBOL, bids=bids, asks=asks, block_size=BLOCK)]
 
 
 def run(client: KiyotakaClient, seconds: float | None) -> None:
@@ -65,21 +67,12 @@ def main() -> None:
         setup(client)
         run(client, args.seconds)
         return
-    from kiyotaka_ws.testing import (
-        FakeKiyotakaServer,  # the "testing" extra: pip install "kiyotaka-ws[testing]"
-    )
 
     with FakeKiyotakaServer() as server:
         client = KiyotakaClient(**server.client_kwargs())
         setup(client)
-        stop = threading.Event()
-        market = threading.Thread(target=fake_market, args=(server, stop))
-        market.start()
-        try:
-            run(client, args.seconds)
-        finally:
-            stop.set()
-            market.join()
+        server.feed(fake_market(), interval=0.1)
+        run(client, args.seconds)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import random
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 from kiyotaka_ws import KiyotakaClient, Trade
 from kiyotaka_ws.testing import FakeKiyotakaServer, trade_point  # the "testing" extra
@@ -23,13 +25,13 @@ def setup(client: KiyotakaClient) -> None:
         print(f"{trade.datetime:%H:%M:%S.%f} {trade.side:<4} {trade.amount:>10.4f} @ {trade.price:,.1f}")
 
 
-def fake_market(server: FakeKiyotakaServer, stop: threading.Event) -> None:
-    """Publish a random walk of trades until ``stop`` is set (only for --fake)."""
+def fake_market() -> Iterator[list[dict[str, Any]]]:
+    """A random walk of trades, for ever (only for --fake)."""
     rng, price = random.Random(1), 90_000.0
-    while not stop.wait(0.05):
+    while True:
         price += rng.gauss(0, 5)
-        server.publish([trade_point(EXCHANGE, SYMBOL, price=round(price, 1), amount=round(rng.expovariate(20), 4),
-                                    side=rng.choice(["BUY", "SELL"]), id=rng.getrandbits(40))])
+        yield [trade_point(EXCHANGE, SYMBOL, price=round(price, 1), amount=round(rng.expovariate(20), 4),
+                                    side=rng.choice(["BUY", "SELL"]), id=rng.getrandbits(40))]
 
 
 def run(client: KiyotakaClient, seconds: float | None) -> None:
@@ -53,21 +55,12 @@ def main() -> None:
         setup(client)
         run(client, args.seconds)
         return
-    from kiyotaka_ws.testing import (
-        FakeKiyotakaServer,  # the "testing" extra: pip install "kiyotaka-ws[testing]"
-    )
 
     with FakeKiyotakaServer() as server:
         client = KiyotakaClient(**server.client_kwargs())
         setup(client)
-        stop = threading.Event()
-        market = threading.Thread(target=fake_market, args=(server, stop))
-        market.start()
-        try:
-            run(client, args.seconds)
-        finally:
-            stop.set()
-            market.join()
+        server.feed(fake_market(), interval=0.05)
+        run(client, args.seconds)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import random
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 from kiyotaka_ws import KiyotakaClient, VolumeProfile
 from kiyotaka_ws.testing import (  # the "testing" extra
@@ -31,15 +33,15 @@ def setup(client: KiyotakaClient) -> None:
               f"of {total:.2f}, buy/sell imbalance {imbalance:+.0%}")
 
 
-def fake_market(server: FakeKiyotakaServer, stop: threading.Event) -> None:
-    """Publish volume profiles around a drifting price until ``stop`` is set (only for --fake)."""
+def fake_market() -> Iterator[list[dict[str, Any]]]:
+    """Volume profiles around a drifting price, for ever (only for --fake)."""
     rng, mid, bucket = random.Random(5), 90_000.0, 25.0
-    while not stop.wait(0.1):
+    while True:
         mid += rng.gauss(0, 10)
         base = (mid // bucket) * bucket
         levels = [(base + i * bucket, round(rng.uniform(0.5, 1.5) * 10 / (1 + abs(i)), 3),
                    round(rng.uniform(0.5, 1.5) * 10 / (1 + abs(i)), 3)) for i in range(-8, 9)]
-        server.publish([volume_profile_point(EXCHANGE, SYMBOL, levels=levels, block_size=bucket)])
+        yield [volume_profile_point(EXCHANGE, SYMBOL, levels=levels, block_size=bucket)]
 
 
 def run(client: KiyotakaClient, seconds: float | None) -> None:
@@ -63,21 +65,12 @@ def main() -> None:
         setup(client)
         run(client, args.seconds)
         return
-    from kiyotaka_ws.testing import (
-        FakeKiyotakaServer,  # the "testing" extra: pip install "kiyotaka-ws[testing]"
-    )
 
     with FakeKiyotakaServer() as server:
         client = KiyotakaClient(**server.client_kwargs())
         setup(client)
-        stop = threading.Event()
-        market = threading.Thread(target=fake_market, args=(server, stop))
-        market.start()
-        try:
-            run(client, args.seconds)
-        finally:
-            stop.set()
-            market.join()
+        server.feed(fake_market(), interval=0.1)
+        run(client, args.seconds)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Callable
 
 import brotli  # type: ignore[import-untyped]
@@ -141,6 +141,7 @@ class FakeKiyotakaServer:
         self._silent = False
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
+        self._feeds: list[tuple[threading.Thread, threading.Event]] = []
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -157,8 +158,30 @@ class FakeKiyotakaServer:
         self._thread.start()
         return self
 
+    def feed(self, batches: Iterable[Sequence[dict[str, Any]]], interval: float = 0.1,
+             family: str | None = None) -> None:
+        """Publish each batch of points from ``batches`` (a generator, say), one every ``interval``
+        seconds, from a background thread, until it is exhausted or the server stops."""
+        done = threading.Event()
+
+        def run() -> None:
+            for points in batches:
+                if done.wait(interval):
+                    return
+                self.publish(points, family)
+
+        thread = threading.Thread(target=run, name=f"fake-kiyotaka-feed-{self._port}", daemon=True)
+        self._feeds.append((thread, done))
+        thread.start()
+
     def stop(self) -> None:
-        """Close every connection (1001 going away) and stop listening. Idempotent."""
+        """Stop the feeds, close every connection (1001 going away) and stop listening. Idempotent."""
+        feeds, self._feeds = self._feeds, []
+        for thread, done in feeds:
+            done.set()
+        for thread, _ in feeds:
+            if thread is not threading.current_thread():
+                thread.join()
         server, self._server = self._server, None
         if server is None:
             return

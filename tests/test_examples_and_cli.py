@@ -53,7 +53,7 @@ def test_every_example_runs_against_the_fake_server():
 def test_examples_use_only_the_public_api():
     """Examples are meant to be copied: no private modules, no helpers outside the file."""
     allowed = re.compile(r"^(from kiyotaka_ws(\.testing)? import|import (argparse|random|threading|time)$|"
-                         r"from __future__ import|from typing import)")
+                         r"from __future__ import|from typing import|from collections.abc import)")
     for path in sorted((ROOT / "examples").glob("*.py")):
         imports = [line for line in path.read_text().splitlines() if line.startswith(("import ", "from "))]
         assert imports and all(allowed.match(line) for line in imports), (path.name, imports)

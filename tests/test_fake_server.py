@@ -7,6 +7,7 @@ import json
 import brotli
 import pytest
 import websocket
+from conftest import wait_until
 
 from kiyotaka_ws.testing import FakeKiyotakaServer, book_point, trade_point
 
@@ -130,3 +131,20 @@ def test_restart_on_same_port_and_404():
     with pytest.raises(websocket.WebSocketBadStatusException):
         websocket.create_connection(f"ws://127.0.0.1:{port}/elsewhere", timeout=2)
     server.stop()
+
+
+def test_feed_publishes_in_the_background_until_the_server_stops():
+    import threading
+
+    from kiyotaka_ws import KiyotakaClient
+
+    got = []
+    with FakeKiyotakaServer(api_key="k") as server:
+        client = KiyotakaClient(**server.client_kwargs())
+        client.on_trade(got.append, exchange="X", symbol="Y")
+        with client:
+            assert client.wait_ready(5)
+            server.feed(([trade_point("X", "Y", price=i, amount=1)] for i in range(1_000_000)), interval=0.001)
+            assert wait_until(lambda: len(got) >= 20)
+    assert not [t for t in threading.enumerate() if t.name.startswith("fake-kiyotaka-feed")]
+    assert [e.price for e in got] == sorted(e.price for e in got)
