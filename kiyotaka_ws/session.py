@@ -183,6 +183,7 @@ class _Link:
         self.last_data = now      # data frames, for stale_timeout
         self.unblocked_at = 0.0   # the reader last waited on a full queue until then
         self.reader: threading.Thread | None = None
+        self.reader_done = False            # set by the session on the reader's _Ended
         self.end_reason: str | None = None  # set by the session when it kills the link
 
 
@@ -219,7 +220,7 @@ class Session:
         self._cancel: Cancel | None = None
         self._link: _Link | None = None  # written by the session thread; read by stop() to abort
         self._thread: threading.Thread | None = None
-        self._readers: list[threading.Thread] = []  # of ended links, joined when the session ends
+        self._orphans: dict[int, _Link] = {}  # ended links whose reader has not reported yet
 
         # Owned by the session thread.
         self._subs: dict[ChannelSpec, WireSub] = {}
@@ -327,8 +328,11 @@ class Session:
             self.ready.clear()
             if self.state is not State.FAILED:
                 self._set_state(State.STOPPED)
-            for reader in self._readers:  # awake: sockets shut down, and stop() closed the queue to data
-                reader.join(2.0)
+            for link in self._orphans.values():  # awake: sockets shut down, stop() closed the queue to data
+                if link.reader is not None:
+                    link.reader.join(2.0)
+                link.ws.close_socket()
+            self._orphans.clear()
 
     def _supervise(self) -> None:
         attempt = 0      # for the backoff: reset once a connection stayed up
@@ -435,7 +439,9 @@ class Session:
                     continue
                 if type(message) is _Ended:
                     if message.conn == link.number:
+                        link.reader_done = True
                         return reached_ready, self._end_reason(link, message.error), self._clock() - link.connected_at
+                    self._handle(message, link)
                     continue
                 if type(message) is _Stop:
                     return reached_ready, "stopped", 0.0
@@ -482,6 +488,10 @@ class Session:
                 self._on_answer(link, message.message)
             else:
                 log.debug("%s: ignored an answer from an earlier connection", self.family)
+        elif kind is _Ended:  # the reader of a link given up earlier: now its socket can close
+            orphan = self._orphans.pop(message.conn, None)
+            if orphan is not None:
+                orphan.ws.close_socket()
         elif kind is _Fail:
             raise _GiveUp(message.error)
         elif kind is _Stop:
@@ -632,9 +642,10 @@ class Session:
         link.ws.abort()
 
     def _close_link(self, polite: bool) -> None:
-        """End the current link. Its reader wakes up, reports and closes the socket itself (the
-        owner closes the descriptor, so no other thread can race on a reused one); it is not
-        waited for here, since it may still be waiting for room in a full queue."""
+        """End the current link. Only this thread closes sockets, and only once the link's reader
+        has reported its end (no thread can then be using the descriptor, so it cannot be reused
+        under anyone). A reader still busy (waiting for room in a full queue, say) is not waited
+        for: its link is kept until its ``_Ended`` arrives, or until the session ends."""
         link = self._link
         if link is None:
             return
@@ -642,10 +653,10 @@ class Session:
         if polite:
             link.ws.close(1000)
         link.ws.abort()
-        if link.reader is None:
+        if link.reader is None or link.reader_done:
             link.ws.close_socket()
         else:
-            self._readers = [r for r in self._readers if r.is_alive()] + [link.reader]
+            self._orphans[link.number] = link
 
     def _give_up(self, error: KiyotakaError) -> None:
         self.fatal = error
@@ -682,8 +693,7 @@ class Session:
                     link.unblocked_at = clock()  # we waited on a full queue: what follows is backlog
         except BaseException as exc:  # noqa: BLE001 - every end of a reader is reported to the session
             error = exc
-        link.ws.close_socket()
-        self._post(_Ended(number, error))
+        self._post(_Ended(number, error))  # its last act: after this it never touches the socket
 
 
 def _rejects_key(code: int | None) -> bool:

@@ -415,7 +415,7 @@ class WebSocket:
         except SendTimeout:
             self._send_broken = True
             raise
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: the socket was already closed (fd -1)
             self._send_broken = True
             raise ConnectionClosed(None, f"send failed: {exc}") from exc
 

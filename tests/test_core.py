@@ -448,3 +448,32 @@ def test_a_server_that_floods_pings_and_never_reads_is_a_dead_link():
     finally:
         client.stop()
         server.close()
+
+
+def test_stop_races_reconnects_handlers_and_other_stops(server, make_client):
+    """Many rounds of: a server dropping connections, a handler stopping, and two threads stopping."""
+    for round_ in range(15):
+        client = make_client(backoff_initial=0.01, backoff_max=0.02)
+        client.on_trade(lambda e, c=client: c.stop() if e.price == 3 else None, exchange=EX, symbol=SYM)
+        client.on_status(lambda st, c=client: c.on_liquidation(lambda e: None, exchange=EX, symbol=SYM)
+                         if st.state is State.READY else None)
+        client.start()
+        assert client.wait_ready(5)
+        dropper = threading.Thread(target=lambda: [server.drop_connections() for _ in range(3)])
+        stoppers = [threading.Thread(target=client.stop, kwargs={"timeout": 3}) for _ in range(2)]
+        dropper.start()
+        for i in range(5):
+            server.publish([trade_point(EX, SYM, price=i, amount=1)])
+        if round_ % 2:
+            for thread in stoppers:
+                thread.start()
+        started = time.monotonic()
+        client.stop(timeout=3)
+        assert time.monotonic() - started < 3.5
+        dropper.join(5)
+        for thread in stoppers:
+            if thread.is_alive() or thread.ident is not None:
+                thread.join(5)
+                assert not thread.is_alive()
+        assert wait_until(lambda: not client_threads()), client_threads()
+        assert client.stats()["nonbook"].state is State.STOPPED
