@@ -216,6 +216,32 @@ def test_stream_refused_port_exits_3_after_seconds():
     _assert_one_error_line(result, url, code=3, says="could not connect")
 
 
+@pytest.mark.parametrize("silence", ["no HTTP answer", "no TCP answer"])
+def test_stream_silent_port_exits_3_after_seconds(silence):
+    """A silent firewall: the TCP connect hangs (full backlog), or the upgrade is never answered."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    if silence == "no TCP answer":
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+    try:
+        url = f"ws://127.0.0.1:{port}/nonbook/ws"
+        started = time.monotonic()
+        result = _stream_cli(url, "--seconds", "2")
+        assert 1.5 < time.monotonic() - started < 6
+        _assert_one_error_line(result, url, code=3, says="could not connect")
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
 class _Http404:
     """A tiny raw HTTP server on loopback that answers every request with 404 (a wrong URL)."""
 
