@@ -67,6 +67,8 @@ class EventQueue:
         self._not_full = threading.Condition(self._lock)
         self.blocked = False
         self.dropped_total = 0
+        # A sink beside the queue (the recorder): called with every frame offered, kept or not.
+        self.tap: Callable[[bytes, bool, int], None] | None = None
 
     @property
     def depth(self) -> int:
@@ -81,6 +83,9 @@ class EventQueue:
 
     def put_frame(self, payload: bytes, binary: bool, connection: int = 0) -> bool:
         """Queue one frame; True when it had to wait for room (policy "block")."""
+        tap = self.tap
+        if tap is not None:
+            tap(payload, binary, connection)
         size = len(payload)
         waited = False
         with self._lock:
@@ -145,6 +150,13 @@ class EventQueue:
             self._taken = (frames, size)
             dropped, self._dropped = self._dropped, 0
             return batch, dropped, self._closed and not items
+
+    def wait_empty(self, cancel: threading.Event) -> None:
+        """Block until every queued frame has been handled (the dispatcher took its next batch),
+        data is closed, or ``cancel`` is set (checked at least every 0.1 s)."""
+        with self._lock:
+            while self._frames and not self._data_closed and not cancel.is_set():
+                self._not_full.wait(0.1)
 
     def close_data(self) -> None:
         """Refuse further frames and wake a reader blocked on a full queue; controls still pass."""

@@ -61,9 +61,9 @@ class HandlerError(KiyotakaError):
 class EventsDropped(KiyotakaError):
     """The queue was full and the overflow policy dropped ``count`` frames (each one or more events)."""
 
-    def __init__(self, count: int, *, family: str = "") -> None:
+    def __init__(self, count: int, *, family: str = "", reason: str = "queue full (handlers too slow)") -> None:
         where = f" on {family}" if family else ""
-        super().__init__(f"{count} frames of events dropped{where}: queue full (handlers too slow)")
+        super().__init__(f"{count} frames of events dropped{where}: {reason}")
         self.count = count
         self.family = family
 

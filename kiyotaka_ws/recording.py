@@ -1,0 +1,514 @@
+"""Recordings: the capture file format, the recorder sink, the reader and ``inspect_recording``.
+
+File format, version 1 (all integers little-endian)::
+
+    file header (16 bytes):  b"KWSREC\\r\\n"  u16 version (=1)  u16 flags (=0)  u32 reserved (=0)
+    then records, each a 28-byte header followed by its payload:
+      4s  sync     b"\\x1eKWR"      (lets a reader find the next record after a damaged one)
+      u32 length   payload bytes stored
+      u32 crc      CRC-32 of the 16 header bytes that follow it, then of the payload
+      i64 time_ns  local receive time (time.time_ns(), nanoseconds since the epoch)
+      u32 conn     the connection the frame came on (a new number after each reconnect)
+      u8  kind     0 FRAME: one WebSocket message as received; 1 GAP: the recorder dropped
+                   frames here (payload: u64 count)
+      u8  family   0 book, 1 nonbook
+      u8  flags    bit 0: a binary frame (else text); bit 1: the payload was brotli-compressed by
+                   the recorder (text frames; decompress to get the bytes as received)
+      u8  reserved 0
+
+Binary frames (what the service sends with ``compression="brotli"``) are stored exactly as
+received: they are brotli already. Text frames are brotli-compressed on the recorder's thread.
+Replay hands the original bytes to the same decoding as a live connection.
+
+The file is append-only: a recorder opening an existing file checks its header and appends. A
+record is written with one ``write()``; a process killed mid-write leaves at most one torn record,
+which the reader skips (a truncated record at the end, or a damaged one in the middle: it resyncs
+on the next ``sync`` word whose CRC holds). Nothing is ever rewritten.
+
+Rotation (``rotate_bytes`` / ``rotate_seconds``): the live file always has the given path; a full
+segment is renamed ``<path>.1``, ``<path>.2``, ... (oldest first) and a new ``<path>`` begins.
+Readers given ``<path>`` read ``<path>.1 ... <path>.N`` then ``<path>``. Segments are never deleted.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from typing import Any, Callable, NamedTuple, Union
+
+import attrs
+import brotli  # type: ignore[import-untyped]
+
+from .channels import BOOK, NONBOOK
+from .errors import KiyotakaError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAX_BUFFER_BYTES",
+    "MAX_BUFFER_FRAMES",
+    "Record",
+    "Recorder",
+    "RecordingError",
+    "RecordingInfo",
+    "RecordingReader",
+    "inspect_recording",
+    "recording_files",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+FORMAT_VERSION = 1
+MAGIC = b"KWSREC\r\n"
+_FILE_HEADER = struct.Struct("<8sHHI")
+SYNC = b"\x1eKWR"
+_HEADER = struct.Struct("<4sIIqIBBBB")
+HEADER_SIZE = _HEADER.size  # 28
+FRAME, GAP = 0, 1
+_BINARY, _RECOMPRESSED = 1, 2
+FAMILY_CODES = {BOOK: 0, NONBOOK: 1}
+FAMILY_NAMES = {code: name for name, code in FAMILY_CODES.items()}
+MAX_RECORD_BYTES = 256 * 2**20   # a larger length can only be damage
+MAX_BUFFER_BYTES = 32 * 2**20    # frames waiting for the recorder's thread, the batch being written included
+MAX_BUFFER_FRAMES = 100_000
+FLUSH_INTERVAL = 0.1             # the recorder writes (and flushes to the OS) at least this often
+_TEXT_QUALITY = 4                # brotli quality for text frames (as the fake server uses)
+_CHUNK = 1 << 20
+
+
+class RecordingError(KiyotakaError, ValueError):
+    """A file that is not a recording of a version this library reads."""
+
+
+class Record(NamedTuple):
+    """One record of a recording, as read back."""
+
+    kind: int            # FRAME or GAP
+    time_ns: int         # local receive time (nanoseconds since the epoch)
+    family: str          # "book" / "nonbook"
+    connection: int
+    binary: bool         # the frame's opcode: binary (True) or text
+    payload: bytes       # the frame exactly as received (FRAME); b"" for GAP
+    dropped: int = 0     # GAP: frames the recorder dropped just before this point
+
+
+def recording_files(path: PathLike) -> list[str]:
+    """The files of a recording, oldest first: ``<path>.1 ... <path>.N`` (rotated), then ``<path>``."""
+    base = os.fspath(path)
+    folder, name = os.path.split(base)
+    numbered: list[tuple[int, str]] = []
+    try:
+        entries = os.listdir(folder or ".")
+    except OSError:
+        entries = []
+    for entry in entries:
+        if entry.startswith(name + ".") and entry[len(name) + 1:].isdigit():
+            numbered.append((int(entry[len(name) + 1:]), os.path.join(folder, entry)))
+    files = [p for _, p in sorted(numbered)]
+    if os.path.exists(base):
+        files.append(base)
+    return files
+
+
+def _check_header(head: bytes, path: str) -> None:
+    magic, version, _flags, _reserved = _FILE_HEADER.unpack(head)
+    if magic != MAGIC:
+        raise RecordingError(f"{path}: not a kiyotaka-ws recording")
+    if version != FORMAT_VERSION:
+        raise RecordingError(f"{path}: recording format version {version}; this library reads {FORMAT_VERSION}")
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+@attrs.define
+class RecorderStats:
+    """What a recorder did: frames and bytes written, frames dropped, files written to."""
+
+    frames: int = 0
+    bytes: int = 0
+    dropped: int = 0
+    files: int = 0
+    error: str | None = None
+
+
+class Recorder:
+    """A sink appending raw frames to a recording from its own thread, ``kiyotaka-ws-recorder``.
+
+    ``tap(family)`` returns the function the family's reader calls for every frame it receives
+    (through the family's ``EventQueue``): it only timestamps the frame and appends it to a buffer
+    bounded by ``max_buffer_frames`` frames and ``max_buffer_bytes`` bytes (the batch being written
+    included). It never blocks and never compresses: when the buffer is full (the disk cannot keep
+    up) the frame is dropped and counted, and a GAP record marks the place in the file. The
+    recorder's thread wakes every ``FLUSH_INTERVAL`` seconds (or when the buffer is half full),
+    encodes the batch, writes it and flushes it to the OS. A write error ends the recording (it is
+    reported once through ``on_error``); the client carries on.
+    """
+
+    def __init__(self, path: PathLike, *, rotate_bytes: int | None = None, rotate_seconds: float | None = None,
+                 max_buffer_bytes: int = MAX_BUFFER_BYTES, max_buffer_frames: int = MAX_BUFFER_FRAMES,
+                 on_error: Callable[[KiyotakaError], None] | None = None) -> None:
+        self.path = os.fspath(path)
+        self.rotate_bytes = rotate_bytes
+        self.rotate_seconds = rotate_seconds
+        self.max_buffer_bytes = max_buffer_bytes
+        self.max_buffer_frames = max_buffer_frames
+        self.on_error = on_error
+        self.stats = RecorderStats()
+        self._lock = threading.Lock()
+        self._buffer: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._frames = 0       # buffered + being written
+        self._bytes = 0
+        self._wake_bytes = max_buffer_bytes // 2
+        self._gaps = [0, 0]    # frames dropped per family since that family's last kept frame
+        self._closed = False   # no more frames accepted
+        self._failed = False
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._file: Any = None
+        self._segment_bytes = 0
+        self._segment_started = 0.0
+
+    @staticmethod
+    def check(path: PathLike) -> None:
+        """Raise ``RecordingError`` (or ``OSError``) now if ``path`` cannot be a recording to append to."""
+        base = os.fspath(path)
+        folder = os.path.dirname(base) or "."
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"no such directory: {folder!r}")
+        if os.path.isdir(base):
+            raise IsADirectoryError(f"{base!r} is a directory")
+        if os.path.exists(base) and os.path.getsize(base) >= _FILE_HEADER.size:
+            with open(base, "rb") as f:
+                _check_header(f.read(_FILE_HEADER.size), base)
+
+    def open(self) -> None:
+        """Open (or create) the file and start the thread. Raises ``OSError`` / ``RecordingError``."""
+        if self._thread is not None:
+            return
+        self._open_segment()
+        self._thread = threading.Thread(target=self._run, name="kiyotaka-ws-recorder", daemon=True)
+        self._thread.start()
+
+    def tap(self, family: str) -> Callable[[bytes, bool, int], None]:
+        """The function a family's reader calls with each frame: ``put(payload, binary, connection)``."""
+        code = FAMILY_CODES[family]
+        lock, buffer, gaps, clock = self._lock, self._buffer, self._gaps, time.time_ns
+        stats = self.stats
+
+        def put(payload: bytes, binary: bool, connection: int) -> None:
+            size = len(payload)
+            now = clock()
+            with lock:
+                if self._closed:
+                    return
+                if self._frames >= self.max_buffer_frames or self._bytes + size > self.max_buffer_bytes:
+                    gaps[code] += 1
+                    stats.dropped += 1
+                    return
+                if gaps[code]:
+                    buffer.append((GAP, now, code, connection, False, gaps[code]))
+                    gaps[code] = 0
+                buffer.append((FRAME, now, code, connection, binary, payload))
+                self._frames += 1
+                self._bytes += size
+                if self._bytes > self._wake_bytes:
+                    self._wake.set()
+
+        return put
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Accept no more frames, write what is buffered, close the file; True if the thread ended."""
+        with self._lock:
+            self._closed = True
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is None:
+            return True
+        if thread is not threading.current_thread():
+            thread.join(max(0.0, timeout))
+        return not thread.is_alive()
+
+    # -- the recorder's thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._wake.wait(FLUSH_INTERVAL)
+                self._wake.clear()
+                stopping = self._stop.is_set()
+                self._write_batch()
+                if stopping:
+                    break
+        finally:
+            file, self._file = self._file, None
+            if file is not None:
+                try:
+                    file.close()
+                except OSError as exc:
+                    self._fail(exc)
+
+    def _write_batch(self) -> None:
+        with self._lock:
+            batch, self._buffer = self._buffer, collections.deque()
+            frames, size = self._frames, self._bytes
+        if not batch:
+            return
+        if not self._failed:
+            try:
+                self._write(batch)
+            except OSError as exc:
+                self._fail(exc)
+        with self._lock:
+            self._frames -= frames
+            self._bytes -= size
+            self._wake_bytes = self.max_buffer_bytes // 2
+
+    def _write(self, batch: collections.deque[tuple[Any, ...]]) -> None:
+        pack, crc32, stats = _HEADER.pack, zlib.crc32, self.stats
+        chunks: list[bytes] = []
+        pending = 0
+        kept = 0
+        for kind, time_ns, code, connection, binary, data in batch:
+            if kind == GAP:
+                payload, flags = struct.pack("<Q", data), 0
+            elif binary:
+                payload, flags = data, _BINARY
+                kept += 1
+            else:
+                raw = data.encode() if isinstance(data, str) else data
+                payload, flags = brotli.compress(raw, quality=_TEXT_QUALITY), _RECOMPRESSED
+                kept += 1
+            tail = struct.pack("<qIBBBB", time_ns, connection, kind, code, flags, 0)
+            head = pack(SYNC, len(payload), crc32(payload, crc32(tail)), time_ns, connection, kind, code, flags, 0)
+            chunks.append(head)
+            chunks.append(payload)
+            pending += HEADER_SIZE + len(payload)
+            if self._due_rotation(pending):
+                self._flush(chunks, pending)
+                chunks, pending = [], 0
+                self._rotate()
+        if chunks:
+            self._flush(chunks, pending)
+        self._file.flush()
+        stats.frames += kept
+
+    def _flush(self, chunks: list[bytes], size: int) -> None:
+        self._file.write(b"".join(chunks))
+        self._segment_bytes += size
+        self.stats.bytes += size
+
+    def _due_rotation(self, pending: int) -> bool:
+        if self.rotate_bytes is not None and self._segment_bytes + pending >= self.rotate_bytes:
+            return True
+        return self.rotate_seconds is not None and time.monotonic() - self._segment_started >= self.rotate_seconds
+
+    def _open_segment(self) -> None:
+        self.check(self.path)
+        file = open(self.path, "ab")  # noqa: SIM115 - owned by the recorder's thread until close
+        try:
+            size = file.tell()
+            if size < _FILE_HEADER.size:  # new, or a header torn by a crash: start it again
+                file.truncate(0)
+                file.write(_FILE_HEADER.pack(MAGIC, FORMAT_VERSION, 0, 0))
+                size = _FILE_HEADER.size
+        except OSError:
+            file.close()
+            raise
+        self._file = file
+        self._segment_bytes = size
+        self._segment_started = time.monotonic()
+        self.stats.files += 1
+
+    def _rotate(self) -> None:
+        self._file.close()
+        self._file = None
+        files = recording_files(self.path)
+        last = 0
+        for name in files[:-1]:
+            last = max(last, int(name.rsplit(".", 1)[1]))
+        os.replace(self.path, f"{self.path}.{last + 1}")
+        self._open_segment()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failed:
+            return
+        self._failed = True
+        self.stats.error = f"{type(exc).__name__}: {exc}"
+        with self._lock:
+            self._closed = True  # nothing more can be written: drop (and count) instead of buffering
+        if self.on_error is not None:
+            self.on_error(KiyotakaError(f"recording to {self.path} stopped: {exc}"))
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+class RecordingReader:
+    """Iterates the records of a recording (all its rotated segments, oldest first).
+
+    Damage never ends a read: a record torn by a crash (at the end of a file) or damaged in the
+    middle is skipped, counted in ``torn`` and ``skipped_bytes``. A file whose header is not a
+    recording's raises ``RecordingError``; a missing recording raises ``FileNotFoundError``.
+    """
+
+    def __init__(self, path: PathLike) -> None:
+        self.files = recording_files(path)
+        if not self.files:
+            raise FileNotFoundError(f"no recording at {os.fspath(path)!r}")
+        for name in self.files:
+            with open(name, "rb") as f:
+                head = f.read(_FILE_HEADER.size)
+            if len(head) == _FILE_HEADER.size:
+                _check_header(head, name)
+        self.torn = 0
+        self.skipped_bytes = 0
+
+    def __iter__(self) -> Iterator[Record]:
+        for name in self.files:
+            yield from self._read_file(name)
+
+    def _read_file(self, name: str) -> Iterator[Record]:
+        unpack, crc32, size = _HEADER.unpack_from, zlib.crc32, HEADER_SIZE
+        with open(name, "rb") as f:
+            if len(f.read(_FILE_HEADER.size)) < _FILE_HEADER.size:
+                return  # empty, or a header torn by a crash: nothing in it
+            buf = bytearray()
+            pos = 0
+            eof = False
+            damaged = False  # inside a damaged stretch (counted once)
+            while True:
+                if len(buf) - pos < size and not eof:
+                    del buf[:pos]
+                    pos = 0
+                    eof = self._fill(f, buf, size)
+                if len(buf) - pos < size:
+                    break
+                sync, length, crc, time_ns, conn, kind, code, flags, _ = unpack(buf, pos)
+                end = pos + size + length
+                good = sync == SYNC and length <= MAX_RECORD_BYTES and code in FAMILY_NAMES and kind <= GAP
+                if good and len(buf) < end and not eof:
+                    del buf[:pos]
+                    end -= pos
+                    pos = 0
+                    eof = self._fill(f, buf, end)
+                # cut short (a torn record, or damage claiming a long length), or a bad checksum
+                payload = b""
+                if good and len(buf) >= end:
+                    payload = bytes(buf[pos + size:end])
+                    good = crc32(payload, crc32(buf[pos + 12:pos + size])) == crc
+                else:
+                    good = False
+                if not good:
+                    if not damaged:
+                        self.torn += 1
+                        damaged = True
+                    found = buf.find(SYNC, pos + 1)
+                    if found < 0:  # keep the last bytes: a sync word may straddle the next read
+                        found = max(pos + 1, len(buf) - len(SYNC) + 1)
+                    self.skipped_bytes += found - pos
+                    pos = found
+                    continue
+                damaged = False
+                pos = end
+                if kind == GAP:
+                    count = struct.unpack("<Q", payload)[0] if length == 8 else 0
+                    yield Record(GAP, time_ns, FAMILY_NAMES[code], conn, False, b"", count)
+                    continue
+                if flags & _RECOMPRESSED:
+                    try:
+                        payload = brotli.decompress(payload)
+                    except brotli.error:
+                        self.torn += 1
+                        continue
+                yield Record(FRAME, time_ns, FAMILY_NAMES[code], conn, bool(flags & _BINARY), payload)
+            if len(buf) > pos:  # bytes that make no whole record: torn
+                if not damaged:
+                    self.torn += 1
+                self.skipped_bytes += len(buf) - pos
+
+    @staticmethod
+    def _fill(f: Any, buf: bytearray, need: int) -> bool:
+        """Read until ``buf`` holds ``need`` bytes; True when the file ended first."""
+        while len(buf) < need:
+            chunk = f.read(max(_CHUNK, need - len(buf)))
+            if not chunk:
+                return True
+            buf += chunk
+        return False
+
+
+# -- inspecting ------------------------------------------------------------------------------------
+
+@attrs.define
+class RecordingInfo:
+    """What a recording holds (``inspect_recording``)."""
+
+    files: list[str] = attrs.Factory(list)
+    version: int = FORMAT_VERSION
+    frames: dict[str, int] = attrs.Factory(dict)          # per family
+    bytes: dict[str, int] = attrs.Factory(dict)           # stored payload bytes per family
+    data_frames: int = 0
+    other_frames: int = 0       # answers, server errors, undecodable frames
+    points: int = 0
+    series: dict[tuple[str, str, str], int] = attrs.Factory(dict)  # (channel, exchange, symbol or coin) -> points
+    connections: int = 0
+    dropped: int = 0            # frames the recorder dropped (GAP records)
+    torn: int = 0               # damaged or torn records skipped
+    skipped_bytes: int = 0
+    first_ns: int | None = None
+    last_ns: int | None = None
+
+    @property
+    def duration(self) -> float:
+        """Seconds between the first and the last record."""
+        if self.first_ns is None or self.last_ns is None:
+            return 0.0
+        return (self.last_ns - self.first_ns) / 1e9
+
+
+def inspect_recording(path: PathLike, max_frame_bytes: int = 64 * 2**20) -> RecordingInfo:
+    """Read a whole recording and summarise it (decoding every frame)."""
+    from .protocol import FrameDecoder
+
+    reader = RecordingReader(path)
+    decoder = FrameDecoder(max_frame_bytes)
+    info = RecordingInfo(files=list(reader.files))
+    connections: set[tuple[str, int]] = set()
+    for record in reader:
+        if info.first_ns is None:
+            info.first_ns = record.time_ns
+        info.first_ns = min(info.first_ns, record.time_ns)
+        info.last_ns = max(info.last_ns or record.time_ns, record.time_ns)
+        if record.kind == GAP:
+            info.dropped += record.dropped
+            continue
+        connections.add((record.family, record.connection))
+        info.frames[record.family] = info.frames.get(record.family, 0) + 1
+        info.bytes[record.family] = info.bytes.get(record.family, 0) + len(record.payload)
+        try:
+            message = decoder.decode(record.payload, record.binary)
+        except KiyotakaError:
+            info.other_frames += 1
+            continue
+        points = message.get("points") if isinstance(message, dict) else None
+        if not isinstance(points, list):
+            info.other_frames += 1
+            continue
+        info.data_frames += 1
+        for point in points:
+            series = point.get("series") if isinstance(point, dict) else None
+            if not isinstance(series, dict):
+                continue
+            key = (str(series.get("type")), str(series.get("exchange")),
+                   str(series.get("symbol") if series.get("symbol") is not None else series.get("coin")))
+            info.series[key] = info.series.get(key, 0) + 1
+            info.points += 1
+    info.connections = len(connections)
+    info.torn = reader.torn
+    info.skipped_bytes = reader.skipped_bytes
+    return info
