@@ -27,6 +27,7 @@ from .events import (
                      VolumeProfile,
 )
 from .status import ConnectionStats, ConnectionStatus, State
+from .streams import EventStream
 
 __all__ = [
                      "AuthenticationError",
@@ -39,6 +40,7 @@ __all__ = [
                      "ConnectionStats",
                      "ConnectionStatus",
                      "DecodeError",
+                     "EventStream",
                      "EventsDropped",
                      "FundingRate",
                      "HandlerError",

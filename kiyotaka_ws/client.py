@@ -18,14 +18,24 @@ import time
 import weakref
 from collections.abc import Mapping
 from typing import (
+    TYPE_CHECKING,
     Any,
     Callable,
+    Protocol,
     TypeVar,
     overload,
 )
 from urllib.parse import urlsplit
 
-from .channels import BOOK, FAMILIES, NONBOOK, Channel, ChannelSpec, make_spec
+from .channels import (
+    BOOK,
+    FAMILIES,
+    NONBOOK,
+    WIRE_NAMES,
+    Channel,
+    ChannelSpec,
+    make_spec,
+)
 from .dial import Proxy, ssl_context
 from .dispatch import (
     OVERFLOW_POLICIES,
@@ -46,8 +56,13 @@ from .events import (
     VolumeProfile,
 )
 from .protocol import FrameDecoder
+from .recording import Recorder, RecordingError
 from .session import Options, Secret, Session, WireSub
-from .status import ConnectionStats, ConnectionStatus
+from .status import ConnectionStats, ConnectionStatus, State
+from .streams import EventStream
+
+if TYPE_CHECKING:
+    from .replay import Player
 
 log = logging.getLogger("kiyotaka_ws")
 
@@ -111,15 +126,66 @@ class Subscription:
         return f"<Subscription {self._spec} {state}>"
 
 
-class _Family:
-    """One endpoint family's pipeline: session -> reader -> queue -> dispatcher."""
+class Source(Protocol):
+    """What feeds one family's queue: a live ``Session``, or a recording's ``ReplaySource``.
 
-    def __init__(self, name: str, url: str, key: Secret, options: Options, queue_size: int, max_queue_bytes: int,
-                 overflow: str, hooks: Hooks, ids: itertools.count[int],
-                 on_fatal: Callable[[KiyotakaError], None], rng: Callable[[], float]) -> None:
-        self.queue = EventQueue(queue_size, overflow, max_queue_bytes)
-        self.session = Session(name, url, key, options, self.queue, ids, on_fatal, rng)
-        self.dispatcher = Dispatcher(name, self.queue, hooks, FrameDecoder(options.max_frame_bytes),
+    The client only starts and stops it, tells it about wire subscriptions, hands it answers and
+    reads these counters; the source puts frames, statuses and errors into the family's queue.
+    """
+
+    ready: threading.Event
+    state: State
+    fatal: KiyotakaError | None
+    reconnects: int
+    frames: int
+    bytes: int
+
+    @property
+    def started(self) -> bool: ...
+    @property
+    def last_frame_age(self) -> float | None: ...
+    def start(self) -> None: ...
+    def add(self, sub: WireSub) -> None: ...
+    def remove(self, spec: ChannelSpec) -> None: ...
+    def answer(self, conn: int, message: dict[str, Any]) -> None: ...
+    def fail(self, error: KiyotakaError) -> None: ...
+    def stop(self) -> None: ...
+    def join(self, deadline: float) -> bool: ...
+
+
+class _Sources(Protocol):
+    """Makes each family's source: live sessions (``_LiveSources``) or a recording (``replay.Player``)."""
+
+    def prepare(self) -> None: ...
+    def queue_policy(self, overflow: str) -> str: ...
+    def make(self, family: str, queue: EventQueue) -> Source: ...
+
+
+class _LiveSources:
+    """The Kiyotaka service: one ``Session`` per family."""
+
+    def __init__(self, client: KiyotakaClient) -> None:
+        self._client = client
+
+    def prepare(self) -> None:
+        self._client._resolve_key()  # no key: ConfigurationError from start()
+
+    def queue_policy(self, overflow: str) -> str:
+        return overflow
+
+    def make(self, family: str, queue: EventQueue) -> Session:
+        client = self._client
+        return Session(family, client._urls[family], client._resolve_key(), client._options, queue, client._ids,
+                       client._on_fatal, client._rng)
+
+
+class _Family:
+    """One endpoint family's pipeline: source (session -> reader, or a recording) -> queue -> dispatcher."""
+
+    def __init__(self, name: str, queue: EventQueue, source: Source, hooks: Hooks, max_frame_bytes: int) -> None:
+        self.queue = queue
+        self.session = source
+        self.dispatcher = Dispatcher(name, self.queue, hooks, FrameDecoder(max_frame_bytes),
                                      on_answer=self.session.answer, on_died=self.session.fail)
 
     def start(self) -> None:
@@ -184,6 +250,9 @@ class KiyotakaClient:
         connect_timeout: float = 10.0,
         send_timeout: float = 10.0,
         rng: Callable[[], float] | None = None,
+        record: str | os.PathLike[str] | None = None,
+        record_rotate_bytes: int | None = None,
+        record_rotate_seconds: float | None = None,
     ) -> None:
         if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
             raise ConfigurationError("api_key: expected a non-empty string, or None to read KIYOTAKA_API_KEY")
@@ -216,6 +285,7 @@ class KiyotakaClient:
             raise ConfigurationError(f"sslopt: expected a dict of ssl options, got {type(sslopt).__name__}")
         urls = {BOOK: _endpoint("book_url", book_url, region, BOOK),
                 NONBOOK: _endpoint("nonbook_url", nonbook_url, region, NONBOOK)}
+        recorder = _recorder(record, record_rotate_bytes, record_rotate_seconds)
 
         self._api_key = Secret(api_key) if api_key is not None else None
         self._region = region
@@ -244,6 +314,11 @@ class KiyotakaClient:
         self._stopped = threading.Event()  # set when stop() has finished
         self._fatal: KiyotakaError | None = None
         self._final_stats: dict[str, ConnectionStats] | None = None
+        self._sources: _Sources = _LiveSources(self)
+        self._recorder = recorder
+        if recorder is not None:
+            recorder.on_error = self._recording_failed
+        self._streams: weakref.WeakSet[EventStream] = weakref.WeakSet()
 
     # -- registering handlers -------------------------------------------------------------------
     #
@@ -392,6 +467,68 @@ class KiyotakaClient:
             self._hooks.status = self._hooks.status + (handler,)
         return handler
 
+    # -- pulling events -------------------------------------------------------------------------
+
+    def events(self, channel: str | Channel, *, exchange: str, symbol: str, category: str = "*",
+               maxsize: int = 10_000, **params: Any) -> EventStream:
+        """Subscribe and return an ``EventStream`` to pull the events from, instead of a handler.
+
+        ``params`` are the channel's parameters by keyword name (``block_size=25``,
+        ``update_frequency="1s"``, ``group_by_coin=True``) or as wire fields (``blockSize="25"``).
+        At most ``maxsize`` events wait in the stream; when it is full the client's ``overflow``
+        policy applies (``"block"`` holds up the whole family, like a slow handler). Leaving the
+        ``with`` block (or ``close()``) unsubscribes; iteration ends when the client stops or its
+        replay ends.
+
+        ```python
+        with client.events("TRADE", exchange="BINANCE_FUTURES", symbol="BTCUSDT") as trades:
+            for trade in trades:
+                ...
+        ```
+        """
+        _whole("maxsize", maxsize, 1)
+        options = {name: value for name, value in params.items() if name in WIRE_NAMES}
+        wire = {name: value for name, value in params.items() if name not in WIRE_NAMES}
+        spec = make_spec(channel, exchange=exchange, symbol=symbol, category=category, options=options,
+                         params=wire)
+        stream = EventStream(maxsize, self._sources.queue_policy(self._overflow))
+        stream.subscription = self._register_spec(spec, stream._put)
+        with self._lock:
+            self._streams.add(stream)
+            if self._done.is_set():  # stopped, failed or replayed to the end meanwhile
+                stream._end(self._fatal)
+        return stream
+
+    # -- replaying a recording ------------------------------------------------------------------
+
+    @classmethod
+    def replay(cls, path: str | os.PathLike[str], *, speed: float | None = None,
+               **options: Any) -> KiyotakaClient:
+        """A client fed from a recording (``record=``) instead of the service.
+
+        Register the same handlers and ``run_forever()`` / ``start()`` / ``stop()`` as usual: every
+        frame of the recording goes through the same decoding and routing as live (filters
+        included), in recorded order, as fast as the handlers go (``speed=None``) or paced
+        (``1.0``: the recorded gaps, ``10.0``: ten times faster). Each family reports READY at the
+        start and STOPPED at the end of the recording, where ``run_forever()`` returns.
+        ``options`` are ``KiyotakaClient`` arguments (``queue_size``, ``overflow``, ``record``...);
+        no key is needed. Raises ``ConfigurationError`` if ``path`` is not a readable recording.
+        """
+        from .replay import Player
+
+        if speed is not None:
+            _positive("speed", speed, "or None for as fast as possible")
+        if "api_key" in options:
+            raise ConfigurationError("api_key: a replay needs no key")
+        client = cls("replay", **options)
+        client._api_key = None
+        try:
+            player: Player = Player(path, speed, on_end=client._on_end, on_fatal=client._on_fatal)
+        except (OSError, RecordingError) as exc:
+            raise ConfigurationError(f"path: cannot replay {os.fspath(path)!r}: {exc}") from None
+        client._sources = player
+        return client
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -401,7 +538,12 @@ class KiyotakaClient:
                 raise ClientStoppedError("this client was stopped; create a new KiyotakaClient to start again")
             if self._started:
                 return
-            self._resolve_key()
+            self._sources.prepare()
+            if self._recorder is not None:
+                try:
+                    self._recorder.open()
+                except (OSError, RecordingError) as exc:
+                    raise ConfigurationError(f"record: cannot record to {self._recorder.path!r}: {exc}") from None
             self._started = True
             _running.add(self)
             for spec in self._registry:
@@ -460,6 +602,7 @@ class KiyotakaClient:
             self._stopping = True
             families = list(self._families.values())
             wires = [subs[0]._wire for subs in self._registry.values() if subs]
+            streams = list(self._streams)
         if not first:
             if not threading.current_thread().name.startswith("kiyotaka-ws-"):
                 self._stopped.wait(max(0.0, deadline - time.monotonic()))
@@ -470,9 +613,13 @@ class KiyotakaClient:
             family.dispatcher.closing = True
             family.queue.close_data()
             family.session.stop()
+        for stream in streams:  # a dispatcher waiting for room in a stream wakes up
+            stream._end(self._fatal)
         joined = True
         for family in families:  # every join runs, whatever the others did
             joined = family.session.join(deadline) and joined
+        if self._recorder is not None:  # the readers are done: write what is buffered, close the file
+            joined = self._recorder.close(max(0.0, deadline - time.monotonic())) and joined
         for family in families:  # the sessions' last statuses are queued: let the dispatchers finish
             family.queue.close()
         for family in families:
@@ -520,9 +667,11 @@ class KiyotakaClient:
         """The family's pipeline, created on first use (call with the lock held, after start)."""
         family = self._families.get(name)
         if family is None:
+            queue = EventQueue(self._queue_size, self._sources.queue_policy(self._overflow), self._max_queue_bytes)
+            if self._recorder is not None:
+                queue.tap = self._recorder.tap(name)
             family = self._families[name] = _Family(
-                name, self._urls[name], self._resolve_key(), self._options, self._queue_size,
-                self._max_queue_bytes, self._overflow, self._hooks, self._ids, self._on_fatal, self._rng)
+                name, queue, self._sources.make(name, queue), self._hooks, self._options.max_frame_bytes)
             family.dispatcher.routes = self._routes[name]
         return family
 
@@ -530,6 +679,25 @@ class KiyotakaClient:
         if self._fatal is None:
             self._fatal = error
         self._done.set()
+        self._end_streams(error)
+
+    def _on_end(self) -> None:
+        """The source ended by itself (a replay reached the end of its recording)."""
+        self._done.set()
+        self._end_streams(None)
+
+    def _end_streams(self, error: KiyotakaError | None) -> None:
+        with self._lock:
+            streams = list(self._streams)
+        for stream in streams:
+            stream._end(error)
+
+    def _recording_failed(self, error: KiyotakaError) -> None:
+        """From the recorder's thread: tell on_error through a dispatcher (the recording stops)."""
+        with self._lock:
+            families = list(self._families.values())
+        if families:
+            families[0].queue.put_control(error)
 
     def _register(self, channel: Channel, handler: Callable[[Any], Any] | None, exchange: Any, symbol: Any,
                   category: Any, options: dict[str, Any] | None = None) -> Any:
@@ -588,6 +756,25 @@ class KiyotakaClient:
         family = self._families.get(spec.family)
         if family is not None:
             family.dispatcher.routes = routes
+
+
+def _recorder(record: Any, rotate_bytes: Any, rotate_seconds: Any) -> Recorder | None:
+    """Check the ``record*`` arguments now; the file is opened by ``start()``."""
+    if record is None:
+        if rotate_bytes is not None or rotate_seconds is not None:
+            raise ConfigurationError("record_rotate_bytes, record_rotate_seconds: need record=PATH")
+        return None
+    if not isinstance(record, (str, os.PathLike)) or not os.fspath(record):
+        raise ConfigurationError(f"record: expected a file path, got {record!r}")
+    if rotate_bytes is not None:
+        _whole("record_rotate_bytes", rotate_bytes, 1024, "or None")
+    if rotate_seconds is not None:
+        _positive("record_rotate_seconds", rotate_seconds, "or None")
+    try:
+        Recorder.check(record)
+    except (OSError, RecordingError) as exc:
+        raise ConfigurationError(f"record: cannot record to {os.fspath(record)!r}: {exc}") from None
+    return Recorder(record, rotate_bytes=rotate_bytes, rotate_seconds=rotate_seconds)
 
 
 def _tls(sslopt: Mapping[str, Any] | None, urls: dict[str, str]) -> dict[str, Any] | None:

@@ -1,0 +1,242 @@
+"""Replay: a recording as the source of a client's families, behind the same interface as ``Session``.
+
+One ``Player`` per replaying client reads the recording on one thread, ``kiyotaka-ws-replay``,
+and puts each frame, as it was received, into its family's ``EventQueue``: from there the frame
+takes the live path (dispatcher: decompress, parse, route by series, decode, call handlers).
+Each family gets a ``ReplaySource`` (what a ``Session`` is for a live family): it reports READY
+when started and STOPPED at the end of the recording, settles subscriptions at once (there is no
+server to answer them) and ignores answers found in the recording.
+
+Order. Within a family, frames are handed over in recorded order (as live). Across families the
+player hands a frame of one family over only once every earlier frame of the other family has
+been handled (its queue is empty), so handlers see the whole recording in recorded receive order,
+as if on one thread; this costs a thread switch at each change of family.
+
+Pace. ``speed=None``: as fast as the handlers take it, and the queue never drops (whatever
+``overflow``). ``speed=1.0``: the recorded gaps between frames, ``speed=10.0`` ten times shorter;
+the queue's overflow policy then applies as live. A gap longer than the recording's own clock
+allows (the wall clock stepped back) counts as none.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any, Callable
+
+from .channels import ChannelSpec
+from .dispatch import BLOCK, EventQueue
+from .errors import EventsDropped, KiyotakaError
+from .recording import GAP, PathLike, Record, RecordingReader
+from .session import WireSub
+from .status import ConnectionStatus, State
+
+log = logging.getLogger("kiyotaka_ws.replay")
+
+
+class ReplaySource:
+    """One family's source in a replaying client: the ``Session`` interface the client uses."""
+
+    def __init__(self, family: str, queue: EventQueue, player: Player) -> None:
+        self.family = family
+        self.queue = queue
+        self._player = player
+        self._started = False
+        self._ended = False
+        self._lock = threading.Lock()
+        self.ready = threading.Event()
+        self.state = State.STOPPED
+        self.reconnects = 0
+        self.frames = 0
+        self.bytes = 0
+        self.last_rx: float | None = None
+        self.fatal: KiyotakaError | None = None
+
+    # -- the interface the client uses --------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        self._set_state(State.READY)
+        self._player.start(self)
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def add(self, sub: WireSub) -> None:
+        """No server to ask: a subscription is active at once (routing filters the recording)."""
+        sub.settle(WireSub.ACTIVE)
+
+    def remove(self, spec: ChannelSpec) -> None:
+        """Nothing to tell a server: the dispatcher's routes already forgot the spec."""
+
+    def answer(self, conn: int, message: dict[str, Any]) -> None:
+        """Answers in the recording were for the recording client's requests: ignored."""
+
+    def fail(self, error: KiyotakaError) -> None:
+        """An internal thread died: the family fails, as a live one would."""
+        self.fatal = error
+        self.queue.put_control(error)
+        self.end(State.FAILED, str(error))
+        self._player.fatal(error)
+
+    def stop(self) -> None:
+        self._player.stop()
+
+    def join(self, deadline: float) -> bool:
+        ok = self._player.join(deadline)
+        self.end(State.STOPPED)
+        return ok
+
+    @property
+    def last_frame_age(self) -> float | None:
+        last = self.last_rx
+        return None if last is None else max(0.0, time.monotonic() - last)
+
+    # -- from the player ------------------------------------------------------------------------------
+
+    def end(self, state: State, reason: str | None = None) -> None:
+        """STOPPED (end of the recording, or stop()) or FAILED, once."""
+        with self._lock:
+            if self._ended or not self._started:
+                return
+            self._ended = True
+        self._set_state(state, reason)
+
+    def _set_state(self, state: State, reason: str | None = None) -> None:
+        self.state = state
+        if state is State.READY:
+            self.ready.set()
+        else:
+            self.ready.clear()
+        self.queue.put_status(ConnectionStatus(self.family, state, 0, reason))
+
+
+class Player:
+    """Reads a recording on its own thread and feeds the families' queues (see the module doc)."""
+
+    def __init__(self, path: PathLike, speed: float | None, on_end: Callable[[], None],
+                 on_fatal: Callable[[KiyotakaError], None]) -> None:
+        self.reader = RecordingReader(path)  # checks the files now: a bad path fails at replay()
+        self.speed = speed
+        self._on_end = on_end
+        self._on_fatal = on_fatal
+        self._sources: dict[str, ReplaySource] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.finished = False
+        self.skipped = 0  # frames of families nobody registered for
+
+    # -- the source factory the client uses -----------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Called by ``start()``: nothing to check (no key, the files were checked at ``replay()``)."""
+
+    def queue_policy(self, overflow: str) -> str:
+        """As fast as possible loses nothing; a paced replay keeps the client's policy."""
+        return BLOCK if self.speed is None else overflow
+
+    def make(self, family: str, queue: EventQueue) -> ReplaySource:
+        source = ReplaySource(family, queue, self)
+        with self._lock:
+            self._sources[family] = source
+        return source
+
+    # -- from the sources -----------------------------------------------------------------------------
+
+    def start(self, source: ReplaySource) -> None:
+        with self._lock:
+            if self.finished or self._stopping.is_set():
+                source.end(State.STOPPED)
+                return
+            waiting = any(not s.started for s in self._sources.values())
+            if self._thread is None and not waiting:  # start() starts every family, then the player
+                self._thread = threading.Thread(target=self._run, name="kiyotaka-ws-replay", daemon=True)
+                self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def join(self, deadline: float) -> bool:
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(max(0.0, deadline - time.monotonic()))
+        return not thread.is_alive()
+
+    def fatal(self, error: KiyotakaError) -> None:
+        self._stopping.set()
+        self._on_fatal(error)
+
+    # -- the player's thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._play(self.reader)
+        except BaseException as exc:
+            log.debug("replay failed", exc_info=True)
+            error = KiyotakaError(f"replay of {self.reader.files[-1]} failed ({type(exc).__name__}: {exc})")
+            with self._lock:
+                sources = list(self._sources.values())
+            for source in sources:
+                source.fatal = error
+                source.queue.put_control(error)
+                source.end(State.FAILED, str(error))
+            self._on_fatal(error)
+            return
+        ended = not self._stopping.is_set()
+        with self._lock:
+            self.finished = True
+            sources = list(self._sources.values())
+        if ended:  # the end of the recording: every handler has run; now the last statuses
+            for source in sources:
+                source.queue.wait_empty(self._stopping)
+        for source in sources:
+            source.end(State.STOPPED)
+        if ended and not self._stopping.is_set():
+            self._on_end()
+
+    def _play(self, records: Iterable[Record]) -> None:
+        stopping = self._stopping
+        speed = self.speed
+        clock = time.monotonic
+        sources = self._sources
+        origin_wall: float | None = None
+        origin_rec = 0
+        last_rec = 0
+        previous: ReplaySource | None = None
+        for record in records:
+            if stopping.is_set():
+                return
+            source = sources.get(record.family)
+            if source is None or not source.started:
+                self.skipped += 1
+                continue
+            if speed is not None:
+                if origin_wall is None:
+                    origin_wall, origin_rec, last_rec = clock(), record.time_ns, record.time_ns
+                if record.time_ns < last_rec:  # the wall clock stepped back: no gap
+                    origin_rec += record.time_ns - last_rec
+                last_rec = record.time_ns
+                due = origin_wall + (record.time_ns - origin_rec) / 1e9 / speed
+                wait = due - clock()
+                if wait > 0 and stopping.wait(wait):
+                    return
+            if previous is not None and previous is not source:  # keep the recorded order across families
+                previous.queue.wait_empty(stopping)
+            previous = source
+            if record.kind == GAP:
+                source.queue.put_control(EventsDropped(
+                    record.dropped, family=record.family, reason="the recorder dropped them (disk too slow)"))
+                continue
+            payload = record.payload
+            source.frames += 1
+            source.bytes += len(payload)
+            source.last_rx = clock()
+            source.queue.put_frame(payload, record.binary, record.connection)
