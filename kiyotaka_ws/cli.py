@@ -1,4 +1,4 @@
-"""The ``kiyotaka-ws`` command: ``demo``, ``stream`` and ``bench``.
+"""The ``kiyotaka-ws`` command: ``demo``, ``stream``, ``record``, ``replay``, ``inspect`` and ``bench``.
 
 ``main(argv) -> int`` never raises for a usage error or a connection problem: it writes one line
 to stderr and returns the exit code (see ``EXIT_CODES``), so it can be called in-process.
@@ -355,6 +355,210 @@ def cmd_stream(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK  # ran to --seconds, the output was closed, or the client ended cleanly
 
 
+def parse_sub(text: str) -> tuple[Channel, str, str, str, dict[str, str]]:
+    """``CHANNEL:EXCHANGE:SYMBOL[:NAME=VALUE...]`` -> (channel, exchange, symbol, category, wire params).
+
+    ``category=SPOT`` among the parameters is the category; the others are checked as ``--param``.
+    """
+    parts = text.split(":")
+    if len(parts) < 3 or not all(parts[:3]):
+        raise UsageError(f"--sub: expected CHANNEL:EXCHANGE:SYMBOL[:NAME=VALUE...], got {text!r}")
+    try:
+        channel = Channel(parts[0].strip().upper())
+    except ValueError:
+        raise UsageError(f"--sub: unknown channel {parts[0]!r}; expected one of "
+                         f"{', '.join(c.value for c in Channel)}") from None
+    category = "*"
+    items = []
+    for item in parts[3:]:
+        name, _, value = item.partition("=")
+        if name.strip() == "category":
+            category = _category(value)
+        else:
+            items.append(item)
+    return channel, parts[1], parts[2], category, stream_params(channel, parts[1], parts[2], category, items)
+
+
+def _recording_path(text: str) -> str:
+    """``--out``: a file in an existing directory, new or already a recording (appended to)."""
+    from .recording import Recorder, RecordingError
+
+    try:
+        Recorder.check(text)
+    except (OSError, RecordingError) as exc:
+        raise UsageError(f"--out: cannot record to {text!r}: {exc}") from None
+    return text
+
+
+def cmd_record(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``kiyotaka-ws record``: subscribe, append every frame to --out until --seconds or Ctrl-C."""
+    subs: list[tuple[Channel, str, str, str, dict[str, str]]] = []
+    if args.channel is not None:
+        if not args.exchange or not args.symbol:
+            raise UsageError("CHANNEL needs --exchange and --symbol (or use --sub CHANNEL:EXCHANGE:SYMBOL)")
+        channel = Channel(args.channel)
+        category = _category(args.category)
+        subs.append((channel, args.exchange, args.symbol, category,
+                     stream_params(channel, args.exchange, args.symbol, category, args.param)))
+    elif args.exchange or args.symbol or args.param:
+        raise UsageError("--exchange, --symbol and --param go with a CHANNEL; or use --sub")
+    subs.extend(parse_sub(text) for text in args.sub)
+    if not subs:
+        raise UsageError("nothing to record: give CHANNEL --exchange E --symbol S, or --sub CHANNEL:EXCHANGE:SYMBOL")
+    path = _recording_path(args.out)
+    options: dict[str, Any] = {"region": args.region, "record": path}
+    if args.book_url:
+        options["book_url"] = args.book_url
+    if args.nonbook_url:
+        options["nonbook_url"] = args.nonbook_url
+    if args.retries is not None:
+        options["max_retries"] = args.retries
+    if args.rotate_mb is not None:
+        options["record_rotate_bytes"] = int(args.rotate_mb * 2**20)
+    if args.rotate_seconds is not None:
+        options["record_rotate_seconds"] = args.rotate_seconds
+    api_key = (args.api_key or os.environ.get("KIYOTAKA_API_KEY", "")).strip()
+    try:
+        client = KiyotakaClient(api_key or None, **options)
+    except ConfigurationError as exc:
+        raise UsageError(_one_line(exc)) from None
+    if not api_key:
+        raise UsageError("no API key: pass --api-key or set KIYOTAKA_API_KEY")
+
+    first = subs[0][0]
+    url = endpoint_url(first, args.region, args.book_url if first.family == "book" else args.nonbook_url)
+    report = _StreamReport(err, url, args.verbose, args.seconds)
+    events = [0]
+
+    def count(_: Any) -> None:
+        events[0] += 1
+
+    for channel, exchange, symbol, category, params in subs:
+        client.subscribe(channel, count, exchange=exchange, symbol=symbol, category=category, params=params)
+    client.on_status(report.on_status)
+
+    @client.on_error
+    def _error(error: KiyotakaError) -> None:
+        report.on_error(error)
+        if isinstance(error, SubscriptionError):  # a bad symbol: say so now rather than record half
+            threading.Thread(target=client.stop, name="kiyotaka-ws-cli-stop").start()
+
+    report.line(f"{_PROG}: recording {len(subs)} subscription(s) to {path} (connecting to {url} ...)")
+    fatal: KiyotakaError | None = None
+    try:
+        timed_out = run_for(client, args.seconds)
+    except KiyotakaError as exc:
+        fatal, timed_out = exc, False
+    fatal = fatal or report.fatal
+    recorder = client._recorder
+    stats = recorder.stats if recorder is not None else None
+    summary = (f"{_PROG}: recorded {stats.frames} frames ({stats.bytes:,} bytes, {events[0]} events, "
+               f"{stats.dropped} dropped) to {path}") if stats is not None else None
+    if isinstance(fatal, AuthenticationError):
+        report.finish(f"{_PROG}: error: the API key was rejected ({_one_line(fatal)})")
+        return EXIT_REJECTED
+    if isinstance(fatal, ConnectionFailedError):
+        report.finish(f"{_PROG}: error: could not connect to {url}: {_one_line(fatal)}")
+        return EXIT_NO_CONNECTION
+    if fatal is not None:
+        report.finish(f"{_PROG}: error: {type(fatal).__name__}: {_one_line(fatal)}")
+        return EXIT_REJECTED
+    if report.rejected is not None:
+        report.finish(f"{_PROG}: error: the server rejected a subscription: {_one_line(report.rejected)}")
+        return EXIT_USAGE
+    if timed_out and not report.ready.is_set():
+        reason = f" (last error: {report.last_reason})" if report.last_reason else ""
+        report.finish(f"{_PROG}: error: could not connect to {url} within {args.seconds:g}s{reason}")
+        return EXIT_NO_CONNECTION
+    report.finish(summary)
+    return EXIT_OK
+
+
+def _open_recording(path: str) -> Any:
+    from .recording import RecordingError, inspect_recording
+
+    try:
+        return inspect_recording(path)
+    except (OSError, RecordingError) as exc:
+        raise UsageError(f"cannot read the recording {path!r}: {exc}") from None
+
+
+def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``kiyotaka-ws replay``: every event of a recording (or those of --sub), as from ``stream``."""
+    subs = [parse_sub(text) for text in args.sub]
+    info = _open_recording(args.path)
+    try:
+        client = KiyotakaClient.replay(args.path, speed=args.speed)
+    except ConfigurationError as exc:
+        raise UsageError(_one_line(exc)) from None
+    output = _Output(out, lambda: threading.Thread(target=client.stop, name="kiyotaka-ws-cli-stop").start())
+    render = event_to_json if args.json else format_event
+
+    def show(event: Event) -> None:
+        output.write(render(event))
+
+    if subs:
+        for channel, exchange, symbol, category, params in subs:
+            client.subscribe(channel, show, exchange=exchange, symbol=symbol, category=category, params=params)
+    else:  # everything in the file: one registration per series found
+        for wire in info.channels:
+            extra = {k: v for k, v in wire.items() if k not in ("type", "exchange", "symbol")}
+            try:
+                client.subscribe(wire["type"], show, exchange=wire["exchange"], symbol=wire["symbol"], params=extra)
+            except ConfigurationError:
+                continue  # a channel type this version does not know
+
+    @client.on_error
+    def _error(error: KiyotakaError) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            err.write(f"{_PROG}: {type(error).__name__}: {_one_line(error)}\n")
+
+    try:
+        run_for(client, None)
+    except KiyotakaError as exc:
+        err.write(f"{_PROG}: error: {type(exc).__name__}: {_one_line(exc)}\n")
+        return EXIT_REJECTED
+    return EXIT_OK
+
+
+def _utc(time_ns: int | None) -> str:
+    if time_ns is None:
+        return "-"
+    import datetime
+
+    when = datetime.datetime.fromtimestamp(time_ns / 1e9, tz=datetime.timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def cmd_inspect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``kiyotaka-ws inspect``: what a recording holds."""
+    info = _open_recording(args.path)
+    if args.json:
+        doc = {"files": info.files, "version": info.version, "first": _utc(info.first_ns), "last": _utc(info.last_ns),
+               "seconds": round(info.duration, 6), "frames": info.frames, "bytes": info.bytes,
+               "data_frames": info.data_frames, "other_frames": info.other_frames, "points": info.points,
+               "connections": info.connections, "dropped": info.dropped, "damaged": info.torn,
+               "skipped_bytes": info.skipped_bytes,
+               "series": [{"channel": c, "exchange": e, "symbol": s, "points": n}
+                          for (c, e, s), n in sorted(info.series.items())]}
+        out.write(json.dumps(doc) + "\n")
+        return EXIT_OK
+    lines = [
+        f"recording: {args.path} ({len(info.files)} file(s), format v{info.version})",
+        f"time:      {_utc(info.first_ns)} .. {_utc(info.last_ns)} ({info.duration:.3f} s)",
+        "frames:    " + (", ".join(f"{fam} {n} ({info.bytes.get(fam, 0):,} bytes)"
+                                   for fam, n in sorted(info.frames.items())) or "none")
+        + f"; data {info.data_frames}, other {info.other_frames} (answers, errors)",
+        f"points:    {info.points} in {len(info.series)} series; connections {info.connections}",
+        (f"gaps:      {info.dropped} frames dropped by the recorder; {info.torn} damaged record(s) skipped "
+        f"({info.skipped_bytes} bytes)"),
+    ]
+    lines += [f"  {channel:<20} {exchange:<20} {symbol:<16} {count:>10}"
+              for (channel, exchange, symbol), count in sorted(info.series.items())]
+    out.write("\n".join(lines) + "\n")
+    return EXIT_OK
+
+
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (``UsageError``) instead of usage + exit."""
 
@@ -398,6 +602,50 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: keep trying)")
     stream.add_argument("-v", "--verbose", action="store_true",
                         help="show every connection state change and the library's log lines")
+
+    record = commands.add_parser("record", help="record the live feed to a file, to replay later",
+                                 description="Subscribe and append every frame received, as received, to "
+                                             "--out (created, or appended to). The key comes from --api-key "
+                                             "or KIYOTAKA_API_KEY.",
+                                 epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    record.add_argument("channel", nargs="?", type=str.upper, choices=[c.value for c in Channel], metavar="CHANNEL",
+                        help="one of: " + ", ".join(c.value for c in Channel) + " (or use --sub)")
+    record.add_argument("--exchange", help="exchange of CHANNEL")
+    record.add_argument("--symbol", help="symbol of CHANNEL")
+    record.add_argument("--category", default="*", metavar="C", help="market class of CHANNEL (default *)")
+    record.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="parameter of CHANNEL (repeatable)")
+    record.add_argument("--sub", action="append", default=[], metavar="CHANNEL:EXCHANGE:SYMBOL[:NAME=VALUE...]",
+                        help="one more subscription, e.g. BLOCK_BOOK_SNAPSHOT:BINANCE_FUTURES:BTCUSDT:block_size=25 "
+                             "(repeatable)")
+    record.add_argument("--out", required=True, metavar="PATH", help="the recording file")
+    record.add_argument("--seconds", type=_positive_float, help="stop after this many seconds")
+    record.add_argument("--rotate-mb", type=_positive_float, metavar="MB",
+                        help="start a new file after this many MiB (older ones: PATH.1, PATH.2, ...)")
+    record.add_argument("--rotate-seconds", type=_positive_float, metavar="S",
+                        help="start a new file after this many seconds")
+    record.add_argument("--region", default="singapore", choices=sorted(REGIONS))
+    record.add_argument("--book-url", help="book endpoint URL override")
+    record.add_argument("--nonbook-url", help="nonbook endpoint URL override")
+    record.add_argument("--api-key", help="API key (default: $KIYOTAKA_API_KEY)")
+    record.add_argument("--retries", type=_whole_number, metavar="N",
+                        help="give up (exit 3) after N consecutive failed connection attempts")
+    record.add_argument("-v", "--verbose", action="store_true", help="show every state change and log line")
+
+    replay = commands.add_parser("replay", help="print the events of a recording",
+                                 description="Replay a recording through the client's decoding: every "
+                                             "event in it (or those of --sub), as `stream` prints them.")
+    replay.add_argument("path", metavar="PATH")
+    replay.add_argument("--speed", type=_positive_float, metavar="X",
+                        help="pace: 1 = as recorded, 10 = ten times faster (default: as fast as possible)")
+    replay.add_argument("--sub", action="append", default=[], metavar="CHANNEL:EXCHANGE:SYMBOL[:NAME=VALUE...]",
+                        help="only this subscription (repeatable; default: everything)")
+    replay.add_argument("--json", action="store_true", help="one JSON object per event")
+
+    inspect = commands.add_parser("inspect", help="what a recording holds",
+                                  description="Time range, families, channels, symbols and counts of a recording.")
+    inspect.add_argument("path", metavar="PATH")
+    inspect.add_argument("--json", action="store_true", help="one JSON object")
 
     bench = commands.add_parser("bench", help="throughput benchmark: client vs a bare websocket-client loop",
                                 description="Blast frames from a separate process and compare the client "
@@ -473,6 +721,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             if args.command == "bench":
                 from .bench import run_bench
                 return run_bench(points=args.points, rounds=args.rounds, quick=args.quick, out=out)
+            if args.command == "record":
+                return cmd_record(args, out, err)
+            if args.command == "replay":
+                return cmd_replay(args, out, err)
+            if args.command == "inspect":
+                return cmd_inspect(args, out, err)
             return cmd_stream(args, out, err)
     except UsageError as exc:
         err.write(f"{_PROG}: error: {exc}\n")

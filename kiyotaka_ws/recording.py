@@ -150,8 +150,10 @@ class Recorder:
 
     def __init__(self, path: PathLike, *, rotate_bytes: int | None = None, rotate_seconds: float | None = None,
                  max_buffer_bytes: int = MAX_BUFFER_BYTES, max_buffer_frames: int = MAX_BUFFER_FRAMES,
-                 on_error: Callable[[KiyotakaError], None] | None = None) -> None:
+                 on_error: Callable[[KiyotakaError], None] | None = None,
+                 clock: Callable[[], int] = time.time_ns) -> None:
         self.path = os.fspath(path)
+        self.clock = clock  # the receive time stamped on each frame (nanoseconds since the epoch)
         self.rotate_bytes = rotate_bytes
         self.rotate_seconds = rotate_seconds
         self.max_buffer_bytes = max_buffer_bytes
@@ -197,7 +199,7 @@ class Recorder:
     def tap(self, family: str) -> Callable[[bytes, bool, int], None]:
         """The function a family's reader calls with each frame: ``put(payload, binary, connection)``."""
         code = FAMILY_CODES[family]
-        lock, buffer, gaps, clock = self._lock, self._buffer, self._gaps, time.time_ns
+        lock, buffer, gaps, clock = self._lock, self._buffer, self._gaps, self.clock
         stats = self.stats
 
         def put(payload: bytes, binary: bool, connection: int) -> None:
@@ -255,7 +257,8 @@ class Recorder:
 
     def _write_batch(self) -> None:
         with self._lock:
-            batch, self._buffer = self._buffer, collections.deque()
+            batch = list(self._buffer)  # the same deque stays: the taps hold it
+            self._buffer.clear()
             frames, size = self._frames, self._bytes
         if not batch:
             return
@@ -269,7 +272,7 @@ class Recorder:
             self._bytes -= size
             self._wake_bytes = self.max_buffer_bytes // 2
 
-    def _write(self, batch: collections.deque[tuple[Any, ...]]) -> None:
+    def _write(self, batch: list[tuple[Any, ...]]) -> None:
         pack, crc32, stats = _HEADER.pack, zlib.crc32, self.stats
         chunks: list[bytes] = []
         pending = 0
@@ -456,6 +459,7 @@ class RecordingInfo:
     other_frames: int = 0       # answers, server errors, undecodable frames
     points: int = 0
     series: dict[tuple[str, str, str], int] = attrs.Factory(dict)  # (channel, exchange, symbol or coin) -> points
+    channels: list[dict[str, str]] = attrs.Factory(list)  # wire channel objects that match every point
     connections: int = 0
     dropped: int = 0            # frames the recorder dropped (GAP records)
     torn: int = 0               # damaged or torn records skipped
@@ -479,6 +483,7 @@ def inspect_recording(path: PathLike, max_frame_bytes: int = 64 * 2**20) -> Reco
     decoder = FrameDecoder(max_frame_bytes)
     info = RecordingInfo(files=list(reader.files))
     connections: set[tuple[str, int]] = set()
+    seen: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
     for record in reader:
         if info.first_ns is None:
             info.first_ns = record.time_ns
@@ -504,11 +509,19 @@ def inspect_recording(path: PathLike, max_frame_bytes: int = 64 * 2**20) -> Reco
             series = point.get("series") if isinstance(point, dict) else None
             if not isinstance(series, dict):
                 continue
+            grouped = series.get("symbol") is None
             key = (str(series.get("type")), str(series.get("exchange")),
-                   str(series.get("symbol") if series.get("symbol") is not None else series.get("coin")))
+                   str(series.get("coin") if grouped else series.get("symbol")))
             info.series[key] = info.series.get(key, 0) + 1
             info.points += 1
+            channel = {"type": key[0], "exchange": key[1], "symbol": key[2]}
+            if key[0] == "BLOCK_BOOK_SNAPSHOT" and type(series.get("blockSize")) in (int, float):
+                channel["blockSize"] = f"{series['blockSize']:g}"
+            if grouped:
+                channel["groupByType"] = "1"
+            seen.setdefault(tuple(sorted(channel.items())), channel)
     info.connections = len(connections)
+    info.channels = list(seen.values())
     info.torn = reader.torn
     info.skipped_bytes = reader.skipped_bytes
     return info

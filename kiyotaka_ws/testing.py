@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import struct
 import threading
@@ -277,6 +278,50 @@ class FakeKiyotakaServer:
             if mine and self._send(session, {"points": mine}):
                 sent += 1
         return sent
+
+    def play(self, path: str | os.PathLike[str], *, speed: float | None = None) -> None:
+        """Send a recording (``KiyotakaClient(record=...)``) to the connected clients; returns at its end.
+
+        Each recorded data frame goes to the clients of the family it was recorded on, to those
+        subscribed to at least one of its points: as recorded, byte for byte, when the client
+        subscribed to every point in it with the framing it was recorded in (brotli or text);
+        otherwise re-encoded with only the points that client subscribed to (as ``publish``).
+        Answers and errors in the recording are not sent. ``speed=None`` sends as fast as the
+        sockets take it; ``1.0`` keeps the recorded gaps, ``10.0`` makes them ten times shorter.
+        Subscribe first (``Subscription.wait()``): nothing is sent to clients not yet subscribed.
+        """
+        from .errors import DecodeError
+        from .protocol import FrameDecoder
+        from .recording import FRAME, RecordingReader
+
+        if speed is not None and not speed > 0:
+            raise ValueError(f"speed: expected a positive number or None, got {speed!r}")
+        decoder = FrameDecoder(2**31)
+        origin: tuple[float, int] | None = None
+        for record in RecordingReader(path):
+            if record.kind != FRAME:
+                continue
+            try:
+                message = decoder.decode(record.payload, record.binary)
+            except DecodeError:
+                continue
+            points = message.get("points") if isinstance(message, dict) else None
+            if not isinstance(points, list):
+                continue
+            if speed is not None:
+                if origin is None:
+                    origin = (time.monotonic(), record.time_ns)
+                wait = origin[0] + (record.time_ns - origin[1]) / 1e9 / speed - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+            for session in self._live_sessions(record.family, authenticated=True):
+                mine = [p for p in points if any(_matches(c, p.get("series", {})) for c in session.channels)]
+                if not mine:
+                    continue
+                if len(mine) == len(points) and session.brotli == record.binary:
+                    self._send_frame(session, record.payload if record.binary else record.payload.decode())
+                else:
+                    self._send(session, {"points": mine})
 
     def publish_raw(self, data: bytes | str | list[bytes] | list[str], family: str | None = None) -> int:
         """Send ``data`` as is to every open connection: ``bytes`` as a binary frame, ``str`` as text,
