@@ -30,7 +30,13 @@ from kiyotaka_ws import (
 )
 from kiyotaka_ws.cli import main
 from kiyotaka_ws.protocol import FrameDecoder
-from kiyotaka_ws.recording import GAP, Recorder, RecordingError, RecordingReader, inspect_recording
+from kiyotaka_ws.recording import (
+    GAP,
+    Recorder,
+    RecordingError,
+    RecordingReader,
+    inspect_recording,
+)
 from kiyotaka_ws.testing import FakeKiyotakaServer, book_point, trade_point
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -250,7 +256,8 @@ def test_paced_replay_keeps_the_recorded_gaps(tmp_path: Path) -> None:
     for speed in (1.0, 4.0):
         arrivals: list[float] = []
         client = KiyotakaClient.replay(path, speed=speed)
-        client.on_trade(lambda _: arrivals.append(time.monotonic()), exchange="X", symbol="BTCUSDT")
+        client.on_trade(lambda _, arrivals=arrivals: arrivals.append(time.monotonic()), exchange="X",
+                        symbol="BTCUSDT")
         client.run_forever()
         measured = [(b - a) * 1000 for a, b in zip(arrivals, arrivals[1:])]
         expected = [g / speed for g in gaps_ms[1:]]
