@@ -372,37 +372,40 @@ class RecordingReader:
         self.skipped_bytes = 0
 
     def __iter__(self) -> Iterator[Record]:
+        make = Record._make
+        for item in self.raw():
+            yield make(item)
+
+    def raw(self) -> Iterator[tuple[int, int, str, int, bool, bytes, int]]:
+        """The records as plain tuples (the fields of ``Record``): the replay's fast path."""
         for name in self.files:
             yield from self._read_file(name)
 
-    def _read_file(self, name: str) -> Iterator[Record]:
-        unpack, crc32, size = _HEADER.unpack_from, zlib.crc32, HEADER_SIZE
+    def _read_file(self, name: str) -> Iterator[tuple[int, int, str, int, bool, bytes, int]]:
+        unpack, crc32, size, families = _HEADER.unpack_from, zlib.crc32, HEADER_SIZE, FAMILY_NAMES
         with open(name, "rb") as f:
             if len(f.read(_FILE_HEADER.size)) < _FILE_HEADER.size:
                 return  # empty, or a header torn by a crash: nothing in it
-            buf = bytearray()
+            buf = b""
             pos = 0
             eof = False
             damaged = False  # inside a damaged stretch (counted once)
             while True:
                 if len(buf) - pos < size and not eof:
-                    del buf[:pos]
+                    buf, eof = self._fill(f, buf[pos:], size)
                     pos = 0
-                    eof = self._fill(f, buf, size)
                 if len(buf) - pos < size:
                     break
                 sync, length, crc, time_ns, conn, kind, code, flags, _ = unpack(buf, pos)
                 end = pos + size + length
-                good = sync == SYNC and length <= MAX_RECORD_BYTES and code in FAMILY_NAMES and kind <= GAP
+                good = sync == SYNC and length <= MAX_RECORD_BYTES and code in families and kind <= GAP
                 if good and len(buf) < end and not eof:
-                    del buf[:pos]
+                    buf, eof = self._fill(f, buf[pos:], end - pos)
                     end -= pos
                     pos = 0
-                    eof = self._fill(f, buf, end)
                 # cut short (a torn record, or damage claiming a long length), or a bad checksum
-                payload = b""
                 if good and len(buf) >= end:
-                    payload = bytes(buf[pos + size:end])
+                    payload = buf[pos + size:end]
                     good = crc32(payload, crc32(buf[pos + 12:pos + size])) == crc
                 else:
                     good = False
@@ -420,7 +423,7 @@ class RecordingReader:
                 pos = end
                 if kind == GAP:
                     count = struct.unpack("<Q", payload)[0] if length == 8 else 0
-                    yield Record(GAP, time_ns, FAMILY_NAMES[code], conn, False, b"", count)
+                    yield GAP, time_ns, families[code], conn, False, b"", count
                     continue
                 if flags & _RECOMPRESSED:
                     try:
@@ -428,21 +431,24 @@ class RecordingReader:
                     except brotli.error:
                         self.torn += 1
                         continue
-                yield Record(FRAME, time_ns, FAMILY_NAMES[code], conn, bool(flags & _BINARY), payload)
+                yield FRAME, time_ns, families[code], conn, flags & _BINARY == _BINARY, payload, 0
             if len(buf) > pos:  # bytes that make no whole record: torn
                 if not damaged:
                     self.torn += 1
                 self.skipped_bytes += len(buf) - pos
 
     @staticmethod
-    def _fill(f: Any, buf: bytearray, need: int) -> bool:
-        """Read until ``buf`` holds ``need`` bytes; True when the file ended first."""
-        while len(buf) < need:
-            chunk = f.read(max(_CHUNK, need - len(buf)))
+    def _fill(f: Any, buf: bytes, need: int) -> tuple[bytes, bool]:
+        """``buf`` with more of the file, until it holds ``need`` bytes; and whether the file ended."""
+        parts = [buf]
+        have = len(buf)
+        while have < need:
+            chunk = f.read(max(_CHUNK, need - have))
             if not chunk:
-                return True
-            buf += chunk
-        return False
+                return b"".join(parts), True
+            parts.append(chunk)
+            have += len(chunk)
+        return b"".join(parts), False
 
 
 # -- inspecting ------------------------------------------------------------------------------------

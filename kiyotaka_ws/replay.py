@@ -29,7 +29,7 @@ from typing import Any, Callable
 from .channels import ChannelSpec
 from .dispatch import BLOCK, EventQueue
 from .errors import EventsDropped, KiyotakaError
-from .recording import GAP, PathLike, Record, RecordingReader
+from .recording import GAP, PathLike, RecordingReader
 from .session import WireSub
 from .status import ConnectionStatus, State
 
@@ -178,7 +178,7 @@ class Player:
 
     def _run(self) -> None:
         try:
-            self._play(self.reader)
+            self._play(self.reader.raw())
         except BaseException as exc:
             log.debug("replay failed", exc_info=True)
             error = KiyotakaError(f"replay of {self.reader.files[-1]} failed ({type(exc).__name__}: {exc})")
@@ -202,7 +202,7 @@ class Player:
         if ended and not self._stopping.is_set():
             self._on_end()
 
-    def _play(self, records: Iterable[Record]) -> None:
+    def _play(self, records: Iterable[tuple[int, int, str, int, bool, bytes, int]]) -> None:
         stopping = self._stopping
         speed = self.speed
         clock = time.monotonic
@@ -211,32 +211,32 @@ class Player:
         origin_rec = 0
         last_rec = 0
         previous: ReplaySource | None = None
-        for record in records:
-            if stopping.is_set():
-                return
-            source = sources.get(record.family)
-            if source is None or not source.started:
+        for kind, time_ns, family, connection, binary, payload, dropped in records:
+            source = sources.get(family)
+            if source is None or not source._started:
                 self.skipped += 1
                 continue
             if speed is not None:
                 if origin_wall is None:
-                    origin_wall, origin_rec, last_rec = clock(), record.time_ns, record.time_ns
-                if record.time_ns < last_rec:  # the wall clock stepped back: no gap
-                    origin_rec += record.time_ns - last_rec
-                last_rec = record.time_ns
-                due = origin_wall + (record.time_ns - origin_rec) / 1e9 / speed
-                wait = due - clock()
+                    origin_wall, origin_rec, last_rec = clock(), time_ns, time_ns
+                if time_ns < last_rec:  # the wall clock stepped back: no gap
+                    origin_rec += time_ns - last_rec
+                last_rec = time_ns
+                wait = origin_wall + (time_ns - origin_rec) / 1e9 / speed - clock()
                 if wait > 0 and stopping.wait(wait):
                     return
-            if previous is not None and previous is not source:  # keep the recorded order across families
-                previous.queue.wait_empty(stopping)
-            previous = source
-            if record.kind == GAP:
+            if previous is not source:
+                if previous is not None:  # keep the recorded order across families
+                    previous.queue.wait_empty(stopping)
+                previous = source
+                put = source.queue.put_frame
+            if stopping.is_set():
+                return
+            if kind == GAP:
                 source.queue.put_control(EventsDropped(
-                    record.dropped, family=record.family, reason="the recorder dropped them (disk too slow)"))
+                    dropped, family=family, reason="the recorder dropped them (disk too slow)"))
                 continue
-            payload = record.payload
             source.frames += 1
             source.bytes += len(payload)
             source.last_rx = clock()
-            source.queue.put_frame(payload, record.binary, record.connection)
+            put(payload, binary, connection)
