@@ -159,6 +159,7 @@ class _Sources(Protocol):
     def prepare(self) -> None: ...
     def queue_policy(self, overflow: str) -> str: ...
     def make(self, family: str, queue: EventQueue) -> Source: ...
+    def all_started(self) -> None: ...
 
 
 class _LiveSources:
@@ -172,6 +173,9 @@ class _LiveSources:
 
     def queue_policy(self, overflow: str) -> str:
         return overflow
+
+    def all_started(self) -> None:
+        """Each session runs by itself."""
 
     def make(self, family: str, queue: EventQueue) -> Session:
         client = self._client
@@ -551,6 +555,7 @@ class KiyotakaClient:
                 family.session.add(self._registry[spec][0]._wire)
             for family in self._families.values():
                 family.start()
+        self._sources.all_started()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """True once every open connection is READY (False on timeout, after a fatal error, or when

@@ -150,15 +150,24 @@ class Player:
 
     # -- from the sources -----------------------------------------------------------------------------
 
+    def all_started(self) -> None:
+        """``start()`` has started every family: play (with no family at all, end at once)."""
+        with self._lock:
+            if self._thread is not None or self.finished:
+                return
+            if not self._sources:
+                self.finished = True
+            else:
+                self._thread = threading.Thread(target=self._run, name="kiyotaka-ws-replay", daemon=True)
+                self._thread.start()
+                return
+        self._on_end()  # nothing registered: nothing to replay
+
     def start(self, source: ReplaySource) -> None:
+        """A family started; one registered after the end of the recording ends at once."""
         with self._lock:
             if self.finished or self._stopping.is_set():
                 source.end(State.STOPPED)
-                return
-            waiting = any(not s.started for s in self._sources.values())
-            if self._thread is None and not waiting:  # start() starts every family, then the player
-                self._thread = threading.Thread(target=self._run, name="kiyotaka-ws-replay", daemon=True)
-                self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()

@@ -276,6 +276,8 @@ def test_replay_errors_and_lifecycle(tmp_path: Path) -> None:
     write(path, [("nonbook", frame([trade("BTCUSDT", i)]), True) for i in range(5)], gaps_ms=[100] * 5)
     with pytest.raises(ConfigurationError, match="speed"):
         KiyotakaClient.replay(path, speed=0)
+    nothing = KiyotakaClient.replay(path)
+    nothing.run_forever()  # nothing registered: nothing to replay, returns at once
     client = KiyotakaClient.replay(path, speed=1.0)  # stop() in the middle of a paced replay
     sub = client.on_trade(lambda _: None, exchange="X", symbol="BTCUSDT")
     client.start()
