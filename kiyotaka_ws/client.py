@@ -21,6 +21,7 @@ from typing import (
     TYPE_CHECKING,
     Any,
     Callable,
+    Literal,
     Protocol,
     TypeVar,
     overload,
@@ -48,6 +49,7 @@ from .dispatch import (
 from .errors import ClientStoppedError, ConfigurationError, KiyotakaError
 from .events import (
     BookSnapshot,
+    Event,
     FundingRate,
     Liquidation,
     OpenInterest,
@@ -322,7 +324,7 @@ class KiyotakaClient:
         self._recorder = recorder
         if recorder is not None:
             recorder.on_error = self._recording_failed
-        self._streams: weakref.WeakSet[EventStream] = weakref.WeakSet()
+        self._streams: weakref.WeakSet[EventStream[Any]] = weakref.WeakSet()
 
     # -- registering handlers -------------------------------------------------------------------
     #
@@ -473,8 +475,33 @@ class KiyotakaClient:
 
     # -- pulling events -------------------------------------------------------------------------
 
+    @overload
+    def events(self, channel: Literal[Channel.TRADE, "TRADE"], *, exchange: str, symbol: str, category: str = "*",
+               maxsize: int = 10_000, **params: Any) -> EventStream[Trade]: ...
+    @overload
+    def events(self, channel: Literal[Channel.TRADE_AGG, "TRADE_AGG"], *, exchange: str, symbol: str, category: str = "*",
+               maxsize: int = 10_000, **params: Any) -> EventStream[TradeAggregation]: ...
+    @overload
+    def events(self, channel: Literal[Channel.BLOCK_BOOK_SNAPSHOT, "BLOCK_BOOK_SNAPSHOT"], *, exchange: str, symbol: str, category: str = "*",
+               maxsize: int = 10_000, **params: Any) -> EventStream[BookSnapshot]: ...
+    @overload
+    def events(self, channel: Literal[Channel.LIQUIDATION, "LIQUIDATION"], *, exchange: str, symbol: str, category: str = "*",
+               maxsize: int = 10_000, **params: Any) -> EventStream[Liquidation]: ...
+    @overload
+    def events(self, channel: Literal[Channel.FUNDING_RATE, "FUNDING_RATE"], *, exchange: str, symbol: str, category: str = "*",
+               maxsize: int = 10_000, **params: Any) -> EventStream[FundingRate]: ...
+    @overload
+    def events(self, channel: Literal[Channel.OPEN_INTEREST, "OPEN_INTEREST"], *, exchange: str, symbol: str, category: str = "*",
+               maxsize: int = 10_000, **params: Any) -> EventStream[OpenInterest]: ...
+    @overload
+    def events(self, channel: Literal[Channel.VOLUME_PROFILE_AGG, "VOLUME_PROFILE_AGG"], *, exchange: str, symbol: str, category: str = "*",
+               maxsize: int = 10_000, **params: Any) -> EventStream[VolumeProfile]: ...
+    @overload
     def events(self, channel: str | Channel, *, exchange: str, symbol: str, category: str = "*",
-               maxsize: int = 10_000, **params: Any) -> EventStream:
+               maxsize: int = 10_000, **params: Any) -> EventStream[Event]: ...
+
+    def events(self, channel: str | Channel, *, exchange: str, symbol: str, category: str = "*",
+               maxsize: int = 10_000, **params: Any) -> EventStream[Any]:
         """Subscribe and return an ``EventStream`` to pull the events from, instead of a handler.
 
         ``params`` are the channel's parameters by keyword name (``block_size=25``,
@@ -495,7 +522,7 @@ class KiyotakaClient:
         wire = {name: value for name, value in params.items() if name not in WIRE_NAMES}
         spec = make_spec(channel, exchange=exchange, symbol=symbol, category=category, options=options,
                          params=wire)
-        stream = EventStream(maxsize, self._sources.queue_policy(self._overflow))
+        stream: EventStream[Any] = EventStream(maxsize, self._sources.queue_policy(self._overflow))
         stream.subscription = self._register_spec(spec, stream._put)
         with self._lock:
             self._streams.add(stream)

@@ -15,7 +15,7 @@ import collections
 import threading
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .dispatch import BLOCK, DROP_NEWEST
 from .errors import ClientStoppedError, KiyotakaError
@@ -24,9 +24,13 @@ from .events import Event
 if TYPE_CHECKING:
     from .client import Subscription
 
+E = TypeVar("E", bound=Event)
 
-class EventStream:
+
+class EventStream(Generic[E]):
     """A bounded buffer of events of one subscription, to iterate or ``get()`` from.
+
+    Typed by the channel: ``client.events("TRADE", ...)`` is an ``EventStream[Trade]``.
 
     Use it as a context manager: leaving the ``with`` block unsubscribes. Iteration ends when
     the client stops (or the replay it comes from ends), after the buffered events; if the client
@@ -38,7 +42,7 @@ class EventStream:
         self.policy = policy
         self.dropped = 0  # events dropped by the overflow policy
         self.subscription: Subscription | None = None
-        self._items: collections.deque[Event] = collections.deque()
+        self._items: collections.deque[E] = collections.deque()
         self._cond = threading.Condition(threading.Lock())
         self._closed = False   # by the consumer: no more events accepted
         self._ended = False    # by the client: no more events will come
@@ -46,7 +50,7 @@ class EventStream:
 
     # -- the consumer's side ----------------------------------------------------------------------
 
-    def get(self, timeout: float | None = None) -> Event:
+    def get(self, timeout: float | None = None) -> E:
         """The next event; waits up to ``timeout`` seconds (None: for ever).
 
         Raises ``TimeoutError`` when none came in time, ``ClientStoppedError`` once the stream is
@@ -68,10 +72,10 @@ class EventStream:
                 self._cond.notify_all()  # room for a waiting dispatcher
             return event
 
-    def __iter__(self) -> EventStream:
+    def __iter__(self) -> EventStream[E]:
         return self
 
-    def __next__(self) -> Event:
+    def __next__(self) -> E:
         try:
             return self.get()
         except ClientStoppedError:
@@ -94,7 +98,7 @@ class EventStream:
         if self.subscription is not None:
             self.subscription.unsubscribe()
 
-    def __enter__(self) -> EventStream:
+    def __enter__(self) -> EventStream[E]:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
