@@ -486,11 +486,10 @@ def _open_recording(path: str) -> Any:
 def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``kiyotaka-ws replay``: every event of a recording (or those of --sub), as from ``stream``."""
     subs = [parse_sub(text) for text in args.sub]
-    info = _open_recording(args.path)
     try:
         client = KiyotakaClient.replay(args.path, speed=args.speed)
     except ConfigurationError as exc:
-        raise UsageError(_one_line(exc)) from None
+        raise UsageError(f"cannot read the recording {args.path!r}: {_one_line(exc).split(': ', 2)[-1]}") from None
     output = _Output(out, lambda: threading.Thread(target=client.stop, name="kiyotaka-ws-cli-stop").start())
     render = event_to_json if args.json else format_event
 
@@ -500,8 +499,8 @@ def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if subs:
         for channel, exchange, symbol, category, params in subs:
             client.subscribe(channel, show, exchange=exchange, symbol=symbol, category=category, params=params)
-    else:  # everything in the file: one registration per series found
-        for wire in info.channels:
+    else:  # everything in the file: one registration per series found (a first pass over the file)
+        for wire in _open_recording(args.path).channels:
             extra = {k: v for k, v in wire.items() if k not in ("type", "exchange", "symbol")}
             try:
                 client.subscribe(wire["type"], show, exchange=wire["exchange"], symbol=wire["symbol"], params=extra)

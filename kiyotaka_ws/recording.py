@@ -53,6 +53,7 @@ __all__ = [
     "MAX_BUFFER_FRAMES",
     "Record",
     "Recorder",
+    "RecorderStats",
     "RecordingError",
     "RecordingInfo",
     "RecordingReader",
