@@ -151,11 +151,12 @@ class EventQueue:
             dropped, self._dropped = self._dropped, 0
             return batch, dropped, self._closed and not items
 
-    def wait_empty(self, cancel: threading.Event) -> None:
-        """Block until every queued frame has been handled (the dispatcher took its next batch),
-        data is closed, or ``cancel`` is set (checked at least every 0.1 s)."""
+    def wait_empty(self, cancel: threading.Event, below: int = 1) -> None:
+        """Block until fewer than ``below`` frames are queued (1: every queued frame has been
+        handled, the dispatcher took its next batch), data is closed, or ``cancel`` is set
+        (checked at least every 0.1 s)."""
         with self._lock:
-            while self._frames and not self._data_closed and not cancel.is_set():
+            while self._frames >= below and not self._data_closed and not cancel.is_set():
                 self._not_full.wait(0.1)
 
     def close_data(self) -> None:

@@ -238,7 +238,13 @@ class Player:
                 if previous is not None:  # keep the recorded order across families
                     previous.queue.wait_empty(stopping)
                 previous = source
-                put = source.queue.put_frame
+                queue = source.queue
+                put = queue.put_frame
+                high, low = queue.capacity, max(1, queue.capacity // 4)
+            if speed is None and queue.depth >= high:
+                # Refill in bursts: a player always ready to run would take the GIL each time the
+                # dispatcher releases it (brotli), and make it wait up to the switch interval.
+                queue.wait_empty(stopping, below=low)
             if stopping.is_set():
                 return
             if kind == GAP:

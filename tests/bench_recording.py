@@ -1,12 +1,13 @@
 """Measurements for recording and replay (not a test: run it by hand, it never fails on timing).
 
-    python tests/bench_recording.py [--points 1000000] [--per-frame 5]
+    python tests/bench_recording.py [--points 1000000] [--per-frame 5] [--rounds 3]
 
 1. Recording cost on the reader's path: ``EventQueue.put_frame`` with and without the recorder's
    tap (its thread writing to a file meanwhile), per frame.
-2. Replay speed: a capture of ``--points`` TRADE points (the bench's point shape, brotli frames of
-   ``--per-frame`` points) replayed into a counting handler, in points per second; compare with
-   the ``client`` column of ``kiyotaka-ws bench`` (live decoding of the same frames off a socket).
+2. Replay speed against live decoding: ``kiyotaka-ws bench``'s blaster sends ``--points`` TRADE
+   points (brotli frames of ``--per-frame`` points); a client records them, then the live client
+   (``bench.run_client``) and a replay of that recording, each into a counting handler, take
+   turns ``--rounds`` times: medians in points per second.
 3. Pacing: 500 frames with random gaps of 0-20 ms replayed at speed 1.0: the error of each
    inter-arrival time against the recorded one (median, p99, max).
 """
@@ -15,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -28,7 +31,7 @@ import brotli
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kiyotaka_ws import KiyotakaClient, protocol
-from kiyotaka_ws.bench import _points
+from kiyotaka_ws.bench import EXCHANGE, SYMBOL, _blaster, _points, run_client
 from kiyotaka_ws.dispatch import EventQueue
 from kiyotaka_ws.recording import Recorder
 
@@ -59,32 +62,58 @@ def tap_cost(folder: str, frames: int = 50_000) -> None:
           f"with the recorder's tap: +{extra:.0f} ns per frame on the reader ({len(payload)}-byte frames)")
 
 
-def replay_speed(folder: str, points: int, per_frame: int) -> None:
-    path = os.path.join(folder, "big.kwsrec")
-    recorder = Recorder(path, max_buffer_frames=10**7, max_buffer_bytes=2**34)
-    tap = recorder.tap("nonbook")
-    now = time.time_ns()
-    template = [brotli.compress(json.dumps({"points": _points(per_frame, i * per_frame, now)},
-                                           separators=(",", ":")).encode(), quality=4) for i in range(100)]
-    for i in range(points // per_frame):
-        tap(template[i % 100], True, 1)
-    recorder.open()
-    recorder.close(600)
-    size = os.path.getsize(path)
+def _replay(path: str, points: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) to replay ``path`` into a counting TRADE handler."""
     count = [0]
 
     def handler(_: object) -> None:
         count[0] += 1
 
     client = KiyotakaClient.replay(path)
-    client.on_trade(handler, exchange="BENCH", symbol="BTCUSDT")
+    client.on_trade(handler, exchange=EXCHANGE, symbol=SYMBOL)
     cpu, started = time.process_time(), time.perf_counter()
     client.run_forever()
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-    assert count[0] == points // per_frame * per_frame, count
-    parser = getattr(protocol._loads, "__module__", None) or "orjson"
-    print(f"2. replay of {count[0]:,} points ({per_frame}/frame, {size / 2**20:.1f} MiB file): {wall:.2f} s, "
-          f"{count[0] / wall:,.0f} points/s ({count[0] / cpu:,.0f} per CPU second; parser: {parser})")
+    assert count[0] == points, count
+    return wall, cpu
+
+
+def replay_vs_live(folder: str, points: int, per_frame: int, rounds: int) -> None:
+    """The bench's blaster feeds the live client; the same frames, recorded, feed the replay.
+    The two alternate, ``rounds`` times each (the machine's noise hits both alike)."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    blaster = ctx.Process(target=_blaster, args=(child,), name="kiyotaka-ws-bench-blaster")
+    blaster.start()
+    try:
+        url = f"ws://127.0.0.1:{parent.recv()}/nonbook/ws?encoding=json&mode=brotli&per={per_frame}&n={points}"
+        path = os.path.join(folder, "live.kwsrec")
+        done = threading.Event()
+        seen = [0]
+
+        def count(_: object) -> None:
+            seen[0] += 1
+            if seen[0] >= points:
+                done.set()
+
+        recording = KiyotakaClient("x", nonbook_url=url, record=path)
+        recording.on_trade(count, exchange=EXCHANGE, symbol=SYMBOL)
+        recording.start()
+        assert done.wait(600)
+        recording.stop()
+        live: list[float] = []
+        replayed: list[float] = []
+        for _ in range(rounds):
+            live.append(run_client(url, points, "brotli").points_per_s)
+            wall, _cpu = _replay(path, points)
+            replayed.append(points / wall)
+    finally:
+        blaster.terminate()
+        blaster.join()
+    lv, rv = statistics.median(live), statistics.median(replayed)
+    print(f"2. {points:,} TRADE points, {per_frame}/frame, brotli ({os.path.getsize(path) / 2**20:.1f} MiB recorded), "
+          f"medians of {rounds} alternating rounds: live client {lv:,.0f} points/s, replay {rv:,.0f} points/s "
+          f"(x{rv / lv:.2f}; parser: {getattr(protocol._loads, '__module__', None) or 'orjson'})")
 
 
 def pacing(folder: str) -> None:
@@ -102,7 +131,7 @@ def pacing(folder: str) -> None:
     recorder.close()
     arrivals: list[float] = []
     client = KiyotakaClient.replay(path, speed=1.0)
-    client.on_trade(lambda _: arrivals.append(time.perf_counter()), exchange="BENCH", symbol="BTCUSDT")
+    client.on_trade(lambda _: arrivals.append(time.perf_counter()), exchange=EXCHANGE, symbol=SYMBOL)
     client.run_forever()
     errors = sorted(abs((b - a) - g) * 1000 for a, b, g in zip(arrivals, arrivals[1:], gaps[1:]))
     print(f"3. pacing at speed 1.0, {len(errors)} gaps of 0-20 ms: error median {statistics.median(errors):.3f} ms, "
@@ -114,10 +143,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", type=int, default=1_000_000)
     parser.add_argument("--per-frame", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         tap_cost(folder)
-        replay_speed(folder, args.points, args.per_frame)
+        replay_vs_live(folder, args.points, args.per_frame, args.rounds)
         pacing(folder)
 
 
