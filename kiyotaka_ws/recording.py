@@ -33,6 +33,8 @@ Readers given ``<path>`` read ``<path>.1 ... <path>.N`` then ``<path>``. Segment
 from __future__ import annotations
 
 import collections
+import heapq
+import operator
 import os
 import struct
 import threading
@@ -79,6 +81,8 @@ MAX_BUFFER_FRAMES = 100_000
 FLUSH_INTERVAL = 0.1             # the recorder writes (and flushes to the OS) at least this often
 _TEXT_QUALITY = 4                # brotli quality for text frames (as the fake server uses)
 _CHUNK = 1 << 20
+_CLOSED, _FAILED = 1, 2
+_TIME = operator.itemgetter(1)
 
 
 class RecordingError(KiyotakaError, ValueError):
@@ -134,19 +138,39 @@ class RecorderStats:
     dropped: int = 0
     files: int = 0
     error: str | None = None
+    lost: int = 0  # frames buffered when a write failed (part of ``dropped``)
+
+
+class _Lane:
+    """One family's buffer in a recorder. Each counter has one writer, so no lock is needed: the
+    family's reader (the tap) writes ``added_*``, ``gap`` and ``dropped``; the recorder's thread
+    writes ``removed_*``. Their differences are what the buffer holds."""
+
+    __slots__ = ("added_bytes", "added_frames", "code", "dropped", "gap", "items", "removed_bytes",
+                 "removed_frames")
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.items: collections.deque[tuple[Any, ...]] = collections.deque()
+        self.added_frames = self.added_bytes = 0
+        self.removed_frames = self.removed_bytes = 0
+        self.gap = 0      # frames dropped since the last one kept
+        self.dropped = 0  # frames dropped in all
 
 
 class Recorder:
     """A sink appending raw frames to a recording from its own thread, ``kiyotaka-ws-recorder``.
 
     ``tap(family)`` returns the function the family's reader calls for every frame it receives
-    (through the family's ``EventQueue``): it only timestamps the frame and appends it to a buffer
-    bounded by ``max_buffer_frames`` frames and ``max_buffer_bytes`` bytes (the batch being written
-    included). It never blocks and never compresses: when the buffer is full (the disk cannot keep
-    up) the frame is dropped and counted, and a GAP record marks the place in the file. The
-    recorder's thread wakes every ``FLUSH_INTERVAL`` seconds (or when the buffer is half full),
-    encodes the batch, writes it and flushes it to the OS. A write error ends the recording (it is
-    reported once through ``on_error``); the client carries on.
+    (through the family's ``EventQueue``): it only timestamps the frame and appends it to the
+    family's buffer, bounded by ``max_buffer_frames`` frames and ``max_buffer_bytes`` bytes per
+    family (the batch being written included), without a lock. It never blocks and never
+    compresses: when the buffer is full (the disk cannot keep up) the frame is dropped and counted,
+    and a GAP record marks the place in the file. The recorder's thread wakes every
+    ``FLUSH_INTERVAL`` seconds (or when a buffer is half full), merges the families' frames in
+    receive-time order, encodes them, writes them and flushes them to the OS. A write error ends
+    the recording (reported once through ``on_error``; later frames count as dropped); the client
+    carries on.
     """
 
     def __init__(self, path: PathLike, *, rotate_bytes: int | None = None, rotate_seconds: float | None = None,
@@ -160,21 +184,21 @@ class Recorder:
         self.max_buffer_bytes = max_buffer_bytes
         self.max_buffer_frames = max_buffer_frames
         self.on_error = on_error
-        self.stats = RecorderStats()
-        self._lock = threading.Lock()
-        self._buffer: collections.deque[tuple[Any, ...]] = collections.deque()
-        self._frames = 0       # buffered + being written
-        self._bytes = 0
-        self._wake_bytes = max_buffer_bytes // 2
-        self._gaps = [0, 0]    # frames dropped per family since that family's last kept frame
-        self._closed = False   # no more frames accepted
-        self._failed = False
+        self._stats = RecorderStats()  # written by the recorder's thread
+        self._lanes = {family: _Lane(code) for family, code in FAMILY_CODES.items()}
+        self._refuse = 0       # 0: accept frames; _CLOSED: ignore them; _FAILED: count them as dropped
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._file: Any = None
         self._segment_bytes = 0
         self._segment_started = 0.0
+
+    @property
+    def stats(self) -> RecorderStats:
+        """Frames and bytes written, frames dropped, files written to, the error that ended it."""
+        stats = self._stats
+        return attrs.evolve(stats, dropped=stats.lost + sum(lane.dropped for lane in self._lanes.values()))
 
     @staticmethod
     def check(path: PathLike) -> None:
@@ -199,35 +223,36 @@ class Recorder:
 
     def tap(self, family: str) -> Callable[[bytes, bool, int], None]:
         """The function a family's reader calls with each frame: ``put(payload, binary, connection)``."""
-        code = FAMILY_CODES[family]
-        lock, buffer, gaps, clock = self._lock, self._buffer, self._gaps, self.clock
-        stats = self.stats
+        lane = self._lanes[family]
+        code, append, clock, wake = lane.code, lane.items.append, self.clock, self._wake
+        max_frames, max_bytes, half = self.max_buffer_frames, self.max_buffer_bytes, self.max_buffer_bytes // 2
 
         def put(payload: bytes, binary: bool, connection: int) -> None:
-            size = len(payload)
+            if self._refuse:
+                if self._refuse == _FAILED:
+                    lane.dropped += 1
+                return
+            held = lane.added_bytes - lane.removed_bytes + len(payload)
+            if held > max_bytes or lane.added_frames - lane.removed_frames >= max_frames:
+                lane.gap += 1
+                lane.dropped += 1
+                return
             now = clock()
-            with lock:
-                if self._closed:
-                    return
-                if self._frames >= self.max_buffer_frames or self._bytes + size > self.max_buffer_bytes:
-                    gaps[code] += 1
-                    stats.dropped += 1
-                    return
-                if gaps[code]:
-                    buffer.append((GAP, now, code, connection, False, gaps[code]))
-                    gaps[code] = 0
-                buffer.append((FRAME, now, code, connection, binary, payload))
-                self._frames += 1
-                self._bytes += size
-                if self._bytes > self._wake_bytes:
-                    self._wake.set()
+            if lane.gap:
+                append((GAP, now, code, connection, False, lane.gap))
+                lane.gap = 0
+            append((FRAME, now, code, connection, binary, payload))
+            lane.added_frames += 1
+            lane.added_bytes = held
+            if held > half:
+                wake.set()
 
         return put
 
     def close(self, timeout: float = 5.0) -> bool:
         """Accept no more frames, write what is buffered, close the file; True if the thread ended."""
-        with self._lock:
-            self._closed = True
+        if not self._refuse:
+            self._refuse = _CLOSED
         self._stop.set()
         self._wake.set()
         thread = self._thread
@@ -257,24 +282,32 @@ class Recorder:
                     self._fail(exc)
 
     def _write_batch(self) -> None:
-        with self._lock:
-            batch = list(self._buffer)  # the same deque stays: the taps hold it
-            self._buffer.clear()
-            frames, size = self._frames, self._bytes
-        if not batch:
+        parts: list[tuple[_Lane, list[tuple[Any, ...]]]] = []
+        for lane in self._lanes.values():
+            items = lane.items
+            count = len(items)  # the taps append at the right end meanwhile: take only these
+            if count:
+                parts.append((lane, [items.popleft() for _ in range(count)]))
+        if not parts:
             return
+        if len(parts) == 1:
+            batch = parts[0][1]
+        else:  # the families in receive order
+            batch = list(heapq.merge(*(part for _, part in parts), key=_TIME))
         if not self._failed:
             try:
                 self._write(batch)
             except OSError as exc:
                 self._fail(exc)
-        with self._lock:
-            self._frames -= frames
-            self._bytes -= size
-            self._wake_bytes = self.max_buffer_bytes // 2
+        if self._failed:  # (this batch may be in the file in part; counted as lost all the same)
+            self._stats.lost += sum(1 for item in batch if item[0] == FRAME)
+        for lane, part in parts:  # room again, now that they are written
+            frames = [item[5] for item in part if item[0] == FRAME]
+            lane.removed_bytes += sum(map(len, frames))
+            lane.removed_frames += len(frames)
 
     def _write(self, batch: list[tuple[Any, ...]]) -> None:
-        pack, crc32, stats = _HEADER.pack, zlib.crc32, self.stats
+        pack, crc32, stats = _HEADER.pack, zlib.crc32, self._stats
         chunks: list[bytes] = []
         pending = 0
         kept = 0
@@ -305,7 +338,7 @@ class Recorder:
     def _flush(self, chunks: list[bytes], size: int) -> None:
         self._file.write(b"".join(chunks))
         self._segment_bytes += size
-        self.stats.bytes += size
+        self._stats.bytes += size
 
     def _due_rotation(self, pending: int) -> bool:
         if self.rotate_bytes is not None and self._segment_bytes + pending >= self.rotate_bytes:
@@ -318,7 +351,8 @@ class Recorder:
         try:
             size = file.tell()
             if size < _FILE_HEADER.size:  # new, or a header torn by a crash: start it again
-                file.truncate(0)
+                if size:
+                    file.truncate(0)
                 file.write(_FILE_HEADER.pack(MAGIC, FORMAT_VERSION, 0, 0))
                 size = _FILE_HEADER.size
         except OSError:
@@ -327,7 +361,7 @@ class Recorder:
         self._file = file
         self._segment_bytes = size
         self._segment_started = time.monotonic()
-        self.stats.files += 1
+        self._stats.files += 1
 
     def _rotate(self) -> None:
         self._file.close()
@@ -339,13 +373,15 @@ class Recorder:
         os.replace(self.path, f"{self.path}.{last + 1}")
         self._open_segment()
 
+    @property
+    def _failed(self) -> bool:
+        return self._refuse == _FAILED
+
     def _fail(self, exc: BaseException) -> None:
         if self._failed:
             return
-        self._failed = True
-        self.stats.error = f"{type(exc).__name__}: {exc}"
-        with self._lock:
-            self._closed = True  # nothing more can be written: drop (and count) instead of buffering
+        self._refuse = _FAILED  # nothing more can be written: drop (and count) instead of buffering
+        self._stats.error = f"{type(exc).__name__}: {exc}"
         if self.on_error is not None:
             self.on_error(KiyotakaError(f"recording to {self.path} stopped: {exc}"))
 

@@ -184,6 +184,23 @@ def test_a_full_recorder_buffer_drops_counts_and_marks_the_gap(tmp_path: Path) -
     assert [(type(e), e.count) for e in errors.items] == [(EventsDropped, 7)]
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_failing_disk_ends_the_recording_not_the_client(server: FakeKiyotakaServer, make_client: Any) -> None:
+    client = make_client(record="/dev/full")  # every write fails with ENOSPC
+    got, errors = Collector(), Collector()
+    sub = client.on_trade(got, exchange="X", symbol="BTCUSDT")
+    client.on_error(errors)
+    with client:
+        sub.wait(5)
+        for i in range(5):
+            server.publish([trade("BTCUSDT", i)])
+            time.sleep(0.05)
+        assert got.wait_for(5) and errors.wait_for(1)
+        server.publish([trade("BTCUSDT", 5)])
+        assert got.wait_for(6)  # the client carries on
+    assert "recording to /dev/full stopped" in str(errors.items[0]) and len(errors.items) == 1
+
+
 # -- live -> recording -> replay ---------------------------------------------------------------------
 
 def _record_live(server: FakeKiyotakaServer, make_client: Any, path: Path) -> tuple[list[Any], list[Any]]:
