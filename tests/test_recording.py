@@ -307,10 +307,29 @@ def test_replay_errors_and_lifecycle(tmp_path: Path) -> None:
         client.start()
 
 
-def test_a_recorder_killed_mid_write_still_replays(server: FakeKiyotakaServer, tmp_path: Path) -> None:
+# The subprocess's third write stops half way (as if the disk stalled there) and says so: the kill
+# then lands in the middle of a record, for certain.
+_TORN_WRITE = """
+from kiyotaka_ws import recording
+_flush, _calls = recording.Recorder._flush, [0]
+def _torn_flush(self, chunks, size):
+    _calls[0] += 1
+    if _calls[0] == 3:
+        data = b"".join(chunks)
+        self._file.write(data[: len(data) // 2 + 7])
+        self._file.flush()
+        print("torn", flush=True)
+        time.sleep(60)
+    _flush(self, chunks, size)
+recording.Recorder._flush = _torn_flush
+"""
+
+
+@pytest.mark.parametrize("mid_write", [False, True], ids=["anywhere", "mid-write"])
+def test_a_recorder_killed_by_sigkill_still_replays(server: FakeKiyotakaServer, tmp_path: Path,
+                                                    mid_write: bool) -> None:
     path = tmp_path / "crash.kwsrec"
-    script = textwrap.dedent(f"""
-        import sys, time
+    script = "import time\n" + (_TORN_WRITE if mid_write else "") + textwrap.dedent(f"""
         from kiyotaka_ws import KiyotakaClient
         client = KiyotakaClient("test-key", nonbook_url={server.nonbook_url!r}, record={str(path)!r})
         sub = client.on_trade(lambda t: None, exchange="*", symbol="BTCUSDT")
@@ -321,24 +340,30 @@ def test_a_recorder_killed_mid_write_still_replays(server: FakeKiyotakaServer, t
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines: list[str] = []
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+        reader.start()
         big = [trade("BTCUSDT", i) for i in range(200)]  # large frames: a write is likely under way
-        n = 0
-        while path.stat().st_size < 300_000:
+        deadline = time.monotonic() + 20
+        while (not lines if mid_write else path.stat().st_size < 300_000) and time.monotonic() < deadline:
             server.publish(big)
-            n += 1
-            assert n < 5000
+            time.sleep(0.002)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
         proc.wait(10)
+    assert not mid_write or lines == ["torn\n"]
+    reader_ = RecordingReader(path)
+    frames = sum(1 for _ in reader_)
+    assert frames > 0 and reader_.torn == (1 if mid_write else reader_.torn)
     got = Collector()
     client = KiyotakaClient.replay(path)
     client.on_trade(got, exchange="X", symbol="BTCUSDT")
-    client.run_forever()
+    client.run_forever()  # never a failed replay
     assert len(got) >= 200 and len(got) % 200 == 0  # whole frames only
-    assert KiyotakaClient.replay(path).stats()["nonbook"].state is State.STOPPED
+    assert client.stats()["nonbook"].state is State.STOPPED
 
 
 # -- FakeKiyotakaServer.play ---------------------------------------------------------------------------
