@@ -70,6 +70,7 @@ MAGIC = b"KWSREC\r\n"
 _FILE_HEADER = struct.Struct("<8sHHI")
 SYNC = b"\x1eKWR"
 _HEADER = struct.Struct("<4sIIqIBBBB")
+_HEAD, _TAIL = struct.Struct("<4sII"), struct.Struct("<qIBBBB")  # the header in two: the CRC covers _TAIL
 HEADER_SIZE = _HEADER.size  # 28
 FRAME, GAP = 0, 1
 _BINARY, _RECOMPRESSED = 1, 2
@@ -81,6 +82,7 @@ MAX_BUFFER_FRAMES = 100_000
 FLUSH_INTERVAL = 0.1             # the recorder writes (and flushes to the OS) at least this often
 _TEXT_QUALITY = 4                # brotli quality for text frames (as the fake server uses)
 _CHUNK = 1 << 20
+_WRITE_RECORDS = 256             # records per write() while writing a batch
 _CLOSED, _FAILED = 1, 2
 _TIME = operator.itemgetter(1)
 
@@ -307,33 +309,39 @@ class Recorder:
             lane.removed_frames += len(frames)
 
     def _write(self, batch: list[tuple[Any, ...]]) -> None:
-        pack, crc32, stats = _HEADER.pack, zlib.crc32, self._stats
+        head, tail_of, crc32 = _HEAD.pack, _TAIL.pack, zlib.crc32
+        rotating = self.rotate_bytes is not None or self.rotate_seconds is not None
         chunks: list[bytes] = []
-        pending = 0
-        kept = 0
+        add = chunks.append
+        pending = kept = 0
         for kind, time_ns, code, connection, binary, data in batch:
             if kind == GAP:
                 payload, flags = struct.pack("<Q", data), 0
             elif binary:
                 payload, flags = data, _BINARY
-                kept += 1
             else:
                 raw = data.encode() if isinstance(data, str) else data
                 payload, flags = brotli.compress(raw, quality=_TEXT_QUALITY), _RECOMPRESSED
-                kept += 1
-            tail = struct.pack("<qIBBBB", time_ns, connection, kind, code, flags, 0)
-            head = pack(SYNC, len(payload), crc32(payload, crc32(tail)), time_ns, connection, kind, code, flags, 0)
-            chunks.append(head)
-            chunks.append(payload)
+            tail = tail_of(time_ns, connection, kind, code, flags, 0)
+            add(head(SYNC, len(payload), crc32(payload, crc32(tail))))
+            add(tail)
+            add(payload)
             pending += HEADER_SIZE + len(payload)
-            if self._due_rotation(pending):
+            if rotating and self._due_rotation(pending):
                 self._flush(chunks, pending)
                 chunks, pending = [], 0
+                add = chunks.append
                 self._rotate()
+            elif len(chunks) >= _WRITE_RECORDS * 3:
+                # write() releases the GIL: a dispatcher waiting for it gets it back within ~0.5 ms
+                self._flush(chunks, pending)
+                chunks, pending = [], 0
+                add = chunks.append
         if chunks:
             self._flush(chunks, pending)
         self._file.flush()
-        stats.frames += kept
+        kept = sum(1 for item in batch if item[0] == FRAME)
+        self._stats.frames += kept
 
     def _flush(self, chunks: list[bytes], size: int) -> None:
         self._file.write(b"".join(chunks))

@@ -8,6 +8,7 @@
    points (brotli frames of ``--per-frame`` points); a client records them, then the live client
    (``bench.run_client``) and a replay of that recording, each into a counting handler, take
    turns ``--rounds`` times: medians in points per second.
+   The same rounds also run the live client with ``record=`` (end-to-end cost of recording).
 3. Pacing: 500 frames with random gaps of 0-20 ms replayed at speed 1.0: the error of each
    inter-arrival time against the recorded one (median, p99, max).
 """
@@ -78,6 +79,26 @@ def _replay(path: str, points: int) -> tuple[float, float]:
     return wall, cpu
 
 
+def _live_recording(url: str, points: int, path: str) -> float:
+    """``bench.run_client`` with ``record=``: points per second."""
+    done = threading.Event()
+    seen = [0]
+
+    def count(_: object) -> None:
+        seen[0] += 1
+        if seen[0] >= points:
+            done.set()
+
+    client = KiyotakaClient("x", nonbook_url=url, record=path)
+    client.on_trade(count, exchange=EXCHANGE, symbol=SYMBOL)
+    started = time.perf_counter()
+    client.start()
+    assert done.wait(600)
+    wall = time.perf_counter() - started
+    client.stop()
+    return points / wall
+
+
 def replay_vs_live(folder: str, points: int, per_frame: int, rounds: int) -> None:
     """The bench's blaster feeds the live client; the same frames, recorded, feed the replay.
     The two alternate, ``rounds`` times each (the machine's noise hits both alike)."""
@@ -103,14 +124,18 @@ def replay_vs_live(folder: str, points: int, per_frame: int, rounds: int) -> Non
         recording.stop()
         live: list[float] = []
         replayed: list[float] = []
-        for _ in range(rounds):
+        recording_live: list[float] = []
+        for n in range(rounds):
             live.append(run_client(url, points, "brotli").points_per_s)
             wall, _cpu = _replay(path, points)
             replayed.append(points / wall)
+            recording_live.append(_live_recording(url, points, os.path.join(folder, f"again{n}.kwsrec")))
     finally:
         blaster.terminate()
         blaster.join()
-    lv, rv = statistics.median(live), statistics.median(replayed)
+    lv, rv, rl = statistics.median(live), statistics.median(replayed), statistics.median(recording_live)
+    print(f"1. end to end, the same live stream: {lv:,.0f} points/s without recording, {rl:,.0f} with record= "
+          f"(x{rl / lv:.2f})")
     print(f"2. {points:,} TRADE points, {per_frame}/frame, brotli ({os.path.getsize(path) / 2**20:.1f} MiB recorded), "
           f"medians of {rounds} alternating rounds: live client {lv:,.0f} points/s, replay {rv:,.0f} points/s "
           f"(x{rv / lv:.2f}; parser: {getattr(protocol._loads, '__module__', None) or 'orjson'})")
