@@ -108,6 +108,28 @@ class EventQueue:
             self._not_empty.notify()
         return waited
 
+    def put_frames(self, frames: list[tuple[bytes, bool, int]]) -> None:
+        """Queue ``(payload, binary, connection)`` frames in order under one lock, waiting for room
+        whatever the policy (for a source that must lose nothing, such as a replay)."""
+        tap = self.tap
+        if tap is not None:
+            for payload, binary, connection in frames:
+                tap(payload, binary, connection)
+        with self._lock:
+            items = self._items
+            for item in frames:
+                size = len(item[0])
+                if self._full(size):
+                    self._not_empty.notify()  # what is queued already can go meanwhile
+                    while self._full(size) and not self._data_closed:
+                        self._not_full.wait()
+                if self._data_closed:
+                    return
+                items.append(item)
+                self._frames += 1
+                self._bytes += size
+            self._not_empty.notify()
+
     def put_control(self, item: Any) -> None:
         """An error (or a ``Status``) for the dispatcher to hand to the user's hooks."""
         with self._lock:

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from typing import Any, Callable
 
 from .channels import ChannelSpec
+from .dispatch import BATCH_FRAMES as BATCH
 from .dispatch import BLOCK, EventQueue
 from .errors import EventsDropped, KiyotakaError
 from .recording import GAP, PathLike, RecordingReader
@@ -220,12 +221,28 @@ class Player:
         origin_rec = 0
         last_rec = 0
         previous: ReplaySource | None = None
+        pending: list[tuple[bytes, bool, int]] = []  # unpaced: frames handed over 64 at a time
+        size = 0
         for kind, time_ns, family, connection, binary, payload, dropped in records:
             source = sources.get(family)
             if source is None or not source._started:
                 self.skipped += 1
                 continue
-            if speed is not None:
+            if speed is None:
+                if source is previous and kind != GAP:
+                    pending.append((payload, binary, connection))
+                    size += len(payload)
+                    if len(pending) >= BATCH:
+                        self._hand_over(source, pending, size)
+                        pending, size = [], 0
+                        if stopping.is_set():
+                            return
+                    continue
+                if pending:
+                    assert previous is not None
+                    self._hand_over(previous, pending, size)
+                    pending, size = [], 0
+            else:
                 if origin_wall is None:
                     origin_wall, origin_rec, last_rec = clock(), time_ns, time_ns
                 if time_ns < last_rec:  # the wall clock stepped back: no gap
@@ -238,20 +255,31 @@ class Player:
                 if previous is not None:  # keep the recorded order across families
                     previous.queue.wait_empty(stopping)
                 previous = source
-                queue = source.queue
-                put = queue.put_frame
-                high, low = queue.capacity, max(1, queue.capacity // 4)
-            if speed is None and queue.depth >= high:
-                # Refill in bursts: a player always ready to run would take the GIL each time the
-                # dispatcher releases it (brotli), and make it wait up to the switch interval.
-                queue.wait_empty(stopping, below=low)
             if stopping.is_set():
                 return
             if kind == GAP:
                 source.queue.put_control(EventsDropped(
                     dropped, family=family, reason="the recorder dropped them (disk too slow)"))
                 continue
+            if speed is None:
+                pending.append((payload, binary, connection))
+                size += len(payload)
+                continue
             source.frames += 1
             source.bytes += len(payload)
             source.last_rx = clock()
-            put(payload, binary, connection)
+            source.queue.put_frame(payload, binary, connection)
+        if pending and previous is not None:
+            self._hand_over(previous, pending, size)
+
+    def _hand_over(self, source: ReplaySource, frames: list[tuple[bytes, bool, int]], size: int) -> None:
+        """Unpaced: queue a run of frames of one family, refilling the queue in bursts."""
+        queue = source.queue
+        if queue.depth + len(frames) > queue.capacity:
+            # Refill from a quarter full: a player always ready to run would take the GIL each time
+            # the dispatcher releases it (brotli), and make it wait up to the switch interval.
+            queue.wait_empty(self._stopping, below=max(1, queue.capacity // 4))
+        source.frames += len(frames)
+        source.bytes += size
+        source.last_rx = time.monotonic()
+        queue.put_frames(frames)
