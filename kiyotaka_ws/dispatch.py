@@ -374,13 +374,15 @@ class Dispatcher:
 
     def _deliver(self, points: list[Any]) -> None:
         fast: FastPath | None = getattr(self, "_fastpath", None)
+        route = fast.route if fast is not None else None
         for point in points:
             if self.closing:
                 return
             routes = self.routes  # one snapshot per point: an unsubscribe takes effect at once
             if fast is None or fast.routes is not routes:  # a new table: a new cache
                 fast = self._fastpath = FastPath(routes)
-            hit = fast.route(point)
+                route = fast.route
+            hit = route(point)  # type: ignore[misc]
             if hit:
                 handlers, event = hit
             elif hit is not None:  # nobody listens

@@ -68,11 +68,13 @@ def builder(cls: type) -> Callable[..., Any]:
              and [n for n in (*Event.__slots__, *own) if n != "__weakref__"] == names)
     args = ", ".join(names)
     if plain:
-        twin = type(f"_{cls.__name__}Twin", (Event,), {"__slots__": own, "__setattr__": object.__setattr__,
+        # Both attribute hooks must be object's for CPython to keep its fast generic setattr.
+        twin = type(f"_{cls.__name__}Twin", (Event,), {"__slots__": own, "__init__": object.__init__,
+                                                          "__setattr__": object.__setattr__,
                                                           "__delattr__": object.__delattr__})
         body = "".join(f"    e.{name} = {name}\n" for name in names)
-        source = f"def build({args}):\n    e = new(twin)\n{body}    e.__class__ = cls\n    return e\n"
-        scope: dict[str, Any] = {"new": object.__new__, "twin": twin, "cls": cls}
+        source = f"def build({args}):\n    e = twin()\n{body}    e.__class__ = cls\n    return e\n"
+        scope: dict[str, Any] = {"twin": twin, "cls": cls}
         exec(source, scope)  # noqa: S102 - fixed source built from the class's own field names
         build: Callable[..., Any] = scope["build"]
         if _same_as_init(cls, build, names):
@@ -151,23 +153,22 @@ _Head = tuple[Channel, Any, Any, Any, Any, Any, Any, Any]
 
 
 def _trade(head: _Head, point: dict, new: Any = _new_trade, payload_key: str = "trade") -> Event:
-    p = point.get(payload_key)
-    if type(p) is not dict:
-        raise _Fallback
-    id_, price, amount, ts = p.get("id"), p.get("price"), p.get("amount"), p.get("timestamp")
-    if type(id_) is not str:
+    # The busiest channel: subscripts (a missing key or a non-object raises, and the general path
+    # decides) and the documented {seconds, nanoseconds} timestamp inline.
+    try:
+        p = point[payload_key]
+        id_, price, amount, ts = p["id"], p["price"], p["amount"], p["timestamp"]
+        seconds, nanos = ts["seconds"], ts.get("nanoseconds", 0)
+    except (KeyError, TypeError, AttributeError):
+        raise _Fallback from None
+    if type(id_) is not str or type(seconds) is not int or type(nanos) is not int or not 0 <= nanos < _NS:
         raise _Fallback
     if type(price) is not float:
         price = _float(price)
     if type(amount) is not float:
         amount = _float(amount)
-    if (type(ts) is dict and type(sec := ts.get("seconds")) is int and type(ns := ts.get("nanoseconds", 0)) is int
-            and 0 <= ns < _NS):
-        time_ns = sec * _NS + ns
-    else:
-        time_ns = _time(ts)
     channel, exchange, symbol, coin, nsym, category, side, _ = head
-    return new(channel, exchange, symbol, coin, nsym, category, time_ns, point,  # type: ignore[no-any-return]
+    return new(channel, exchange, symbol, coin, nsym, category, seconds * _NS + nanos, point,  # type: ignore[no-any-return]
                id_, price, amount, side)
 
 
@@ -257,11 +258,18 @@ class FastPath:
     cached only when its strings are strings (or None) and its ``blockSize`` a float, an int or
     None: a non-string never equals a string, so a hit vouches for every field of the key. The one
     look-alike is a bool ``blockSize`` (``True == 1``), refused on every lookup.
+
+    Before that, a point's series is compared (``==``, in C, no hashing) with the last two series
+    seen: the points of one frame usually differ only in ``side``, so most points skip the key.
+    The same reasoning holds for ``==`` on whole dicts, provided no cached ``blockSize`` equals a
+    bool (0 or 1): such series are not kept there.
     """
 
     def __init__(self, routes: Any) -> None:
         self.routes = routes
         self._entries: dict[tuple, _Entry | None] = {}
+        self._recent: list[Any] = [None, None, None, None]  # series, entry, series, entry
+        self._next = 0  # the slot the next remembered series replaces
 
     def route(self, point: Any) -> tuple[tuple[Callable[[Any], Any], ...], Event] | tuple[()] | None:
         """``(handlers, event)``; ``()`` when no handler listens (the point is skipped undecoded,
@@ -271,7 +279,27 @@ class FastPath:
         series = point.get("series")
         if type(series) is not dict:
             return None
-        key = tuple(map(series.get, _KEY_FIELDS))
+        recent = self._recent
+        if series == recent[0]:
+            entry = recent[1]
+        elif series == recent[2]:
+            entry = recent[3]
+        else:
+            entry = self._lookup(series)
+            if entry is None:
+                return None
+        handlers, decode, head = entry
+        if not handlers:
+            return ()
+        try:
+            return handlers, decode(head, point)
+        except _Fallback:
+            return None
+
+    def _lookup(self, series: dict[str, Any]) -> _Entry | None:
+        get = series.get  # the _KEY_FIELDS, spelled out: faster than map()
+        key = (get("type"), get("symbol"), get("coin"), get("exchange"), get("category"), get("normalizedSymbol"),
+               get("side"), get("blockSize"))
         block = key[7]
         if block is True or block is False:
             return None
@@ -281,15 +309,12 @@ class FastPath:
             entry = self._add(key, series)
         except TypeError:  # an unhashable field
             return None
-        if entry is None:
-            return None
-        handlers, decode, head = entry
-        if not handlers:
-            return ()
-        try:
-            return handlers, decode(head, point)
-        except _Fallback:
-            return None
+        if entry is not None and (block is None or (block != 0 and block != 1)):
+            slot = self._next
+            self._recent[slot] = dict(series)  # a copy: a handler may change ``event.raw["series"]``
+            self._recent[slot + 1] = entry
+            self._next = 2 - slot
+        return entry
 
     def _add(self, key: tuple, series: dict[str, Any]) -> _Entry | None:
         kind, symbol, coin, exchange, category, nsym, side, block = key
