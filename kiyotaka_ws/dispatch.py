@@ -373,16 +373,18 @@ class Dispatcher:
             self._error(DecodeError("unexpected message shape", excerpt=excerpt(message)))
 
     def _deliver(self, points: list[Any]) -> None:
-        fast: FastPath | None = getattr(self, "_fastpath", None)
-        route = fast.route if fast is not None else None
+        fast: FastPath | None = getattr(self, "_fastpath", None)  # the cache for one RouteTable
+        if fast is None:
+            fast = self._fastpath = FastPath(self.routes)
+        route = fast.route
         for point in points:
             if self.closing:
                 return
             routes = self.routes  # one snapshot per point: an unsubscribe takes effect at once
-            if fast is None or fast.routes is not routes:  # a new table: a new cache
+            if fast.routes is not routes:  # a new table: a new cache
                 fast = self._fastpath = FastPath(routes)
                 route = fast.route
-            hit = route(point)  # type: ignore[misc]
+            hit = route(point)
             if hit:
                 handlers, event = hit
             elif hit is not None:  # nobody listens
