@@ -274,10 +274,11 @@ class FastPath:
     def route(self, point: Any) -> tuple[tuple[Callable[[Any], Any], ...], Event] | tuple[()] | None:
         """``(handlers, event)``; ``()`` when no handler listens (the point is skipped undecoded,
         as on the general path); None when the general path must decide."""
-        if type(point) is not dict:
+        try:
+            series = point["series"]
+        except (KeyError, TypeError):  # not a dict, or no series: the general path words it
             return None
-        series = point.get("series")
-        if type(series) is not dict:
+        if type(point) is not dict or type(series) is not dict:
             return None
         recent = self._recent
         if series == recent[0]:
