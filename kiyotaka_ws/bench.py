@@ -239,7 +239,7 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def run_bench(points: int = 200_000, rounds: int = 3, quick: bool = False, out: TextIO | None = None,
+def run_bench(points: int = 200_000, rounds: int = 5, quick: bool = False, out: TextIO | None = None,
               as_json: bool = False, parser: str | None = None) -> int:
     """Run every case; print a table (or, with ``as_json``, one JSON document) to ``out``.
 
@@ -281,6 +281,7 @@ def run_bench(points: int = 200_000, rounds: int = 3, quick: bool = False, out: 
             case = {"case": f"{mode} x{per}", "mode": mode, "points_per_frame": per,
                     "points_per_s": {k: round(v) for k, v in rate.items()},
                     "cpu_us_per_point": {k: round(v, 3) for k, v in cpu.items()},
+                    "runs_points_per_s": {k: [round(r.points_per_s) for r in v] for k, v in runs.items()},
                     "ratio": {f"vs_{name}": round(rate["client"] / rate[name], 3) for name in bares}}
             report["cases"].append(case)
             if not as_json:

@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "with bare recv/decompress/json.loads and orjson.loads loops, "
                                             "alternating within one run.")
     bench.add_argument("--points", type=int, default=200_000, help="points per run (default 200000)")
-    bench.add_argument("--rounds", type=int, default=3, help="alternating rounds per case (default 3)")
+    bench.add_argument("--rounds", type=int, default=5, help="alternating rounds per case (default 5)")
     bench.add_argument("--quick", action="store_true", help="a few seconds only (smoke test)")
     bench.add_argument("--json", action="store_true", help="one JSON document instead of the table (for tracking)")
     bench.add_argument("--parser", choices=("orjson", "stdlib"),
