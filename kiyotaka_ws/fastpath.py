@@ -58,42 +58,48 @@ class _Fallback(Exception):
 # with the real ``__init__``; if anything does not hold, the builder calls the class instead.
 
 
+_COMMON = ("channel", "exchange", "symbol", "coin", "normalized_symbol", "category")  # the cached head
+
+
 def builder(cls: type) -> Callable[..., Any]:
-    """A function taking ``cls``'s attrs fields positionally (``raw`` in its place) -> a ``cls``."""
+    """A function ``(head, time_ns, raw, *own fields) -> cls``: ``head`` holds the ``_COMMON``
+    fields, ``own`` the class's own attrs fields in order."""
     names = [field.name for field in attrs.fields(cls)]
-    own = cls.__dict__.get("__slots__", ())
+    own = names[len(_COMMON) + 2:]
+    slots = cls.__dict__.get("__slots__", ())
     plain = (cls.__bases__ == (Event,) and "__attrs_post_init__" not in dir(cls)
              and all(f.validator is None and f.converter is None and f.on_setattr in (None, attrs.setters.NO_OP)
                      for f in attrs.fields(cls))
-             and [n for n in (*Event.__slots__, *own) if n != "__weakref__"] == names)
-    args = ", ".join(names)
+             and names[:len(_COMMON) + 2] == [*_COMMON, "time_ns", "raw"]
+             and [n for n in (*Event.__slots__, *slots) if n != "__weakref__"] == names)
+    args = ", ".join(("head", "time_ns", "raw", *own))
     if plain:
         # Both attribute hooks must be object's for CPython to keep its fast generic setattr.
-        twin = type(f"_{cls.__name__}Twin", (Event,), {"__slots__": own, "__init__": object.__init__,
+        twin = type(f"_{cls.__name__}Twin", (Event,), {"__slots__": slots, "__init__": object.__init__,
                                                           "__setattr__": object.__setattr__,
                                                           "__delattr__": object.__delattr__})
-        body = "".join(f"    e.{name} = {name}\n" for name in names)
-        source = f"def build({args}):\n    e = twin()\n{body}    e.__class__ = cls\n    return e\n"
+        targets = ", ".join(f"e.{name}" for name in _COMMON)
+        body = "".join(f"    e.{name} = {name}\n" for name in ("time_ns", "raw", *own))
+        source = f"def build({args}):\n    e = twin()\n    {targets} = head\n{body}    e.__class__ = cls\n    return e\n"
         scope: dict[str, Any] = {"twin": twin, "cls": cls}
         exec(source, scope)  # noqa: S102 - fixed source built from the class's own field names
         build: Callable[..., Any] = scope["build"]
-        if _same_as_init(cls, build, names):
+        if _same_as_init(cls, build, own):
             return build
-    positional = [n for n in names if n != "raw"]
     scope = {"cls": cls}
-    exec(f"def build({args}):\n    return cls({', '.join(positional)}, raw=raw)\n", scope)  # noqa: S102
+    exec(f"def build({args}):\n    return cls(*head, time_ns, {', '.join(own)}, raw=raw)\n", scope)  # noqa: S102
     return scope["build"]  # type: ignore[no-any-return]
 
 
-def _same_as_init(cls: type, build: Callable[..., Any], names: list[str]) -> bool:
-    values = [object() for _ in names]
-    raw = values[names.index("raw")]
+def _same_as_init(cls: type, build: Callable[..., Any], own: list[str]) -> bool:
+    head = tuple(object() for _ in _COMMON)
+    time_ns, raw, values = object(), object(), [object() for _ in own]
     try:
-        made = build(*values)
-        real = cls(*[v for n, v in zip(names, values) if n != "raw"], raw=raw)
+        made = build(head, time_ns, raw, *values)
+        real = cls(*head, time_ns, *values, raw=raw)
     except Exception:  # noqa: BLE001 - any surprise means: do not use the twin
         return False
-    return type(made) is cls and all(getattr(made, n) is getattr(real, n) for n in names)
+    return type(made) is cls and all(getattr(made, f.name) is getattr(real, f.name) for f in attrs.fields(cls))
 
 
 _new_trade = builder(Trade)
@@ -145,11 +151,11 @@ def _opt_float(value: Any) -> float | None:
 
 # -- one decoder per channel: (head, point) -> event ----------------------------------------------
 #
-# ``head`` comes from the route cache: (channel, exchange, symbol, coin, normalized_symbol,
-# category, side, block_size), each already checked and converted. The documented timestamp is
+# ``head`` comes from the route cache: ((channel, exchange, symbol, coin, normalized_symbol,
+# category), side, block_size), each already checked and converted. The documented timestamp is
 # read inline (it is on every point); anything else about it goes through ``_time``.
 
-_Head = tuple[Channel, Any, Any, Any, Any, Any, Any, Any]
+_Head = tuple[tuple[Channel, Any, Any, Any, Any, Any], Any, Any]
 
 
 def _trade(head: _Head, point: dict, new: Any = _new_trade, payload_key: str = "trade") -> Event:
@@ -167,9 +173,8 @@ def _trade(head: _Head, point: dict, new: Any = _new_trade, payload_key: str = "
         price = _float(price)
     if type(amount) is not float:
         amount = _float(amount)
-    channel, exchange, symbol, coin, nsym, category, side, _ = head
-    return new(channel, exchange, symbol, coin, nsym, category, seconds * _NS + nanos, point,  # type: ignore[no-any-return]
-               id_, price, amount, side)
+    common, side, _ = head
+    return new(common, seconds * _NS + nanos, point, id_, price, amount, side)  # type: ignore[no-any-return]
 
 
 def _liquidation(head: _Head, point: dict) -> Event:
@@ -184,9 +189,8 @@ def _trade_agg(head: _Head, point: dict) -> Event:
     for i, value in enumerate(ohlcv):
         if type(value) is not float:
             ohlcv[i] = _float(value)
-    channel, exchange, symbol, coin, nsym, category, side, _ = head
-    return _new_trade_agg(channel, exchange, symbol, coin, nsym, category,  # type: ignore[no-any-return]
-                          _time(p.get("timestamp")), point, *ohlcv, side,
+    common, side, _ = head
+    return _new_trade_agg(common, _time(p.get("timestamp")), point, *ohlcv, side,  # type: ignore[no-any-return]
                           _time(p.get("firstTimestamp")), _time(p.get("lastTimestamp")))
 
 
@@ -195,9 +199,9 @@ def _book(head: _Head, point: dict) -> Event:
     if type(p) is not dict:
         raise _Fallback
     bids, asks = _flat(p.get("bids"), 2), _flat(p.get("asks"), 2)
-    channel, exchange, symbol, coin, nsym, category, _, block = head
-    return _new_book(channel, exchange, symbol, coin, nsym, category,  # type: ignore[no-any-return]
-                     _time(p.get("timestamp")), point, tuple(map(BookLevel._make, zip(bids[0::2], bids[1::2]))),
+    common, _, block = head
+    return _new_book(common, _time(p.get("timestamp")), point,  # type: ignore[no-any-return]
+                     tuple(map(BookLevel._make, zip(bids[0::2], bids[1::2]))),
                      tuple(map(BookLevel._make, zip(asks[0::2], asks[1::2]))), block)
 
 
@@ -205,9 +209,8 @@ def _funding(head: _Head, point: dict) -> Event:
     p = point.get("fundingRate")
     if type(p) is not dict:
         raise _Fallback
-    channel, exchange, symbol, coin, nsym, category, _, _ = head
-    return _new_funding(channel, exchange, symbol, coin, nsym, category,  # type: ignore[no-any-return]
-                        _time(p.get("timestamp")), point, _opt_float(p.get("fundingRate")),
+    return _new_funding(head[0], _time(p.get("timestamp")), point,  # type: ignore[no-any-return]
+                        _opt_float(p.get("fundingRate")),
                         _opt_float(p.get("predictedFundingRate")))
 
 
@@ -218,9 +221,7 @@ def _open_interest(head: _Head, point: dict) -> Event:
     value = p.get("openInterest")
     if type(value) is not float:
         value = _float(value)
-    channel, exchange, symbol, coin, nsym, category, _, _ = head
-    return _new_open_interest(channel, exchange, symbol, coin, nsym, category,  # type: ignore[no-any-return]
-                              _time(p.get("timestamp")), point, value)
+    return _new_open_interest(head[0], _time(p.get("timestamp")), point, value)  # type: ignore[no-any-return]
 
 
 def _volume_profile(head: _Head, point: dict) -> Event:
@@ -228,9 +229,8 @@ def _volume_profile(head: _Head, point: dict) -> Event:
     if type(p) is not dict:
         raise _Fallback
     flat = _flat(p.get("profile"), 3)
-    channel, exchange, symbol, coin, nsym, category, _, block = head
-    return _new_volume_profile(channel, exchange, symbol, coin, nsym, category,  # type: ignore[no-any-return]
-                               _time(p.get("timestamp")), point,
+    common, _, block = head
+    return _new_volume_profile(common, _time(p.get("timestamp")), point,  # type: ignore[no-any-return]
                                tuple(map(VolumeLevel._make, zip(flat[0::3], flat[1::3], flat[2::3]))), block)
 
 
@@ -276,9 +276,9 @@ class FastPath:
         as on the general path); None when the general path must decide."""
         try:
             series = point["series"]
-        except (KeyError, TypeError):  # not a dict, or no series: the general path words it
+        except (KeyError, TypeError):  # not an object (only a dict takes a str index), or no series
             return None
-        if type(point) is not dict or type(series) is not dict:
+        if type(series) is not dict:
             return None
         recent = self._recent
         if series == recent[0]:
@@ -331,7 +331,7 @@ class FastPath:
             return None
         if len(self._entries) >= CACHE_SIZE:
             self._entries.clear()
-        head: _Head = (channel, exchange, symbol, coin, nsym, category, _SIDES.get(side), block_size)
+        head: _Head = ((channel, exchange, symbol, coin, nsym, category), _SIDES.get(side), block_size)
         entry: _Entry = (self.routes.handlers_for(series), decode, head)
         self._entries[key] = entry
         return entry

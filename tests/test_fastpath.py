@@ -188,8 +188,8 @@ def test_differential_test_can_fail(monkeypatch):
     for point in frame:
         point["series"]["exchange"], point["series"]["symbol"] = "X", "S"
     original = fastpath_module._new_trade
-    monkeypatch.setattr(fastpath_module, "_new_trade",
-                        lambda *a: original(*a[:9], a[9] + 1, *a[10:]))
+    monkeypatch.setattr(fastpath_module, "_new_trade",  # (head, time_ns, raw, id, price, amount, side)
+                        lambda *a: original(*a[:4], a[4] + 1, *a[5:]))
     monkeypatch.setattr(fastpath_module._trade, "__defaults__", (fastpath_module._new_trade, "trade"))
     assert run(frame, general=False, monkeypatch=monkeypatch) != run(frame, general=True, monkeypatch=monkeypatch)
 
@@ -233,11 +233,12 @@ def test_builder_uses_init_for_classes_that_need_it():
         value: int = attrs.field(validator=attrs.validators.instance_of(int))
 
     build = builder(Checked)
-    head = (Channel.TRADE, None, None, None, None, None, None)
-    assert build(*head, None, 3).value == 3
+    head = (Channel.TRADE, None, None, None, None, None)
+    assert build(head, None, None, 3).value == 3
     with pytest.raises(TypeError):
-        build(*head, None, "not an int")
-    assert type(builder(Trade)(*head, None, "1", 1.0, 2.0, None)) is Trade
+        build(head, None, None, "not an int")
+    trade = builder(Trade)(head, 5, {}, "1", 1.0, 2.0, None)
+    assert type(trade) is Trade and trade == Trade(*head, 5, "1", 1.0, 2.0, None) and trade.raw == {}
 
 
 # -- the cache ------------------------------------------------------------------------------------
