@@ -40,6 +40,7 @@ from .events import (
 CACHE_SIZE = 4096  # distinct series keys per table; past it the cache starts again (bounded memory)
 _NUMBER_TYPES = frozenset((float, int))
 _NS = 1_000_000_000
+_INT_AS_FLOAT = 2**1023  # ints below this convert to float without OverflowError (larger: general path)
 
 
 class _Fallback(Exception):
@@ -67,7 +68,7 @@ def builder(cls: type) -> Callable[..., Any]:
     names = [field.name for field in attrs.fields(cls)]
     own = names[len(_COMMON) + 2:]
     slots = cls.__dict__.get("__slots__", ())
-    plain = (cls.__bases__ == (Event,) and "__attrs_post_init__" not in dir(cls)
+    plain = (cls.__bases__ == (Event,) and not {"__attrs_pre_init__", "__attrs_post_init__"} & set(dir(cls))
              and all(f.validator is None and f.converter is None and f.on_setattr in (None, attrs.setters.NO_OP)
                      for f in attrs.fields(cls))
              and names[:len(_COMMON) + 2] == [*_COMMON, "time_ns", "raw"]
@@ -115,7 +116,7 @@ _new_volume_profile = builder(VolumeProfile)
 
 def _float(value: Any) -> float:
     """A number field that is not a float: an int (converted), absent (0.0), or not ours."""
-    if type(value) is int and -(2**1023) < value < 2**1023:
+    if type(value) is int and -_INT_AS_FLOAT < value < _INT_AS_FLOAT:
         return float(value)
     if value is None:
         return 0.0
