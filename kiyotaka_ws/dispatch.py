@@ -19,6 +19,7 @@ from typing import Any, Callable, NamedTuple
 from .channels import ChannelSpec
 from .errors import DecodeError, EventsDropped, HandlerError, KiyotakaError, ServerError
 from .events import decode_point, excerpt
+from .fastpath import FastPath
 from .protocol import FrameDecoder, Kind, classify, error_details
 
 log = logging.getLogger("kiyotaka_ws")
@@ -372,28 +373,42 @@ class Dispatcher:
             self._error(DecodeError("unexpected message shape", excerpt=excerpt(message)))
 
     def _deliver(self, points: list[Any]) -> None:
+        fast: FastPath | None = getattr(self, "_fastpath", None)  # the cache for one RouteTable
+        if fast is None:
+            fast = self._fastpath = FastPath(self.routes)
+        route = fast.route
         for point in points:
             if self.closing:
                 return
             routes = self.routes  # one snapshot per point: an unsubscribe takes effect at once
-            try:
-                handlers = routes.handlers_for(point["series"])
-            except (TypeError, KeyError, AttributeError):
-                self.decode_errors += 1
-                self._error(DecodeError("malformed point (no series object)", excerpt=excerpt(point)))
-                continue
-            if not handlers:
+            if fast.routes is not routes:  # a new table: a new cache
+                fast = self._fastpath = FastPath(routes)
+                route = fast.route
+            hit = route(point)
+            if hit:
+                handlers, event = hit
+            elif hit is not None:  # nobody listens
                 self.skipped += 1
                 continue
-            try:
-                event = decode_point(point)
-            except DecodeError as exc:
-                self.decode_errors += 1
-                self._error(exc)
-                continue
-            if event is None:  # a type we do not know
-                self.skipped += 1
-                continue
+            else:  # not a documented shape: the general path words the error or takes the variant
+                try:
+                    handlers = routes.handlers_for(point["series"])
+                except (TypeError, KeyError, AttributeError):
+                    self.decode_errors += 1
+                    self._error(DecodeError("malformed point (no series object)", excerpt=excerpt(point)))
+                    continue
+                if not handlers:
+                    self.skipped += 1
+                    continue
+                try:
+                    event = decode_point(point)
+                except DecodeError as exc:
+                    self.decode_errors += 1
+                    self._error(exc)
+                    continue
+                if event is None:  # a type we do not know
+                    self.skipped += 1
+                    continue
             self.events += 1
             for handler in handlers:
                 try:
