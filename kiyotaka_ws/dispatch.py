@@ -66,7 +66,8 @@ class EventQueue:
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
         self._not_full = threading.Condition(self._lock)
-        self.blocked = False
+        self.blocked = False          # the reader waits for room (read by the session's timers too)
+        self._taking = False          # the dispatcher waits for items
         self.dropped_total = 0
 
     @property
@@ -101,7 +102,8 @@ class EventQueue:
             self._items.append((payload, binary, connection))
             self._frames += 1
             self._bytes += size
-            self._not_empty.notify()
+            if self._taking:  # notify() costs a microsecond even with nobody waiting: skip it then
+                self._not_empty.notify()
         return waited
 
     def put_control(self, item: Any) -> None:
@@ -129,9 +131,14 @@ class EventQueue:
             self._frames -= frames
             self._bytes -= size
             self._taken = (0, 0)
-            self._not_full.notify_all()
+            if self.blocked:
+                self._not_full.notify_all()
             while not self._items and not self._dropped and not self._closed:
-                self._not_empty.wait()
+                self._taking = True
+                try:
+                    self._not_empty.wait()
+                finally:
+                    self._taking = False
             batch: list[Any] = []
             frames = size = 0
             items = self._items
