@@ -1,10 +1,12 @@
-"""``kiyotaka-ws bench``: the client against a bare websocket-client loop, side by side.
+"""``kiyotaka-ws bench``: the client against two bare websocket-client loops, side by side.
 
 A blaster process speaks just enough of the protocol (handshake, auth and subscribe answers) and
-then sends pre-encoded frames of TRADE points as fast as the socket takes them. In this process the
-bare loop (``recv()`` -> brotli -> ``json.loads``, nothing else) and the full client (typed events,
-routing, reader/dispatcher threads, every check on) take turns consuming the same stream. CPU time
-is this process's only, so the blaster's own work is not counted.
+then sends pre-encoded frames of TRADE points as fast as the socket takes them. In this process
+three consumers take turns, round after round, on the same stream: the bare loop most users write
+(``recv()`` -> brotli -> ``json.loads``, nothing else), the same loop with ``orjson.loads`` (the
+stronger anchor), and the full client (typed events, routing, reader/dispatcher threads, every
+check on, its default parser). Alternating within one run keeps the comparison fair on a busy
+machine. CPU time is this process's only, so the blaster's own work is not counted.
 """
 
 from __future__ import annotations
@@ -20,18 +22,19 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 from urllib.parse import parse_qs, urlsplit
 
 import brotli
 import websocket
 
+from . import protocol
 from .client import KiyotakaClient
 from .events import Trade
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 EXCHANGE, SYMBOL = "BENCH", "BTCUSDT"
-CASES = [("brotli", 5), ("brotli", 1), ("brotli", 50), ("plain", 5)]
+CASES = [("brotli", 1), ("brotli", 5), ("brotli", 20), ("brotli", 50), ("plain", 5)]
 
 
 # -- the blaster (a separate process) ------------------------------------------------------------
@@ -158,8 +161,19 @@ def _subscribe_message(compression: str | None) -> str:
     return json.dumps({"jsonrpc": "2.0", "id": 2, "method": "public/subscribe", "params": params})
 
 
-def run_bare(url: str, total: int, compression: str | None, latency: bool = False) -> Result:
-    """What a user writes instead: recv(), brotli-decompress, json.loads, nothing else."""
+def _bare_parsers() -> dict[str, Callable[[Any], Any]]:
+    parsers: dict[str, Callable[[Any], Any]] = {"json": json.loads}
+    try:
+        import orjson
+    except ImportError:  # pragma: no cover - PyPy: that anchor is left out
+        return parsers
+    parsers["orjson"] = orjson.loads
+    return parsers
+
+
+def run_bare(url: str, total: int, compression: str | None, latency: bool = False,
+             loads: Callable[[Any], Any] = json.loads) -> Result:
+    """What a user writes instead: recv(), brotli-decompress, ``loads``, nothing else."""
     lat: list[float] = []
     cpu0, t0 = time.process_time(), time.perf_counter()
     ws = websocket.create_connection(url)
@@ -170,7 +184,7 @@ def run_bare(url: str, total: int, compression: str | None, latency: bool = Fals
         data = ws.recv()
         if isinstance(data, bytes):
             data = brotli.decompress(data)
-        message = json.loads(data)
+        message = loads(data)
         points = message.get("points")
         if points:
             seen += len(points)
@@ -225,46 +239,73 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def run_bench(points: int = 200_000, rounds: int = 3, quick: bool = False, out: TextIO | None = None) -> int:
+def run_bench(points: int = 200_000, rounds: int = 5, quick: bool = False, out: TextIO | None = None,
+              as_json: bool = False, parser: str | None = None) -> int:
+    """Run every case; print a table (or, with ``as_json``, one JSON document) to ``out``.
+
+    ``parser`` selects the client's frame parser ("orjson" or "stdlib"; default: the library's).
+    """
     out = out or sys.stdout
     if quick:
         points, rounds = 5_000, 1
+    previous = protocol.json_parser()
+    client_parser = protocol.use_json_parser(parser) if parser else previous
+    bares = _bare_parsers()
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     blaster = ctx.Process(target=_blaster, args=(child,), name="kiyotaka-ws-bench-blaster")
     blaster.start()
+    report: dict[str, Any] = {"points": points, "rounds": rounds, "client_parser": client_parser,
+                              "python": sys.version.split()[0], "cases": []}
     try:
         port = parent.recv()
         base = f"ws://127.0.0.1:{port}/nonbook/ws?encoding=json"
-        out.write(f"kiyotaka-ws bench: {points} TRADE points per run, {rounds} alternating rounds per case, "
-                  f"blaster in process {blaster.pid}\n")
-        out.write(f"{'case':<14}{'bare pts/s':>12}{'client pts/s':>14}{'ratio':>8}{'bare us/pt':>12}"
-                  f"{'client us/pt':>14}\n")
+        if not as_json:
+            out.write(f"kiyotaka-ws bench: {points} TRADE points per run, {rounds} alternating rounds per case, "
+                      f"client parser {client_parser}, Python {report['python']}\n")
+            head = "".join(f"{name + ' pts/s':>14}" for name in bares)
+            ratios = "".join(f"{'vs ' + name:>10}" for name in bares)
+            out.write(f"{'case':<12}{head}{'client pts/s':>14}{ratios}{'client us/pt':>14}\n")
         rss: list[float] = []
         for mode, per in CASES:
             url = f"{base}&mode={mode}&per={per}&n={points}"
             compression = "brotli" if mode == "brotli" else None
-            bare: list[Result] = []
-            mine: list[Result] = []
+            runs: dict[str, list[Result]] = {name: [] for name in (*bares, "client")}
             for _ in range(rounds):
-                bare.append(run_bare(url, points, compression))
-                mine.append(run_client(url, points, compression))
+                for name, loads in bares.items():
+                    runs[name].append(run_bare(url, points, compression, loads=loads))
+                runs["client"].append(run_client(url, points, compression))
                 rss.append(_rss_mib())
-            b = statistics.median(r.points_per_s for r in bare)
-            c = statistics.median(r.points_per_s for r in mine)
-            out.write(f"{mode + ' x' + str(per):<14}{b:>12,.0f}{c:>14,.0f}{c / b:>8.2f}"
-                      f"{statistics.median(r.cpu_us for r in bare):>12.2f}"
-                      f"{statistics.median(r.cpu_us for r in mine):>14.2f}\n")
-            out.flush()
+            rate = {name: statistics.median(r.points_per_s for r in results) for name, results in runs.items()}
+            cpu = {name: statistics.median(r.cpu_us for r in results) for name, results in runs.items()}
+            case = {"case": f"{mode} x{per}", "mode": mode, "points_per_frame": per,
+                    "points_per_s": {k: round(v) for k, v in rate.items()},
+                    "cpu_us_per_point": {k: round(v, 3) for k, v in cpu.items()},
+                    "runs_points_per_s": {k: [round(r.points_per_s) for r in v] for k, v in runs.items()},
+                    "ratio": {f"vs_{name}": round(rate["client"] / rate[name], 3) for name in bares}}
+            report["cases"].append(case)
+            if not as_json:
+                cells = "".join(f"{rate[name]:>14,.0f}" for name in bares)
+                ratios = "".join(f"{rate['client'] / rate[name]:>10.2f}" for name in bares)
+                out.write(f"{case['case']:<12}{cells}{rate['client']:>14,.0f}{ratios}{cpu['client']:>14.2f}\n")
+                out.flush()
         rate, seconds = 10_000, (1 if quick else 3)
         url = f"{base}&mode=brotli&per=5&n={rate * seconds}&rate={rate}"
-        lat_bare = run_bare(url, rate * seconds, "brotli", latency=True).latencies
-        lat_client = run_client(url, rate * seconds, "brotli", latency=True).latencies
-        for name, lat in (("bare", lat_bare), ("client", lat_client)):
+        latencies = {"bare": run_bare(url, rate * seconds, "brotli", latency=True).latencies,
+                     "client": run_client(url, rate * seconds, "brotli", latency=True).latencies}
+        report["latency_us"] = {"rate": rate, **{
+            name: {"p50": round(_pct(lat, 0.5)), "p99": round(_pct(lat, 0.99)), "max": round(max(lat))}
+            for name, lat in latencies.items()}}
+        report["rss_mib"] = {"first": round(rss[0], 1), "last": round(rss[-1], 1), "runs": len(rss)}
+        if as_json:
+            out.write(json.dumps(report, indent=2) + "\n")
+            return 0
+        for name, lat in latencies.items():
             out.write(f"latency {name:<7} at {rate:,} pts/s (send -> handler): p50 {_pct(lat, 0.5):,.0f} us, "
                       f"p99 {_pct(lat, 0.99):,.0f} us, max {max(lat):,.0f} us\n")
         out.write(f"memory: RSS {rss[0]:.1f} MiB after the first run, {rss[-1]:.1f} MiB after run {len(rss)}\n")
     finally:
         blaster.terminate()
         blaster.join()
+        protocol.use_json_parser(previous)
     return 0

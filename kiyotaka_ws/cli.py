@@ -646,12 +646,16 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("path", metavar="PATH")
     inspect.add_argument("--json", action="store_true", help="one JSON object")
 
-    bench = commands.add_parser("bench", help="throughput benchmark: client vs a bare websocket-client loop",
+    bench = commands.add_parser("bench", help="throughput benchmark: client vs bare websocket-client loops",
                                 description="Blast frames from a separate process and compare the client "
-                                            "with a bare recv/decompress/json loop, side by side.")
+                                            "with bare recv/decompress/json.loads and orjson.loads loops, "
+                                            "alternating within one run.")
     bench.add_argument("--points", type=int, default=200_000, help="points per run (default 200000)")
-    bench.add_argument("--rounds", type=int, default=3, help="alternating rounds per case (default 3)")
+    bench.add_argument("--rounds", type=int, default=5, help="alternating rounds per case (default 5)")
     bench.add_argument("--quick", action="store_true", help="a few seconds only (smoke test)")
+    bench.add_argument("--json", action="store_true", help="one JSON document instead of the table (for tracking)")
+    bench.add_argument("--parser", choices=("orjson", "stdlib"),
+                       help="the client's JSON parser (default: orjson when installed)")
     return parser
 
 
@@ -719,7 +723,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
                 return run_demo(args.seconds, out, plain=args.plain)
             if args.command == "bench":
                 from .bench import run_bench
-                return run_bench(points=args.points, rounds=args.rounds, quick=args.quick, out=out)
+                return run_bench(points=args.points, rounds=args.rounds, quick=args.quick, out=out,
+                                 as_json=args.json, parser=args.parser)
             if args.command == "record":
                 return cmd_record(args, out, err)
             if args.command == "replay":

@@ -19,6 +19,7 @@ from typing import Any, Callable, NamedTuple
 from .channels import ChannelSpec
 from .errors import DecodeError, EventsDropped, HandlerError, KiyotakaError, ServerError
 from .events import decode_point, excerpt
+from .fastpath import FastPath
 from .protocol import FrameDecoder, Kind, classify, error_details
 
 log = logging.getLogger("kiyotaka_ws")
@@ -65,7 +66,9 @@ class EventQueue:
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
         self._not_full = threading.Condition(self._lock)
-        self.blocked = False
+        self.blocked = False          # the reader waits for room (read by the session's timers too)
+        self._taking = False          # the dispatcher waits for items
+        self._drain_below = 0         # a source waits (wait_empty) for fewer frames than this
         self.dropped_total = 0
         # A sink beside the queue (the recorder): called with every frame offered, kept or not.
         self.tap: Callable[[bytes, bool, int], None] | None = None
@@ -105,7 +108,8 @@ class EventQueue:
             self._items.append((payload, binary, connection))
             self._frames += 1
             self._bytes += size
-            self._not_empty.notify()
+            if self._taking:  # notify() costs a microsecond even with nobody waiting: skip it then
+                self._not_empty.notify()
         return waited
 
     def put_frames(self, frames: list[tuple[bytes, bool, int]]) -> None:
@@ -119,16 +123,22 @@ class EventQueue:
             items = self._items
             for item in frames:
                 size = len(item[0])
-                if self._full(size):
-                    self._not_empty.notify()  # what is queued already can go meanwhile
-                    while self._full(size) and not self._data_closed:
-                        self._not_full.wait()
+                if self._full(size) and not self._data_closed:
+                    if self._taking:  # what is queued already can go meanwhile
+                        self._not_empty.notify()
+                    self.blocked = True
+                    try:
+                        while self._full(size) and not self._data_closed:
+                            self._not_full.wait()
+                    finally:
+                        self.blocked = False
                 if self._data_closed:
                     return
                 items.append(item)
                 self._frames += 1
                 self._bytes += size
-            self._not_empty.notify()
+            if self._taking:
+                self._not_empty.notify()
 
     def put_control(self, item: Any) -> None:
         """An error (or a ``Status``) for the dispatcher to hand to the user's hooks."""
@@ -155,9 +165,14 @@ class EventQueue:
             self._frames -= frames
             self._bytes -= size
             self._taken = (0, 0)
-            self._not_full.notify_all()
+            if self.blocked or self._frames < self._drain_below:
+                self._not_full.notify_all()
             while not self._items and not self._dropped and not self._closed:
-                self._not_empty.wait()
+                self._taking = True
+                try:
+                    self._not_empty.wait()
+                finally:
+                    self._taking = False
             batch: list[Any] = []
             frames = size = 0
             items = self._items
@@ -178,8 +193,12 @@ class EventQueue:
         handled, the dispatcher took its next batch), data is closed, or ``cancel`` is set
         (checked at least every 0.1 s)."""
         with self._lock:
-            while self._frames >= below and not self._data_closed and not cancel.is_set():
-                self._not_full.wait(0.1)
+            try:
+                while self._frames >= below and not self._data_closed and not cancel.is_set():
+                    self._drain_below = below
+                    self._not_full.wait(0.1)
+            finally:
+                self._drain_below = 0
 
     def close_data(self) -> None:
         """Refuse further frames and wake a reader blocked on a full queue; controls still pass."""
@@ -407,28 +426,42 @@ class Dispatcher:
             self._error(DecodeError("unexpected message shape", excerpt=excerpt(message)))
 
     def _deliver(self, points: list[Any]) -> None:
+        fast: FastPath | None = getattr(self, "_fastpath", None)  # the cache for one RouteTable
+        if fast is None:
+            fast = self._fastpath = FastPath(self.routes)
+        route = fast.route
         for point in points:
             if self.closing:
                 return
             routes = self.routes  # one snapshot per point: an unsubscribe takes effect at once
-            try:
-                handlers = routes.handlers_for(point["series"])
-            except (TypeError, KeyError, AttributeError):
-                self.decode_errors += 1
-                self._error(DecodeError("malformed point (no series object)", excerpt=excerpt(point)))
-                continue
-            if not handlers:
+            if fast.routes is not routes:  # a new table: a new cache
+                fast = self._fastpath = FastPath(routes)
+                route = fast.route
+            hit = route(point)
+            if hit:
+                handlers, event = hit
+            elif hit is not None:  # nobody listens
                 self.skipped += 1
                 continue
-            try:
-                event = decode_point(point)
-            except DecodeError as exc:
-                self.decode_errors += 1
-                self._error(exc)
-                continue
-            if event is None:  # a type we do not know
-                self.skipped += 1
-                continue
+            else:  # not a documented shape: the general path words the error or takes the variant
+                try:
+                    handlers = routes.handlers_for(point["series"])
+                except (TypeError, KeyError, AttributeError):
+                    self.decode_errors += 1
+                    self._error(DecodeError("malformed point (no series object)", excerpt=excerpt(point)))
+                    continue
+                if not handlers:
+                    self.skipped += 1
+                    continue
+                try:
+                    event = decode_point(point)
+                except DecodeError as exc:
+                    self.decode_errors += 1
+                    self._error(exc)
+                    continue
+                if event is None:  # a type we do not know
+                    self.skipped += 1
+                    continue
             self.events += 1
             for handler in handlers:
                 try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 from collections.abc import Iterable
 from typing import Any, Callable
 
@@ -12,12 +13,67 @@ import brotli
 from .errors import DecodeError
 from .events import excerpt
 
-try:  # optional speed-up (extra "fast"); the stdlib parser is the reference
-    import orjson as _orjson
+# Frames are parsed by orjson when it is installed (a runtime dependency on CPython) and by the
+# stdlib otherwise. KIYOTAKA_WS_JSON=stdlib (read at import) or ``use_json_parser("stdlib")`` forces
+# the fallback, so the test suite runs the parser-sensitive tests under both. Both read UTF-8 only
+# and refuse NaN/Infinity; they still differ outside the protocol's domain: orjson refuses escaped
+# lone surrogates and numbers beyond a double, and reads integers beyond 64 bits as floats.
+JSON_PARSER_ENV = "KIYOTAKA_WS_JSON"
+JSON_PARSERS = ("orjson", "stdlib")
 
-    _loads: Callable[[bytes | str], Any] = _orjson.loads
-except ImportError:  # pragma: no cover - depends on the environment
-    _loads = json.loads
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_stdlib_decode = json.JSONDecoder(parse_constant=_refuse_constant).decode
+
+
+def _stdlib_loads(payload: bytes | str) -> Any:
+    if type(payload) is not str:  # strict UTF-8, like orjson (json.loads would also guess UTF-16/32)
+        payload = bytes(payload).decode("utf-8")
+    return _stdlib_decode(payload)
+
+
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - PyPy, or an install without it
+    _orjson = None
+
+_loads: Callable[[bytes | str], Any] = _stdlib_loads
+
+
+def use_json_parser(name: str | None = None) -> str:
+    """Select the frame parser: "orjson", "stdlib", or None for the default (the environment
+    variable ``KIYOTAKA_WS_JSON`` if set, else orjson when installed). Returns the name in use.
+
+    Raises ``ValueError`` for an unknown name or "orjson" when it is not installed.
+    """
+    global _loads
+    if name is None:
+        name = os.environ.get(JSON_PARSER_ENV) or ("orjson" if _orjson is not None else "stdlib")
+    if name not in JSON_PARSERS:
+        raise ValueError(f"{JSON_PARSER_ENV}: expected one of {', '.join(JSON_PARSERS)}, got {name!r}")
+    if name == "orjson" and _orjson is None:
+        raise ValueError("the orjson parser was asked for but orjson is not installed")
+    _loads = _orjson.loads if name == "orjson" else _stdlib_loads
+    return name
+
+
+def json_parser() -> str:
+    """The name of the frame parser in use."""
+    return "stdlib" if _loads is _stdlib_loads else "orjson"
+
+
+def _is_utf8(payload: bytes | str) -> bool:
+    try:
+        payload.encode("utf-8") if type(payload) is str else bytes(payload).decode("utf-8")  # type: ignore[union-attr]
+    except UnicodeError:
+        return False
+    return True
+
+
+use_json_parser()
 
 VERSION = "v2"
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -100,8 +156,9 @@ class FrameDecoder:
             payload = self._decompress(payload)  # type: ignore[arg-type]
         try:
             return _loads(payload)
-        except (ValueError, RecursionError) as exc:
-            reason = "invalid UTF-8" if isinstance(exc, UnicodeDecodeError) else "not JSON"
+        except (ValueError, RecursionError):
+            # Labelled by the payload, not by the exception: orjson reports bad UTF-8 as a JSON error.
+            reason = "not JSON" if _is_utf8(payload) else "invalid UTF-8"
             raise DecodeError(f"frame is {reason}", excerpt=excerpt(payload)) from None
 
     def _decompress(self, data: bytes) -> bytes:

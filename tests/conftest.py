@@ -85,3 +85,23 @@ def make_client(server: FakeKiyotakaServer):
     yield factory
     for client in clients:
         client.stop()
+
+
+@pytest.fixture(params=["orjson", "stdlib"])
+def json_parser(request: Any):
+    """Run a test under each frame parser. On CPython orjson is a runtime dependency: its absence
+    fails the test rather than skipping it, so a run can never quietly test one parser only."""
+    import platform
+
+    from kiyotaka_ws import protocol
+
+    if request.param == "orjson" and protocol._orjson is None:
+        if platform.python_implementation() == "CPython":
+            pytest.fail("orjson is a runtime dependency on CPython but is not installed")
+        pytest.skip("orjson is not installed (not CPython)")
+    previous = protocol.json_parser()
+    protocol.use_json_parser(request.param)
+    try:
+        yield request.param
+    finally:
+        protocol.use_json_parser(previous)

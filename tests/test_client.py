@@ -51,7 +51,7 @@ def seven_points():
 
 
 @pytest.mark.parametrize("compression", ["brotli", None])
-def test_all_seven_channels_end_to_end(server, make_client, compression):
+def test_all_seven_channels_end_to_end(server, make_client, compression, json_parser):
     client = make_client(compression=compression)
     got = Collector()
     subs = [
@@ -86,7 +86,7 @@ def test_all_seven_channels_end_to_end(server, make_client, compression):
     assert stats["nonbook"].events == 6 and stats["book"].events == 1 and stats["book"].state is State.READY
 
 
-def test_routing_and_order_across_symbols_and_multi_point_frames(server, make_client):
+def test_routing_and_order_across_symbols_and_multi_point_frames(server, make_client, json_parser):
     client = make_client()
     btc, eth, anyx, spot = Collector(), Collector(), Collector(), Collector()
     client.on_trade(btc, exchange=EX, symbol="BTCUSDT")
@@ -227,7 +227,7 @@ def test_errors_without_handler_are_logged(server, make_client, caplog):
     assert wait_until(lambda: "ZeroDivisionError" in caplog.text)
 
 
-def test_server_error_frame_and_garbage_keep_the_connection(server, make_client):
+def test_server_error_frame_and_garbage_keep_the_connection(server, make_client, json_parser):
     client = make_client()
     errors, got = Collector(), Collector()
     client.on_error(errors)

@@ -386,8 +386,27 @@ def test_bench_quick_smoke(capsys):
     """The benchmark runs end to end and reports every case; timings are not judged here."""
     assert main(["bench", "--quick"]) == 0
     out = capsys.readouterr().out
-    for case in ("brotli x5", "brotli x1", "brotli x50", "plain x5", "latency client", "memory: RSS"):
+    for case in ("brotli x5", "brotli x1", "brotli x20", "brotli x50", "plain x5", "vs json", "vs orjson",
+                 "latency client", "memory: RSS"):
         assert case in out
+
+
+def test_bench_json_output(capsys):
+    """``--json``: one document with every case, both anchors and the latency, for tracking."""
+    import json
+
+    from kiyotaka_ws import protocol
+
+    before = protocol.json_parser()
+    assert main(["bench", "--quick", "--json", "--parser", "stdlib"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["client_parser"] == "stdlib"
+    assert [c["case"] for c in report["cases"]] == ["brotli x1", "brotli x5", "brotli x20", "brotli x50", "plain x5"]
+    for case in report["cases"]:
+        assert set(case["points_per_s"]) == {"json", "orjson", "client"}
+        assert set(case["ratio"]) == {"vs_json", "vs_orjson"}
+    assert report["latency_us"]["client"]["p50"] > 0
+    assert protocol.json_parser() == before  # the bench put the parser back
 
 
 _DEMO_LINE = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3} [A-Z_]+ |\[ *\d+\.\ds\] |kiyotaka-ws demo|  [a-z]+)")

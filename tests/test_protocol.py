@@ -6,6 +6,8 @@ import json
 
 import brotli
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kiyotaka_ws import ConfigurationError, DecodeError
 from kiyotaka_ws.channels import Channel, make_spec
@@ -49,7 +51,7 @@ def test_classify_and_error_details():
     assert error_details({"error": "TIMEOUT"}) == ("TIMEOUT", "TIMEOUT", None)
 
 
-def test_frames_text_binary_and_fallback():
+def test_frames_text_binary_and_fallback(json_parser):
     dec = FrameDecoder(CAP)
     doc = {"points": [{"a": 1}]}
     raw = json.dumps(doc).encode()
@@ -65,11 +67,69 @@ def test_frames_text_binary_and_fallback():
     (brotli.compress(b"not json at all"), True, "not JSON"),
     (brotli.compress(b'{"points": []}')[:-3], True, "truncated"),
     (b"[" * 100_000, False, "not JSON"),
+    (b'{"a": "\xff"}', True, "invalid UTF-8"),                    # plain JSON in a binary frame, bad UTF-8
+    (brotli.compress(b'{"a": "\xc3"}'), True, "invalid UTF-8"),   # brotli, truncated UTF-8 sequence
+    (b'{"a": "\xed\xa0\x80"}', True, "invalid UTF-8"),          # an encoded surrogate is not UTF-8
+    (b'\xef\xbb\xbf{"a": 1}', False, "not JSON"),                # a BOM: valid UTF-8, not JSON text
+    (b'\xff\xfe{\x00"\x00a\x00"\x00:\x001\x00}\x00', False, "invalid UTF-8"),  # UTF-16: refused by both
+    (b'{"a": NaN}', False, "not JSON"),
+    (b'{"a": -Infinity}', True, "not JSON"),
 ])
-def test_bad_frames_raise_decode_error(payload, binary, words):
+def test_bad_frames_raise_decode_error(payload, binary, words, json_parser):
     with pytest.raises(DecodeError) as info:
         FrameDecoder(CAP).decode(payload, binary)
     assert words in str(info.value) and len(info.value.excerpt) <= 200
+
+
+def test_json_parser_selection(monkeypatch):
+    import subprocess
+    import sys
+
+    from kiyotaka_ws import protocol
+
+    code = "from kiyotaka_ws import protocol; print(protocol.json_parser())"
+    for value, expected in (("stdlib", "stdlib"), ("orjson", "orjson"), ("", "orjson")):
+        env = {**__import__("os").environ, "KIYOTAKA_WS_JSON": value}
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert result.stdout.strip() == expected
+    env = {**__import__("os").environ, "KIYOTAKA_WS_JSON": "simdjson"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    assert result.returncode != 0 and "KIYOTAKA_WS_JSON" in result.stderr and "simdjson" in result.stderr
+    previous = protocol.json_parser()
+    try:
+        assert protocol.use_json_parser("stdlib") == "stdlib" and protocol.json_parser() == "stdlib"
+        with pytest.raises(ValueError, match="expected one of orjson, stdlib"):
+            protocol.use_json_parser("ujson")
+    finally:
+        protocol.use_json_parser(previous)
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(blacklist_categories=("Cs",))),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    max_leaves=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(doc=_JSON_VALUES, compress=st.booleans())
+def test_both_parsers_read_protocol_json_alike(doc, compress):
+    """Within the protocol's domain (no lone surrogates, 64-bit integers, finite numbers) the
+    parsers agree exactly, types included (an int stays an int, a float a float)."""
+    from kiyotaka_ws import protocol
+
+    payload = json.dumps(doc, ensure_ascii=bool(compress)).encode()
+    if compress:
+        payload = brotli.compress(payload)
+    previous = protocol.json_parser()
+    try:
+        results = []
+        for name in ("orjson", "stdlib"):
+            protocol.use_json_parser(name)
+            results.append(FrameDecoder(CAP).decode(payload, binary=compress))
+    finally:
+        protocol.use_json_parser(previous)
+    assert repr(results[0]) == repr(results[1])
 
 
 def test_decompression_bomb_is_bounded():

@@ -1,0 +1,338 @@
+"""The dispatcher's fast path: route and decode points of the documented shapes, cheaply.
+
+``decode_point`` and ``RouteTable.handlers_for`` are the general path and the reference: they
+accept every variant the protocol notes allow and word every error. This module only takes points
+whose every field has exactly the documented type (strings, floats or ints, ``{seconds,
+nanoseconds}`` timestamps) and answers "take the general path" (None) for anything else, so the
+events, errors and counters are the general path's by construction; ``tests/test_fastpath.py``
+checks that with hypothesis.
+
+Three things make it fast:
+
+- Routing is cached per ``RouteTable`` (immutable: a new table means a new ``FastPath``), keyed on
+  every series field routing and the event's head read; a cache hit also vouches for their types
+  and holds the head ready-made (see ``FastPath``).
+- Validation is exact-type checks inline, no helper call per field in the common case.
+- Events are built by ``builder()``: see there.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import attrs
+
+from .channels import Channel
+from .events import (
+    _SIDES,
+    BookLevel,
+    BookSnapshot,
+    Event,
+    FundingRate,
+    Liquidation,
+    OpenInterest,
+    Trade,
+    TradeAggregation,
+    VolumeLevel,
+    VolumeProfile,
+)
+
+CACHE_SIZE = 4096  # distinct series keys per table; past it the cache starts again (bounded memory)
+_NUMBER_TYPES = frozenset((float, int))
+_NS = 1_000_000_000
+_INT_AS_FLOAT = 2**1023  # ints below this convert to float without OverflowError (larger: general path)
+
+
+class _Fallback(Exception):
+    """Internal: the point is not of a documented shape; the general path decides."""
+
+
+# -- building frozen attrs events cheaply ----------------------------------------------------------
+#
+# A frozen attrs ``__init__`` sets every field through ``object.__setattr__`` (~1 us for a Trade).
+# Instead, ``builder(Trade)`` fills a "twin": a subclass of ``Event`` with exactly Trade's own
+# slots and the plain C-level ``__setattr__``, then assigns ``__class__ = Trade``. CPython allows
+# that because both add the same slots to the same base, so the memory layout is identical; the
+# result IS a Trade (eq, hash, repr, pickle, attrs.evolve, FrozenInstanceError all as usual), built
+# in ~0.2 us. It is only used for classes whose ``__init__`` merely stores its arguments (no
+# validators, converters, defaults computed or post-init), and a self-check at import compares it
+# with the real ``__init__``; if anything does not hold, the builder calls the class instead.
+
+
+_COMMON = ("channel", "exchange", "symbol", "coin", "normalized_symbol", "category")  # the cached head
+
+
+def builder(cls: type) -> Callable[..., Any]:
+    """A function ``(head, time_ns, raw, *own fields) -> cls``: ``head`` holds the ``_COMMON``
+    fields, ``own`` the class's own attrs fields in order."""
+    names = [field.name for field in attrs.fields(cls)]
+    own = names[len(_COMMON) + 2:]
+    slots = cls.__dict__.get("__slots__", ())
+    plain = (cls.__bases__ == (Event,) and not {"__attrs_pre_init__", "__attrs_post_init__"} & set(dir(cls))
+             and all(f.validator is None and f.converter is None and f.on_setattr in (None, attrs.setters.NO_OP)
+                     for f in attrs.fields(cls))
+             and names[:len(_COMMON) + 2] == [*_COMMON, "time_ns", "raw"]
+             and [n for n in (*Event.__slots__, *slots) if n != "__weakref__"] == names)
+    args = ", ".join(("head", "time_ns", "raw", *own))
+    if plain:
+        # Both attribute hooks must be object's for CPython to keep its fast generic setattr.
+        twin = type(f"_{cls.__name__}Twin", (Event,), {"__slots__": slots, "__init__": object.__init__,
+                                                          "__setattr__": object.__setattr__,
+                                                          "__delattr__": object.__delattr__})
+        targets = ", ".join(f"e.{name}" for name in _COMMON)
+        body = "".join(f"    e.{name} = {name}\n" for name in ("time_ns", "raw", *own))
+        source = f"def build({args}):\n    e = twin()\n    {targets} = head\n{body}    e.__class__ = cls\n    return e\n"
+        scope: dict[str, Any] = {"twin": twin, "cls": cls}
+        exec(source, scope)  # noqa: S102 - fixed source built from the class's own field names
+        build: Callable[..., Any] = scope["build"]
+        if _same_as_init(cls, build, own):
+            return build
+    scope = {"cls": cls}
+    exec(f"def build({args}):\n    return cls(*head, time_ns, {', '.join(own)}, raw=raw)\n", scope)  # noqa: S102
+    return scope["build"]  # type: ignore[no-any-return]
+
+
+def _same_as_init(cls: type, build: Callable[..., Any], own: list[str]) -> bool:
+    head = tuple(object() for _ in _COMMON)
+    time_ns, raw, values = object(), object(), [object() for _ in own]
+    try:
+        made = build(head, time_ns, raw, *values)
+        real = cls(*head, time_ns, *values, raw=raw)
+    except Exception:  # noqa: BLE001 - any surprise means: do not use the twin
+        return False
+    return type(made) is cls and all(getattr(made, f.name) is getattr(real, f.name) for f in attrs.fields(cls))
+
+
+_new_trade = builder(Trade)
+_new_trade_agg = builder(TradeAggregation)
+_new_book = builder(BookSnapshot)
+_new_liquidation = builder(Liquidation)
+_new_funding = builder(FundingRate)
+_new_open_interest = builder(OpenInterest)
+_new_volume_profile = builder(VolumeProfile)
+
+
+# -- exact-type field readers (rare cases raise _Fallback; callers inline the common case) -----------
+
+def _float(value: Any) -> float:
+    """A number field that is not a float: an int (converted), absent (0.0), or not ours."""
+    if type(value) is int and -_INT_AS_FLOAT < value < _INT_AS_FLOAT:
+        return float(value)
+    if value is None:
+        return 0.0
+    raise _Fallback
+
+
+def _time(ts: Any) -> int | None:
+    if ts is None:
+        return None
+    if type(ts) is dict:
+        seconds, nanos = ts.get("seconds"), ts.get("nanoseconds", 0)
+        if type(seconds) is int and type(nanos) is int and 0 <= nanos < _NS:
+            return seconds * _NS + nanos  # type: ignore[no-any-return]
+    raise _Fallback  # {s, ns}, quoted integers, a missing "seconds": the general path's business
+
+
+def _flat(values: Any, width: int) -> list[float]:
+    if values is None:
+        return []
+    if type(values) is not list or len(values) % width or not _NUMBER_TYPES.issuperset(map(type, values)):
+        raise _Fallback
+    try:
+        return list(map(float, values))
+    except OverflowError:
+        raise _Fallback from None
+
+
+def _opt_float(value: Any) -> float | None:
+    if type(value) is float or value is None:
+        return value  # type: ignore[no-any-return]
+    return _float(value)
+
+
+# -- one decoder per channel: (head, point) -> event ----------------------------------------------
+#
+# ``head`` comes from the route cache: ((channel, exchange, symbol, coin, normalized_symbol,
+# category), side, block_size), each already checked and converted. The documented timestamp is
+# read inline (it is on every point); anything else about it goes through ``_time``.
+
+_Head = tuple[tuple[Channel, Any, Any, Any, Any, Any], Any, Any]
+
+
+def _trade(head: _Head, point: dict, new: Any = _new_trade, payload_key: str = "trade") -> Event:
+    # The busiest channel: subscripts (a missing key or a non-object raises, and the general path
+    # decides) and the documented {seconds, nanoseconds} timestamp inline.
+    try:
+        p = point[payload_key]
+        id_, price, amount, ts = p["id"], p["price"], p["amount"], p["timestamp"]
+        seconds, nanos = ts["seconds"], ts.get("nanoseconds", 0)
+    except (KeyError, TypeError, AttributeError):
+        raise _Fallback from None
+    if type(id_) is not str or type(seconds) is not int or type(nanos) is not int or not 0 <= nanos < _NS:
+        raise _Fallback
+    if type(price) is not float:
+        price = _float(price)
+    if type(amount) is not float:
+        amount = _float(amount)
+    common, side, _ = head
+    return new(common, seconds * _NS + nanos, point, id_, price, amount, side)  # type: ignore[no-any-return]
+
+
+def _liquidation(head: _Head, point: dict) -> Event:
+    return _trade(head, point, _new_liquidation, "liquidation")
+
+
+def _trade_agg(head: _Head, point: dict) -> Event:
+    p = point.get("tradeAggregation")
+    if type(p) is not dict:
+        raise _Fallback
+    ohlcv = [p.get("open"), p.get("high"), p.get("low"), p.get("close"), p.get("volume")]
+    for i, value in enumerate(ohlcv):
+        if type(value) is not float:
+            ohlcv[i] = _float(value)
+    common, side, _ = head
+    return _new_trade_agg(common, _time(p.get("timestamp")), point, *ohlcv, side,  # type: ignore[no-any-return]
+                          _time(p.get("firstTimestamp")), _time(p.get("lastTimestamp")))
+
+
+def _book(head: _Head, point: dict) -> Event:
+    p = point.get("blockBookSnapshot")
+    if type(p) is not dict:
+        raise _Fallback
+    bids, asks = _flat(p.get("bids"), 2), _flat(p.get("asks"), 2)
+    common, _, block = head
+    return _new_book(common, _time(p.get("timestamp")), point,  # type: ignore[no-any-return]
+                     tuple(map(BookLevel._make, zip(bids[0::2], bids[1::2]))),
+                     tuple(map(BookLevel._make, zip(asks[0::2], asks[1::2]))), block)
+
+
+def _funding(head: _Head, point: dict) -> Event:
+    p = point.get("fundingRate")
+    if type(p) is not dict:
+        raise _Fallback
+    return _new_funding(head[0], _time(p.get("timestamp")), point,  # type: ignore[no-any-return]
+                        _opt_float(p.get("fundingRate")),
+                        _opt_float(p.get("predictedFundingRate")))
+
+
+def _open_interest(head: _Head, point: dict) -> Event:
+    p = point.get("openInterest")
+    if type(p) is not dict:
+        raise _Fallback
+    value = p.get("openInterest")
+    if type(value) is not float:
+        value = _float(value)
+    return _new_open_interest(head[0], _time(p.get("timestamp")), point, value)  # type: ignore[no-any-return]
+
+
+def _volume_profile(head: _Head, point: dict) -> Event:
+    p = point.get("volumeProfileAggregation")
+    if type(p) is not dict:
+        raise _Fallback
+    flat = _flat(p.get("profile"), 3)
+    common, _, block = head
+    return _new_volume_profile(common, _time(p.get("timestamp")), point,  # type: ignore[no-any-return]
+                               tuple(map(VolumeLevel._make, zip(flat[0::3], flat[1::3], flat[2::3]))), block)
+
+
+_Decoder = Callable[[_Head, dict], Event]
+# series.type -> (channel, decoder, whether the event carries series.blockSize)
+_FAST_DECODERS: dict[str, tuple[Channel, _Decoder, bool]] = {
+    "TRADE": (Channel.TRADE, _trade, False),
+    "TRADE_AGG": (Channel.TRADE_AGG, _trade_agg, False),
+    "BLOCK_BOOK_SNAPSHOT": (Channel.BLOCK_BOOK_SNAPSHOT, _book, True),
+    "LIQUIDATION": (Channel.LIQUIDATION, _liquidation, False),
+    "FUNDING_RATE": (Channel.FUNDING_RATE, _funding, False),
+    "OPEN_INTEREST": (Channel.OPEN_INTEREST, _open_interest, False),
+    "VOLUME_PROFILE_AGG": (Channel.VOLUME_PROFILE_AGG, _volume_profile, True),
+}
+
+# The series fields routing or the event's head read, in key order.
+_KEY_FIELDS = ("type", "symbol", "coin", "exchange", "category", "normalizedSymbol", "side", "blockSize")
+_Entry = tuple[tuple[Callable[[Any], Any], ...], _Decoder, _Head]
+
+
+class FastPath:
+    """Routes and decodes points for one ``RouteTable`` (``routes``), which never changes.
+
+    The cache maps the tuple of a series' ``_KEY_FIELDS`` to (handlers, decoder, head). A key is
+    cached only when its strings are strings (or None) and its ``blockSize`` a float, an int or
+    None: a non-string never equals a string, so a hit vouches for every field of the key. The one
+    look-alike is a bool ``blockSize`` (``True == 1``), refused on every lookup.
+
+    Before that, a point's series is compared (``==``, in C, no hashing) with the last two series
+    seen: the points of one frame usually differ only in ``side``, so most points skip the key.
+    The same reasoning holds for ``==`` on whole dicts, provided no cached ``blockSize`` equals a
+    bool (0 or 1): such series are not kept there.
+    """
+
+    def __init__(self, routes: Any) -> None:
+        self.routes = routes
+        self._entries: dict[tuple, _Entry | None] = {}
+        self._recent: list[Any] = [None, None, None, None]  # series, entry, series, entry
+        self._next = 0  # the slot the next remembered series replaces
+
+    def route(self, point: Any) -> tuple[tuple[Callable[[Any], Any], ...], Event] | tuple[()] | None:
+        """``(handlers, event)``; ``()`` when no handler listens (the point is skipped undecoded,
+        as on the general path); None when the general path must decide."""
+        try:
+            series = point["series"]
+        except (KeyError, TypeError):  # not an object (only a dict takes a str index), or no series
+            return None
+        if type(series) is not dict:
+            return None
+        recent = self._recent
+        if series == recent[0]:
+            entry = recent[1]
+        elif series == recent[2]:
+            entry = recent[3]
+        else:
+            entry = self._lookup(series)
+            if entry is None:
+                return None
+        handlers, decode, head = entry
+        if not handlers:
+            return ()
+        try:
+            return handlers, decode(head, point)
+        except _Fallback:
+            return None
+
+    def _lookup(self, series: dict[str, Any]) -> _Entry | None:
+        get = series.get  # the _KEY_FIELDS, spelled out: faster than map()
+        key = (get("type"), get("symbol"), get("coin"), get("exchange"), get("category"), get("normalizedSymbol"),
+               get("side"), get("blockSize"))
+        block = key[7]
+        if block is True or block is False:
+            return None
+        try:
+            entry = self._entries[key]
+        except KeyError:
+            entry = self._add(key, series)
+        except TypeError:  # an unhashable field
+            return None
+        if entry is not None and (block is None or (block != 0 and block != 1)):
+            slot = self._next
+            self._recent[slot] = dict(series)  # a copy: a handler may change ``event.raw["series"]``
+            self._recent[slot + 1] = entry
+            self._next = 2 - slot
+        return entry
+
+    def _add(self, key: tuple, series: dict[str, Any]) -> _Entry | None:
+        kind, symbol, coin, exchange, category, nsym, side, block = key
+        found = _FAST_DECODERS.get(kind) if type(kind) is str else None
+        if found is None or not all(v is None or type(v) is str for v in key[1:7]):
+            return None  # not cached: only keys of checked strings may vouch for their fields
+        if block is not None and type(block) is not float and type(block) is not int:
+            return None
+        channel, decode, with_block = found
+        try:
+            block_size = _opt_float(block) if with_block else None
+        except _Fallback:
+            return None
+        if len(self._entries) >= CACHE_SIZE:
+            self._entries.clear()
+        head: _Head = ((channel, exchange, symbol, coin, nsym, category), _SIDES.get(side), block_size)
+        entry: _Entry = (self.routes.handlers_for(series), decode, head)
+        self._entries[key] = entry
+        return entry

@@ -1,0 +1,325 @@
+"""The dispatcher's fast path yields exactly what the general path (``decode_point`` and
+``RouteTable.handlers_for``) yields: the same events, errors and counters, for any point."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import pickle
+import weakref
+from typing import Any
+
+import attrs
+import brotli
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_events import EXAMPLES, TRADE
+
+from kiyotaka_ws import Channel, DecodeError, Side, Trade
+from kiyotaka_ws import fastpath as fastpath_module
+from kiyotaka_ws.channels import make_spec
+from kiyotaka_ws.dispatch import Dispatcher, EventQueue, Hooks, RouteTable
+from kiyotaka_ws.events import Event, decode_point
+from kiyotaka_ws.fastpath import CACHE_SIZE, FastPath, builder
+from kiyotaka_ws.protocol import FrameDecoder
+
+# -- a dispatcher with recording handlers, and a way to force the general path --------------------
+
+
+class Recorder:
+    def __init__(self, name: str, log: list[Any]) -> None:
+        self.name, self.log = name, log
+
+    def __call__(self, event: Any) -> None:
+        self.log.append((self.name, event))
+
+
+# Registrations that exercise every routing rule: exchange "*", a category filter, block sizes
+# (including 1, which a bool must never match), grouped by coin, and a handler-less series.
+REGISTRATIONS = [
+    ("TRADE", "X", "S", {}, {}),
+    ("TRADE", "*", "S", {"category": "SPOT"}, {}),
+    ("TRADE_AGG", "*", "S", {}, {}),
+    ("LIQUIDATION", "X", "S", {}, {}),
+    ("FUNDING_RATE", "*", "S", {"category": "PERPETUAL"}, {}),
+    ("OPEN_INTEREST", "X", "S", {}, {}),
+    ("BLOCK_BOOK_SNAPSHOT", "X", "S", {}, {"block_size": 25}),
+    ("BLOCK_BOOK_SNAPSHOT", "*", "BTC", {}, {"block_size": 1, "group_by_coin": True}),
+    ("VOLUME_PROFILE_AGG", "*", "BTC", {}, {"group_by_coin": True}),
+    ("VOLUME_PROFILE_AGG", "X", "S", {}, {}),
+]
+
+
+def make_dispatcher(log: list[Any]) -> Dispatcher:
+    errors: list[Any] = []
+    hooks = Hooks()
+    hooks.error = (errors.append,)
+    dispatcher = Dispatcher("nonbook", EventQueue(10, "block"), hooks, FrameDecoder(1 << 20),
+                            lambda *args: None, lambda error: None)
+    routes = RouteTable()
+    for i, (channel, exchange, symbol, kwargs, options) in enumerate(REGISTRATIONS):
+        spec = make_spec(channel, exchange=exchange, symbol=symbol, options=options, **kwargs)
+        routes = routes.updated(spec, (Recorder(f"h{i}", log), Recorder(f"h{i}b", log)))
+    dispatcher.routes = routes
+    dispatcher.errors_seen = errors  # type: ignore[attr-defined]
+    return dispatcher
+
+
+def signature(event: Any) -> tuple:
+    """Everything that must match, types included (``1 == 1.0 == True``; ``nan != nan``)."""
+    fields = tuple((f.name, type(getattr(event, f.name)).__name__, repr(getattr(event, f.name)))
+                   for f in attrs.fields(type(event)) if f.name != "raw")
+    return type(event).__name__, fields
+
+
+def run(points: list[Any], general: bool, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    log: list[Any] = []
+    dispatcher = make_dispatcher(log)
+    with monkeypatch.context() as patch:
+        if general:
+            patch.setattr(FastPath, "route", lambda self, point: None)
+        dispatcher._deliver(points)
+    delivered = [(name, signature(event), id(event.raw)) for name, event in log]
+    errors = [(type(e).__name__, str(e), e.excerpt) for e in dispatcher.errors_seen]  # type: ignore[attr-defined]
+    return delivered, errors, (dispatcher.events, dispatcher.skipped, dispatcher.decode_errors)
+
+
+# -- strategies: the documented shapes, each field sometimes of the wrong type or missing ---------
+
+ODD = (st.none() | st.booleans() | st.sampled_from([0, 1, 25, -3, 2**64, 2**1030, 0.0, 1.0, 25.0, math.nan,
+                                                     math.inf, "", "25", "x", "12"])
+       | st.lists(st.integers(0, 3), max_size=2) | st.just({"a": 1}))
+
+
+def maybe(good: st.SearchStrategy, odd_weight: int = 30) -> st.SearchStrategy:
+    """Mostly the documented value, sometimes anything a JSON parser could produce."""
+    return rarely(odd_weight).flatmap(lambda odd: ODD if odd else good)
+
+
+def rarely(n: int) -> st.SearchStrategy:
+    """True about once in ``n + 1`` draws (shrinking towards False)."""
+    return st.sampled_from([False] * n + [True])
+
+
+STRINGS = {"type": st.sampled_from(["TRADE", "TRADE_AGG", "BLOCK_BOOK_SNAPSHOT", "LIQUIDATION", "FUNDING_RATE",
+                                    "OPEN_INTEREST", "VOLUME_PROFILE_AGG", "NEW_THING"]),
+           "symbol": st.sampled_from(["S", "S", "S", "T"]), "coin": st.sampled_from(["BTC", "ETH"]),
+           "exchange": st.sampled_from(["X", "X", "X", "Y"]), "category": st.sampled_from(["SPOT", "PERPETUAL"]),
+           "normalizedSymbol": st.just("S-USD"), "side": st.sampled_from(["BUY", "SELL", "UNKNOWN_SIDE"]),
+           "blockSize": st.sampled_from([25, 25.0, 1, 1.0, 0.5, True, False, "25"])}
+PAYLOAD_KEYS = {"TRADE": "trade", "TRADE_AGG": "tradeAggregation", "BLOCK_BOOK_SNAPSHOT": "blockBookSnapshot",
+                "LIQUIDATION": "liquidation", "FUNDING_RATE": "fundingRate", "OPEN_INTEREST": "openInterest",
+                "VOLUME_PROFILE_AGG": "volumeProfileAggregation", "NEW_THING": "newThing"}
+NUMBER = st.floats(allow_nan=False, width=64) | st.integers(-(10**6), 10**6)
+TIMESTAMP = rarely(8).flatmap(lambda odd: st.fixed_dictionaries(
+    {}, optional={"seconds": maybe(st.integers(0, 2**40)), "nanoseconds": maybe(st.integers(0, 999_999_999)),
+                  "s": maybe(st.integers(0, 99)), "ns": maybe(st.integers(0, 99))}) if odd else st.fixed_dictionaries(
+    {"seconds": maybe(st.integers(0, 2**40))}, optional={"nanoseconds": maybe(st.integers(0, 999_999_999))}))
+FLAT = st.lists(maybe(NUMBER, 60), max_size=7)
+PAYLOAD_FIELDS = {"id": maybe(st.text(max_size=4)), "price": maybe(NUMBER), "amount": maybe(NUMBER),
+                  "open": maybe(NUMBER), "high": maybe(NUMBER), "low": maybe(NUMBER), "close": maybe(NUMBER),
+                  "volume": maybe(NUMBER), "timestamp": maybe(TIMESTAMP), "firstTimestamp": maybe(TIMESTAMP),
+                  "lastTimestamp": maybe(TIMESTAMP), "bids": maybe(FLAT), "asks": maybe(FLAT),
+                  "profile": maybe(FLAT), "fundingRate": maybe(NUMBER), "predictedFundingRate": maybe(NUMBER),
+                  "openInterest": maybe(NUMBER)}
+FIELDS_OF = {"TRADE": ("id", "price", "amount", "timestamp"), "LIQUIDATION": ("id", "price", "amount", "timestamp"),
+             "TRADE_AGG": ("open", "high", "low", "close", "volume", "timestamp", "firstTimestamp", "lastTimestamp"),
+             "BLOCK_BOOK_SNAPSHOT": ("bids", "asks", "timestamp"), "OPEN_INTEREST": ("openInterest", "timestamp"),
+             "FUNDING_RATE": ("fundingRate", "predictedFundingRate", "timestamp"),
+             "VOLUME_PROFILE_AGG": ("profile", "timestamp"), "NEW_THING": ("timestamp",)}
+
+
+@st.composite
+def points(draw: Any) -> Any:
+    if draw(rarely(40)):
+        return draw(ODD | st.just({}) | st.just({"series": None}) | st.just({"series": []}))
+    series = {name: draw(maybe(value)) for name, value in STRINGS.items() if not draw(rarely(12))}
+    series["inverse"] = draw(st.booleans())
+    if series.get("type") not in ("BLOCK_BOOK_SNAPSHOT", "VOLUME_PROFILE_AGG") and not draw(rarely(8)):
+        series.pop("blockSize", None)
+    kind = series.get("type")
+    kind = kind if type(kind) is str and kind in PAYLOAD_KEYS else "TRADE"
+    payload = {name: draw(PAYLOAD_FIELDS[name]) for name in FIELDS_OF[kind] if not draw(rarely(15))}
+    key = PAYLOAD_KEYS[kind]
+    if draw(rarely(30)):
+        return {"series": series}  # the payload missing
+    return {"series": series, key: draw(ODD) if draw(rarely(30)) else payload}
+
+
+@st.composite
+def frames(draw: Any) -> list[Any]:
+    """Points as a frame brings them: runs that repeat a series (the fast path's best case), with
+    a copy whose ``side`` or ``blockSize`` differs, mixed with unrelated points."""
+    out: list[Any] = []
+    for point in draw(st.lists(points(), min_size=1, max_size=6)):
+        out.append(point)
+        if type(point) is dict and type(point.get("series")) is dict and draw(st.booleans()):
+            twin = copy.deepcopy(point)
+            twin["series"]["side"] = draw(maybe(STRINGS["side"]))
+            if draw(st.booleans()):  # the look-alikes: True == 1 == 1.0, False == 0
+                twin["series"]["blockSize"] = draw(st.sampled_from([True, 1, 1.0, False, 0, 25, True]))
+            out.extend([twin, copy.deepcopy(point)])
+    return out
+
+
+@settings(max_examples=600, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(frame=frames())
+def test_fast_path_matches_the_general_path(frame, monkeypatch):
+    assert run(frame, general=False, monkeypatch=monkeypatch) == run(frame, general=True, monkeypatch=monkeypatch)
+
+
+def test_documented_examples_take_the_fast_path():
+    """Every documented example is decoded by the fast path itself, to the general path's event."""
+    for example in EXAMPLES:
+        series = example["series"]
+        spec = make_spec(series["type"], exchange="*", symbol=series["symbol"],
+                         options={"block_size": 25} if series["type"] == "BLOCK_BOOK_SNAPSHOT" else {})
+        hit = FastPath(RouteTable().updated(spec, (print,))).route(example)
+        assert hit, series["type"]
+        assert signature(hit[1]) == signature(decode_point(example)) and hit[1].raw is example
+
+
+def test_differential_test_can_fail(monkeypatch):
+    """A fast path that differs (here: a price off by one) is caught by the comparison."""
+    frame = [copy.deepcopy(TRADE) for _ in range(3)]
+    for point in frame:
+        point["series"]["exchange"], point["series"]["symbol"] = "X", "S"
+    original = fastpath_module._new_trade
+    monkeypatch.setattr(fastpath_module, "_new_trade",  # (head, time_ns, raw, id, price, amount, side)
+                        lambda *a: original(*a[:4], a[4] + 1, *a[5:]))
+    monkeypatch.setattr(fastpath_module._trade, "__defaults__", (fastpath_module._new_trade, "trade"))
+    assert run(frame, general=False, monkeypatch=monkeypatch) != run(frame, general=True, monkeypatch=monkeypatch)
+
+
+# -- the events built by the fast path keep the public contract -------------------------------------
+
+
+def fast_trade() -> Trade:
+    point = copy.deepcopy(TRADE)
+    spec = make_spec("TRADE", exchange="*", symbol=point["series"]["symbol"])
+    hit = FastPath(RouteTable().updated(spec, (print,))).route(point)
+    assert hit
+    return hit[1]  # type: ignore[return-value]
+
+
+def test_fast_events_keep_the_events_contract():
+    event = fast_trade()
+    reference = decode_point(TRADE)
+    assert type(event) is Trade and isinstance(event, Event)
+    assert event == reference and hash(event) == hash(reference) and repr(event) == repr(reference)
+    assert event == Trade(*[getattr(event, f.name) for f in attrs.fields(Trade) if f.name != "raw"])
+    assert "raw" not in repr(event) and event.raw == TRADE
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        event.price = 1.0  # type: ignore[misc]
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        del event.price  # type: ignore[misc]
+    assert not hasattr(event, "__dict__") and weakref.ref(event)() is event
+    copied = pickle.loads(pickle.dumps(event))
+    assert copied == event and type(copied) is Trade and copied.raw == event.raw
+    moved = attrs.evolve(event, price=1.5)
+    assert type(moved) is Trade and moved.price == 1.5 and moved.id == event.id and moved.raw is event.raw
+    assert attrs.asdict(event, recurse=False)["side"] is Side.BUY and event.channel is Channel.TRADE
+    assert copy.copy(event) == event and copy.deepcopy(event) == event
+
+
+def test_builder_uses_init_for_classes_that_need_it():
+    """A class whose __init__ does more than store (here a validator) is built by calling it."""
+
+    @attrs.frozen
+    class Checked(Event):
+        value: int = attrs.field(validator=attrs.validators.instance_of(int))
+
+    build = builder(Checked)
+    head = (Channel.TRADE, None, None, None, None, None)
+    assert build(head, None, None, 3).value == 3
+    with pytest.raises(TypeError):
+        build(head, None, None, "not an int")
+    trade = builder(Trade)(head, 5, {}, "1", 1.0, 2.0, None)
+    assert type(trade) is Trade and trade == Trade(*head, 5, "1", 1.0, 2.0, None) and trade.raw == {}
+
+
+# -- the cache ------------------------------------------------------------------------------------
+
+
+def test_cache_is_bounded_and_per_table():
+    routes = RouteTable().updated(make_spec("TRADE", exchange="*", symbol="S"), (print,))
+    fast = FastPath(routes)
+    for i in range(CACHE_SIZE + 10):
+        point = {"series": {"type": "TRADE", "symbol": "S", "exchange": f"E{i}"},
+                 "trade": {"id": "1", "price": 1.0, "amount": 1.0, "timestamp": {"seconds": 1}}}
+        assert fast.route(point)
+    assert len(fast._entries) <= CACHE_SIZE
+
+
+def test_a_handler_changing_the_routes_mid_frame_takes_effect_at_once(monkeypatch):
+    log: list[Any] = []
+    dispatcher = make_dispatcher(log)
+    point = copy.deepcopy(TRADE)
+    point["series"].update(exchange="X", symbol="S")
+
+    def unsubscribe_all(event: Any) -> None:
+        log.append(("unsubscribe", event))
+        dispatcher.routes = RouteTable()
+
+    dispatcher.routes = RouteTable().updated(make_spec("TRADE", exchange="X", symbol="S"), (unsubscribe_all,))
+    dispatcher._deliver([point, copy.deepcopy(point), copy.deepcopy(point)])
+    assert len(log) == 1 and dispatcher.skipped == 2 and dispatcher.events == 1
+
+
+def test_a_handler_changing_raw_does_not_change_routing():
+    """The series remembered for the next point is a copy: mutating ``event.raw`` is harmless."""
+    got: list[Any] = []
+
+    def meddle(event: Any) -> None:
+        got.append(event.symbol)
+        event.raw["series"]["symbol"] = "T"
+
+    routes = RouteTable().updated(make_spec("TRADE", exchange="X", symbol="S"), (meddle,))
+    dispatcher = make_dispatcher([])
+    dispatcher.routes = routes
+    point = copy.deepcopy(TRADE)
+    point["series"].update(exchange="X", symbol="S")
+    other = copy.deepcopy(point)
+    other["series"]["symbol"] = "T"
+    dispatcher._deliver([point, other])
+    assert got == ["S"] and dispatcher.skipped == 1
+
+
+# -- whole frames, under both parsers ----------------------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(frame=frames(), compress=st.booleans())
+def test_frames_match_under_each_parser(frame, compress, json_parser, monkeypatch):
+    """Through ``_frame`` (parse, then route and decode) the fast path matches the general path."""
+    try:
+        payload = json.dumps({"points": frame}, allow_nan=False).encode()
+    except (ValueError, OverflowError):
+        return  # NaN and infinities are not JSON
+    if compress:
+        payload = brotli.compress(payload)
+    results = []
+    for general in (False, True):
+        log: list[Any] = []
+        dispatcher = make_dispatcher(log)
+        with monkeypatch.context() as patch:
+            if general:
+                patch.setattr(FastPath, "route", lambda self, point: None)
+            dispatcher._frame((payload, compress, 1))
+        results.append(([(name, signature(event)) for name, event in log],
+                        [(type(e).__name__, str(e)) for e in dispatcher.errors_seen],  # type: ignore[attr-defined]
+                        (dispatcher.events, dispatcher.skipped, dispatcher.decode_errors)))
+    assert results[0] == results[1]
+
+
+def test_malformed_frame_points_report_the_same_errors(json_parser):
+    log: list[Any] = []
+    dispatcher = make_dispatcher(log)
+    bad = {"series": {"type": "TRADE", "exchange": "X", "symbol": "S"}, "trade": {"price": "x"}}
+    dispatcher._frame((json.dumps({"points": [bad, 5, {"series": 3}]}).encode(), False, 1))
+    assert dispatcher.decode_errors == 3 and not log
+    errors = dispatcher.errors_seen  # type: ignore[attr-defined]
+    assert all(isinstance(e, DecodeError) for e in errors) and "price must be a number" in str(errors[0])
