@@ -19,6 +19,7 @@ import pytest
 from conftest import Collector, wait_until
 
 from kiyotaka_ws import (
+    AuthenticationError,
     BookSnapshot,
     ClientStoppedError,
     ConfigurationError,
@@ -452,6 +453,26 @@ def test_events_arguments_are_checked(make_client: Any) -> None:
         client.events("TRADE", exchange="X", symbol="Y", maxsize=0)
     with pytest.raises(ConfigurationError, match="block_size"):
         client.events("BLOCK_BOOK_SNAPSHOT", exchange="X", symbol="Y")
+
+
+def test_record_arguments_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="record_rotate_bytes"):
+        KiyotakaClient("k", record_rotate_bytes=2**20)
+    with pytest.raises(ConfigurationError, match="record_rotate_seconds"):
+        KiyotakaClient("k", record=tmp_path / "r.kwsrec", record_rotate_seconds=0)
+    with pytest.raises(ConfigurationError, match="no such directory"):
+        KiyotakaClient("k", record=tmp_path / "missing" / "r.kwsrec")
+    assert not (tmp_path / "r.kwsrec").exists()  # nothing is created before start()
+
+
+def test_a_stream_raises_the_clients_fatal_error(server: FakeKiyotakaServer, make_client: Any) -> None:
+    client = make_client(api_key="wrong-key")
+    stream = client.events("TRADE", exchange="X", symbol="BTCUSDT")
+    client.start()
+    with pytest.raises(AuthenticationError):
+        stream.get(timeout=5)
+    with pytest.raises(AuthenticationError):
+        next(stream)
 
 
 # -- the command line ---------------------------------------------------------------------------------
