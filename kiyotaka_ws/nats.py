@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime
 import json
 import logging
@@ -51,7 +52,7 @@ from .errors import (
     KiyotakaError,
     SubscriptionError,
 )
-from .session import Backoff, WireSub
+from .session import WireSub
 from .status import ConnectionStats, ConnectionStatus, State
 
 if TYPE_CHECKING:
@@ -232,28 +233,55 @@ async def _sleep_or(event: asyncio.Event, seconds: float) -> bool:
     return True
 
 
-async def _connect(settings: NatsSettings, name: str, stop: asyncio.Event, backoff: Backoff, connect_timeout: float,
-                   max_retries: int | None, on_failure: Callable[[int, str], None],
-                   **callbacks: Any) -> Any:
-    """Connect, retrying with backoff until connected (the client), stopped or out of retries (None)."""
-    import nats
+async def _connect(settings: NatsSettings, name: str, stop: asyncio.Event, reconnect_wait: float,
+                   connect_timeout: float, max_retries: int | None, on_failure: Callable[[int, str], None],
+                   error_cb: Callable[[Exception], Coroutine[Any, Any, None]], **callbacks: Any) -> Any:
+    """Connect (nats-py retries every ``reconnect_wait`` seconds, for ever, then reconnects by
+    itself); each failed attempt is reported to ``on_failure``. Returns the client, or None when
+    stopped or after ``max_retries`` failed attempts."""
+    from nats.aio.client import Client
 
-    attempt = 0
-    while not stop.is_set():
-        try:
-            return await nats.connect(
-                list(settings.servers), name=name, allow_reconnect=True, max_reconnect_attempts=-1,
-                reconnect_time_wait=backoff.initial, connect_timeout=max(1, round(connect_timeout)),
-                **callbacks)
-        except Exception as exc:  # noqa: BLE001 - every failure is retried or reported
-            attempt += 1
-            reason = f"cannot reach NATS at {', '.join(_safe(u) for u in settings.servers)}: " \
-                     f"{type(exc).__name__}: {exc}"
-            on_failure(attempt, reason)
-            if max_retries is not None and attempt > max_retries:
-                return None
-            await _sleep_or(stop, backoff.delay(attempt - 1))
+    nc = Client()
+    attempts = [0]
+    give_up = asyncio.Event()
+
+    async def on_error(exc: Exception) -> None:
+        if nc.is_connected or attempts[0] < 0:
+            await error_cb(exc)
+            return
+        attempts[0] += 1
+        reason = f"cannot reach NATS at {', '.join(_safe(u) for u in settings.servers)}: {type(exc).__name__}: {exc}"
+        on_failure(attempts[0], reason)
+        if max_retries is not None and attempts[0] > max_retries:
+            give_up.set()
+
+    connecting = asyncio.ensure_future(nc.connect(
+        list(settings.servers), name=name, allow_reconnect=True, max_reconnect_attempts=-1,
+        reconnect_time_wait=reconnect_wait, connect_timeout=max(1, round(connect_timeout)),
+        error_cb=on_error, **callbacks))
+    ending = asyncio.ensure_future(_first(stop, give_up))
+    await asyncio.wait({connecting, ending}, return_when=asyncio.FIRST_COMPLETED)
+    ending.cancel()
+    if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+        attempts[0] = -1  # connected: errors from now on are the caller's
+        return nc
+    connecting.cancel()
+    with contextlib.suppress(BaseException):  # cancelled or failed: we give up either way
+        await connecting
+    try:
+        await asyncio.wait_for(nc.close(), 1.0)
+    except Exception:
+        log.debug("closing a half-open NATS client", exc_info=True)
     return None
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 def _safe(url: str) -> str:
@@ -522,9 +550,8 @@ class NatsSources:
                 log.debug("NATS: %s: %s", type(exc).__name__, exc)
 
         nc = await _connect(self.settings, f"kiyotaka-ws consumer {socket.gethostname()}:{os.getpid()}",
-                            self._stop_evt, Backoff(options.backoff_initial, options.backoff_max, self._client._rng),
-                            options.connect_timeout, options.max_retries, failed,
-                            disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error)
+                            self._stop_evt, options.backoff_initial, options.connect_timeout, options.max_retries,
+                            failed, error, disconnected_cb=disconnected, reconnected_cb=reconnected)
         if nc is None:
             return
         self._nc = nc
@@ -557,6 +584,7 @@ class NatsSources:
             async def on_status(msg: Any) -> None:
                 self._on_status(source, msg.data)
             await nc.subscribe(status_subject(prefix, source.family), cb=on_status)
+            await self._flush(nc)  # READY once the server has our subscriptions, as live
             source.nats_up = nc.is_connected
             source.update()
         elif kind == "add":
@@ -574,6 +602,7 @@ class NatsSources:
                     source.queue.put_control(err)
                     return
                 entry = subs[key] = [sub, set()]
+                await self._flush(nc)  # settled once the server has it (a PING/PONG round trip)
             entry[1].add(wire.spec)
             wire.settle(WireSub.ACTIVE)
         elif kind == "remove":
@@ -588,6 +617,13 @@ class NatsSources:
                         await entry[0].unsubscribe()
                     except Exception:
                         log.debug("unsubscribe %s", key, exc_info=True)
+
+    @staticmethod
+    async def _flush(nc: Any) -> None:
+        try:
+            await nc.flush(timeout=2)
+        except Exception:
+            log.debug("flush", exc_info=True)
 
     async def _subscribe(self, nc: Any, subject: str, source: NatsSource, loop: asyncio.AbstractEventLoop) -> Any:
         on_point = source.on_point
@@ -680,6 +716,7 @@ class Relay:
         self.client.on_status(self._on_upstream_status)
         self.client.on_error(self._on_upstream_error)
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
         self._buffer: collections.deque[tuple[str, str, bytes]] = collections.deque()
         self._subjects: dict[tuple[Any, Any, Any], str] = {}
         self._statuses: dict[str, ConnectionStatus] = {}
@@ -811,8 +848,12 @@ class Relay:
             return
         buffer = self._buffer
         with self._lock:
-            buffer.extend(items)
-            over = len(buffer) - self.buffer_size
+            # NATS up but behind: wait for room (back-pressure, as a slow handler); NATS down: drop.
+            while (buffer and len(buffer) + len(items) > self.buffer_size and self._nats_state is State.READY
+                   and not self._done.is_set()):
+                self._room.wait(0.1)
+            buffer.extend(items)  # up: one frame may go past the bound (the loop drains it)
+            over = len(buffer) - self.buffer_size if self._nats_state is not State.READY else 0
             while over > 0:
                 family = buffer.popleft()[0]
                 self._dropped += 1
@@ -855,6 +896,7 @@ class Relay:
             buffer = self._buffer
             n = min(count, len(buffer))
             batch = [buffer.popleft() for _ in range(n)]
+            self._room.notify_all()
             if not batch:
                 self._idle = True
             return batch
@@ -878,7 +920,9 @@ class Relay:
         async def disconnected() -> None:
             if self._stopping.is_set() and not self._buffer:  # our own close
                 return
-            self._nats_state = State.DISCONNECTED
+            with self._lock:
+                self._nats_state = State.DISCONNECTED
+                self._room.notify_all()
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
             log.warning("relay: NATS connection lost; buffering up to %d points", self.buffer_size)
@@ -892,8 +936,8 @@ class Relay:
             log.debug("relay NATS: %s: %s", type(exc).__name__, exc)
 
         nc = await _connect(self.settings, f"kiyotaka-ws relay {socket.gethostname()}:{os.getpid()}",
-                            self._stop_evt, Backoff(0.2, 2.0), 5.0, None, failed,
-                            disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error)
+                            self._stop_evt, 0.2, 5.0, None, failed, error,
+                            disconnected_cb=disconnected, reconnected_cb=reconnected)
         if nc is None:
             return
         self._nats_state = State.READY
