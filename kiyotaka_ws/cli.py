@@ -742,6 +742,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--points", type=int, default=200_000, help="points per run (default 200000)")
     bench.add_argument("--rounds", type=int, default=3, help="alternating rounds per case (default 3)")
     bench.add_argument("--quick", action="store_true", help="a few seconds only (smoke test)")
+    nats_bench = commands.add_parser("nats-bench", help="relay throughput and latency through a local nats-server",
+                                     description="Start nats-server, a blaster upstream, a relay and a consumer; "
+                                                 "report relay throughput and end-to-end latency through the bus.")
+    nats_bench.add_argument("--points", type=_whole_number, default=200_000, help="points, flat out (default 200000)")
+    nats_bench.add_argument("--rate", type=_positive_float, default=20_000.0,
+                            help="points/s for the latency run (default 20000)")
+    nats_bench.add_argument("--seconds", type=_positive_float, default=5.0, help="latency run length (default 5)")
     return parser
 
 
@@ -816,6 +823,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
                 return cmd_replay(args, out, err)
             if args.command == "inspect":
                 return cmd_inspect(args, out, err)
+            if args.command == "nats-bench":
+                from .nats_bench import run_nats_bench
+                return run_nats_bench(points=args.points, rate=args.rate, seconds=args.seconds, out=out)
             if args.command == "relay":
                 return cmd_relay(args, out, err)
             return cmd_stream(args, out, err)
