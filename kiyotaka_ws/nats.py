@@ -257,7 +257,8 @@ async def _connect(settings: NatsSettings, name: str, stop: asyncio.Event, recon
 
     connecting = asyncio.ensure_future(nc.connect(
         list(settings.servers), name=name, allow_reconnect=True, max_reconnect_attempts=-1,
-        reconnect_time_wait=reconnect_wait, connect_timeout=max(1, round(connect_timeout)),
+        reconnect_time_wait=reconnect_wait,  # type: ignore[arg-type]  # a float works (asyncio.sleep)
+        connect_timeout=max(1, round(connect_timeout)),
         error_cb=on_error, **callbacks))
     ending = asyncio.ensure_future(_first(stop, give_up))
     await asyncio.wait({connecting, ending}, return_when=asyncio.FIRST_COMPLETED)
