@@ -325,6 +325,7 @@ class NatsSource:
         self.upstream_reason: str | None = None
         self._batch: list[bytes] = []
         self._flush_scheduled = False
+        self._was_ready = False
 
     # -- the interface the client uses ------------------------------------------------------------------
 
@@ -385,6 +386,10 @@ class NatsSource:
             state, why = State.DISCONNECTED, f"relay upstream {self.upstream}: {self.upstream_reason or ''}".rstrip(": ")
         else:
             state, why = State.READY, None
+        if state is State.DISCONNECTED and not self._was_ready:
+            state = State.CONNECTING  # nothing missed yet: still connecting (the relay's upstream is)
+        if state is State.READY:
+            self._was_ready = True
         if state is not self.state:
             self._set_state(state, why)
 

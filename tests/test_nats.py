@@ -427,3 +427,54 @@ def test_cli_relay_usage_errors() -> None:
     err = io.StringIO()
     assert main(["relay", "--nats", "nats://127.0.0.1:1", "--api-key", "k"], io.StringIO(), err) == 2
     assert "nothing to relay" in err.getvalue()
+
+
+def test_upstream_fault_and_relay_restart_reach_the_consumer_as_gaps(nats_server: NatsServer,
+                                                                    upstream: FakeKiyotakaServer,
+                                                                    stop_later: Any) -> None:
+    relay = make_relay(nats_server.url, upstream)
+    relay.subscribe("TRADE", exchange="BINANCE", symbol="BTCUSDT")
+    consumer = KiyotakaClient.from_nats(nats_server.url, **FAST)
+    stop_later(consumer)
+    got, statuses = Collector(), Collector()
+    consumer.on_trade(got, exchange="BINANCE", symbol="BTCUSDT")
+    consumer.on_status(statuses)
+    relay.start()
+    consumer.start()
+    assert relay.wait_ready(5) and consumer.wait_ready(5) and upstream.wait_subscribed(1)
+
+    upstream.drop_connections()  # the upstream socket dies: the relay reconnects
+    assert wait_until(lambda: any(s.state is State.DISCONNECTED and "upstream" in (s.reason or "")
+                                  for s in statuses.items), 5), statuses.items
+    assert wait_until(lambda: statuses.items[-1].state is State.READY, 5)
+    assert upstream.wait_subscribed(1)
+    upstream.publish(trades("BINANCE", "BTCUSDT", 0, 5))
+    assert got.wait_for(5)
+
+    relay.stop()  # redeployed: consumers see the relay go, then come back
+    assert wait_until(lambda: consumer.stats()["nonbook"].state is State.DISCONNECTED, 5)
+    assert "STOPPED" in (statuses.items[-1].reason or "")
+    relay = make_relay(nats_server.url, upstream)
+    relay.subscribe("TRADE", exchange="BINANCE", symbol="BTCUSDT")
+    stop_later(relay)
+    relay.start()
+    assert relay.wait_ready(5) and consumer.wait_ready(5)
+    assert upstream.wait_for(lambda s: len(s.subscriptions("nonbook")) >= 1, 5)
+    upstream.publish(trades("BINANCE", "BTCUSDT", 5, 5))
+    assert got.wait_for(10)
+    assert [int(t.price) for t in got.items] == list(range(10))
+
+
+def test_events_stream_works_on_the_bus(nats_server: NatsServer, upstream: FakeKiyotakaServer, stop_later: Any) -> None:
+    relay = make_relay(nats_server.url, upstream)
+    relay.subscribe("TRADE", exchange="BINANCE", symbol="BTCUSDT")
+    stop_later(relay)
+    consumer = KiyotakaClient.from_nats(nats_server.url, **FAST)
+    stop_later(consumer)
+    relay.start()
+    assert relay.wait_ready(5)
+    with consumer.events("TRADE", exchange="BINANCE", symbol="BTCUSDT") as stream:
+        consumer.start()
+        assert consumer.wait_ready(5) and upstream.wait_subscribed(1)
+        upstream.publish(trades("BINANCE", "BTCUSDT", 0, 3))
+        assert [int(stream.get(timeout=5).price) for _ in range(3)] == [0, 1, 2]
