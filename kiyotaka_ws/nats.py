@@ -503,6 +503,20 @@ class NatsSources:
         if self._stopping.is_set() and self._stop_evt is not None:
             self._stop_evt.set()
 
+    def _source_of(self, subject: str) -> NatsSource | None:
+        """The family source a subject belongs to (``<prefix>.<TYPE>...`` or ``<prefix>._status.<family>``)."""
+        from .channels import Channel
+
+        tokens = subject[len(self.settings.prefix) + 1:].split(".")
+        family = tokens[1] if tokens[0] == STATUS_TOKEN and len(tokens) > 1 else None
+        if family is None:
+            try:
+                family = Channel(unescape_token(tokens[0])).family
+            except ValueError:
+                return None
+        with self._lock:
+            return self._sources.get(family)
+
     def _started_sources(self) -> list[NatsSource]:
         with self._lock:
             return [s for s in self._sources.values() if s.started]
@@ -546,12 +560,10 @@ class NatsSources:
             import nats.errors
 
             if isinstance(exc, nats.errors.SlowConsumerError):
-                subject = getattr(exc, "subject", "") or ""
-                for source in self._started_sources():
-                    if f".{source.family}" in subject or not subject.endswith(STATUS_TOKEN):
-                        source.queue.put_control(EventsDropped(1, family=source.family,
-                                                               reason="NATS slow consumer (handlers too slow)"))
-                        break
+                source = self._source_of(getattr(exc, "subject", "") or "")
+                if source is not None:
+                    source.queue.put_control(EventsDropped(1, family=source.family,
+                                                           reason="NATS slow consumer (handlers too slow)"))
             else:
                 log.debug("NATS: %s: %s", type(exc).__name__, exc)
 
@@ -568,7 +580,11 @@ class NatsSources:
                 while self._ops and not self._stopping.is_set():
                     with self._lock:
                         op = self._ops.popleft()
-                    await self._apply(nc, op, subs, loop)
+                    try:
+                        await self._apply(nc, op, subs, loop)
+                    except Exception as exc:  # noqa: BLE001 - reported; the connection carries on
+                        log.warning("NATS: %s failed: %s: %s", op[0], type(exc).__name__, exc)
+                        op[1].queue.put_control(KiyotakaError(f"NATS {op[0]} failed: {type(exc).__name__}: {exc}"))
                 if self._stopping.is_set():
                     break
                 self._wake.clear()
@@ -895,6 +911,7 @@ class Relay:
 
     def _crashed(self, exc: BaseException) -> None:
         self._fatal = KiyotakaError(f"relay: the NATS thread failed ({type(exc).__name__}: {exc})")
+        log.error("%s", self._fatal)
         self._done.set()
 
     def _take(self, count: int) -> list[tuple[str, str, bytes]]:

@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 from conftest import Collector, wait_until
 
-from kiyotaka_ws import ConfigurationError, EventsDropped, KiyotakaClient, State
+from kiyotaka_ws import (
+    ConfigurationError,
+    EventsDropped,
+    KiyotakaClient,
+    KiyotakaError,
+    State,
+    SubscriptionError,
+)
 from kiyotaka_ws.cli import main
 from kiyotaka_ws.nats import Relay, escape_token, series_subject, unescape_token
 from kiyotaka_ws.testing import FakeKiyotakaServer, book_point, trade_point
@@ -478,3 +485,22 @@ def test_events_stream_works_on_the_bus(nats_server: NatsServer, upstream: FakeK
         assert consumer.wait_ready(5) and upstream.wait_subscribed(1)
         upstream.publish(trades("BINANCE", "BTCUSDT", 0, 3))
         assert [int(stream.get(timeout=5).price) for _ in range(3)] == [0, 1, 2]
+
+
+def test_jetstream_without_a_stream_is_a_rejected_subscription(nats_server: NatsServer, stop_later: Any) -> None:
+    consumer = KiyotakaClient.from_nats(nats_server.url, jetstream=True, **FAST)  # server without -js
+    stop_later(consumer)
+    errors = Collector()
+    consumer.on_error(errors)
+    sub = consumer.on_trade(lambda _: None, exchange="BINANCE", symbol="BTCUSDT")
+    consumer.start()
+    with pytest.raises(SubscriptionError, match="kiyotaka.TRADE.BINANCE.BTCUSDT"):
+        sub.wait(5)
+    assert errors.wait_for(1) and isinstance(errors.items[0], SubscriptionError)
+
+
+def test_relay_fails_loudly_when_jetstream_is_off(nats_server: NatsServer, upstream: FakeKiyotakaServer) -> None:
+    relay = make_relay(nats_server.url, upstream, jetstream=True)
+    relay.subscribe("TRADE", exchange="BINANCE", symbol="BTCUSDT")
+    with pytest.raises(KiyotakaError, match="NATS thread failed"):
+        relay.run_forever()
