@@ -129,7 +129,7 @@ class Subscription:
 
 
 class Source(Protocol):
-    """What feeds one family's queue: a live ``Session``, or a recording's ``ReplaySource``.
+    """What feeds one family's queue: a live ``Session``, a recording's ``ReplaySource`` or a ``nats.NatsSource``.
 
     The client only starts and stops it, tells it about wire subscriptions, hands it answers and
     reads these counters; the source puts frames, statuses and errors into the family's queue.
@@ -156,7 +156,8 @@ class Source(Protocol):
 
 
 class _Sources(Protocol):
-    """Makes each family's source: live sessions (``_LiveSources``) or a recording (``replay.Player``)."""
+    """Makes each family's source: live sessions (``_LiveSources``), a recording (``replay.Player``)
+    or a NATS relay's subjects (``nats.NatsSources``)."""
 
     def prepare(self) -> None: ...
     def queue_policy(self, overflow: str) -> str: ...

@@ -447,6 +447,9 @@ class NatsSources:
     def queue_policy(self, overflow: str) -> str:
         return overflow
 
+    def all_started(self) -> None:
+        """Each family's source starts the NATS thread when it starts: nothing more to do."""
+
     def make(self, family: str, queue: EventQueue) -> NatsSource:
         source = NatsSource(family, queue, self)
         with self._lock:
