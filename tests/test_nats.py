@@ -504,3 +504,13 @@ def test_relay_fails_loudly_when_jetstream_is_off(nats_server: NatsServer, upstr
     relay.subscribe("TRADE", exchange="BINANCE", symbol="BTCUSDT")
     with pytest.raises(KiyotakaError, match="NATS thread failed"):
         relay.run_forever()
+
+
+def test_nats_bench_smoke() -> None:
+    from kiyotaka_ws.nats_bench import run_nats_bench
+
+    _nats_binary()
+    out = io.StringIO()
+    assert run_nats_bench(points=2_000, rate=2_000.0, seconds=0.5, out=out) == 0
+    text = out.getvalue()
+    assert "2,000 of 2,000 received" in text and "1,000 of 1,000 received" in text and "through NATS: p50" in text
