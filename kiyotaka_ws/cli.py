@@ -1,4 +1,4 @@
-"""The ``kiyotaka-ws`` command: ``demo``, ``stream``, ``record``, ``replay``, ``inspect`` and ``bench``.
+"""The ``kiyotaka-ws`` command: ``demo``, ``stream``, ``record``, ``replay``, ``inspect``, ``relay`` and ``bench``.
 
 ``main(argv) -> int`` never raises for a usage error or a connection problem: it writes one line
 to stderr and returns the exit code (see ``EXIT_CODES``), so it can be called in-process.
@@ -474,6 +474,67 @@ def cmd_record(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_relay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``kiyotaka-ws relay``: hold the upstream connections, publish every point to NATS."""
+    from .nats import Relay
+
+    subs = [parse_sub(text) for text in args.sub]
+    if not subs:
+        raise UsageError("nothing to relay: give --sub CHANNEL:EXCHANGE:SYMBOL (repeatable)")
+    options: dict[str, Any] = {"region": args.region}
+    if args.book_url:
+        options["book_url"] = args.book_url
+    if args.nonbook_url:
+        options["nonbook_url"] = args.nonbook_url
+    if args.retries is not None:
+        options["max_retries"] = args.retries
+    api_key = (args.api_key or os.environ.get("KIYOTAKA_API_KEY", "")).strip()
+    if not api_key:
+        raise UsageError("no API key: pass --api-key or set KIYOTAKA_API_KEY")
+    relay = Relay(args.nats, subject_prefix=args.prefix, jetstream=args.jetstream, stream=args.stream,
+                  max_age=args.max_age, buffer_size=args.buffer, api_key=api_key, **options)
+    for channel, exchange, symbol, category, params in subs:
+        relay.subscribe(channel, exchange=exchange, symbol=symbol, category=category, params=params)
+    first = subs[0][0]
+    url = endpoint_url(first, args.region, args.book_url if first.family == "book" else args.nonbook_url)
+    report = _StreamReport(err, url, args.verbose, args.seconds)
+    relay.on_status(report.on_status)
+    relay.on_error(report.on_error)
+    servers = ", ".join(_safe_url(u) or u for u in args.nats)
+    report.line(f"{_PROG}: relaying {len(subs)} subscription(s) from {url} to NATS {servers} "
+                f"(subjects {args.prefix}.<TYPE>.<EXCHANGE>.<SYMBOL>{', JetStream ' + args.stream if args.jetstream else ''})")
+    deadline = None if args.seconds is None else time.monotonic() + args.seconds
+    next_stats = None if args.stats is None else time.monotonic() + args.stats
+    relay.start()
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            if relay.client._done.is_set() or report.fatal is not None:
+                break
+            time.sleep(0.1)
+            if next_stats is not None and time.monotonic() >= next_stats:
+                next_stats += args.stats
+                st = relay.stats()
+                report.line(f"{_PROG}: NATS {st.state.value}: {st.published} published, {st.buffered} buffered, "
+                            f"{st.dropped} dropped, {st.reconnects} reconnects")
+    finally:
+        relay.stop()
+    st = relay.stats()
+    summary = (f"{_PROG}: relayed {st.published} messages ({st.dropped} dropped while NATS was unreachable, "
+               f"{st.reconnects} NATS reconnects)")
+    fatal = report.fatal or relay.client._fatal
+    if isinstance(fatal, AuthenticationError):
+        report.finish(f"{_PROG}: error: the API key was rejected ({_one_line(fatal)})")
+        return EXIT_REJECTED
+    if fatal is not None:
+        report.finish(f"{_PROG}: error: could not connect to {url}: {_one_line(fatal)}")
+        return EXIT_NO_CONNECTION
+    if report.rejected is not None:
+        report.finish(f"{_PROG}: error: the server rejected a subscription: {_one_line(report.rejected)}")
+        return EXIT_USAGE
+    report.finish(summary)
+    return EXIT_OK
+
+
 def _open_recording(path: str) -> Any:
     from .recording import RecordingError, inspect_recording
 
@@ -646,6 +707,35 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("path", metavar="PATH")
     inspect.add_argument("--json", action="store_true", help="one JSON object")
 
+    relay = commands.add_parser("relay", help="publish the live feed to NATS for bots elsewhere",
+                                description="Hold the upstream connections and publish every point to a NATS "
+                                            "subject per series (<prefix>.<TYPE>.<EXCHANGE>.<SYMBOL>; statuses "
+                                            "on <prefix>._status.<family>). Consume with "
+                                            "KiyotakaClient.from_nats(URL). Needs the nats extra.",
+                                epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    relay.add_argument("--nats", action="append", required=True, metavar="URL",
+                       help="NATS server, e.g. nats://127.0.0.1:4222 (repeatable: a cluster)")
+    relay.add_argument("--sub", action="append", default=[], metavar="CHANNEL:EXCHANGE:SYMBOL[:NAME=VALUE...]",
+                       help="a series to relay (repeatable)")
+    relay.add_argument("--prefix", default="kiyotaka", help="first subject token(s) (default kiyotaka)")
+    relay.add_argument("--jetstream", action="store_true",
+                       help="also keep the points in a JetStream stream, so consumers can catch up")
+    relay.add_argument("--stream", default="KIYOTAKA", help="JetStream stream name (default KIYOTAKA)")
+    relay.add_argument("--max-age", type=_positive_float, default=24 * 3600.0, metavar="S",
+                       help="JetStream retention in seconds (default 86400)")
+    relay.add_argument("--buffer", type=_whole_number, default=100_000, metavar="N",
+                       help="points held while NATS is unreachable; beyond, the oldest are dropped and "
+                            "announced (default 100000)")
+    relay.add_argument("--seconds", type=_positive_float, help="stop after this many seconds")
+    relay.add_argument("--stats", type=_positive_float, metavar="S", help="print counters every S seconds")
+    relay.add_argument("--region", default="singapore", choices=sorted(REGIONS))
+    relay.add_argument("--book-url", help="book endpoint URL override")
+    relay.add_argument("--nonbook-url", help="nonbook endpoint URL override")
+    relay.add_argument("--api-key", help="API key (default: $KIYOTAKA_API_KEY)")
+    relay.add_argument("--retries", type=_whole_number, metavar="N",
+                       help="give up (exit 3) after N consecutive failed upstream connection attempts")
+    relay.add_argument("-v", "--verbose", action="store_true", help="show every state change and log line")
+
     bench = commands.add_parser("bench", help="throughput benchmark: client vs bare websocket-client loops",
                                 description="Blast frames from a separate process and compare the client "
                                             "with bare recv/decompress/json.loads and orjson.loads loops, "
@@ -656,6 +746,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="one JSON document instead of the table (for tracking)")
     bench.add_argument("--parser", choices=("orjson", "stdlib"),
                        help="the client's JSON parser (default: orjson when installed)")
+    nats_bench = commands.add_parser("nats-bench", help="relay throughput and latency through a local nats-server",
+                                     description="Start nats-server, a blaster upstream, a relay and a consumer; "
+                                                 "report relay throughput and end-to-end latency through the bus.")
+    nats_bench.add_argument("--points", type=_whole_number, default=200_000, help="points, flat out (default 200000)")
+    nats_bench.add_argument("--rate", type=_positive_float, default=20_000.0,
+                            help="points/s for the latency run (default 20000)")
+    nats_bench.add_argument("--seconds", type=_positive_float, default=5.0, help="latency run length (default 5)")
     return parser
 
 
@@ -731,6 +828,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
                 return cmd_replay(args, out, err)
             if args.command == "inspect":
                 return cmd_inspect(args, out, err)
+            if args.command == "nats-bench":
+                from .nats_bench import run_nats_bench
+                return run_nats_bench(points=args.points, rate=args.rate, seconds=args.seconds, out=out)
+            if args.command == "relay":
+                return cmd_relay(args, out, err)
             return cmd_stream(args, out, err)
     except UsageError as exc:
         err.write(f"{_PROG}: error: {exc}\n")

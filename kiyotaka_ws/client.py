@@ -129,7 +129,7 @@ class Subscription:
 
 
 class Source(Protocol):
-    """What feeds one family's queue: a live ``Session``, or a recording's ``ReplaySource``.
+    """What feeds one family's queue: a live ``Session``, a recording's ``ReplaySource`` or a ``nats.NatsSource``.
 
     The client only starts and stops it, tells it about wire subscriptions, hands it answers and
     reads these counters; the source puts frames, statuses and errors into the family's queue.
@@ -156,7 +156,8 @@ class Source(Protocol):
 
 
 class _Sources(Protocol):
-    """Makes each family's source: live sessions (``_LiveSources``) or a recording (``replay.Player``)."""
+    """Makes each family's source: live sessions (``_LiveSources``), a recording (``replay.Player``)
+    or a NATS relay's subjects (``nats.NatsSources``)."""
 
     def prepare(self) -> None: ...
     def queue_policy(self, overflow: str) -> str: ...
@@ -325,6 +326,7 @@ class KiyotakaClient:
         if recorder is not None:
             recorder.on_error = self._recording_failed
         self._streams: weakref.WeakSet[EventStream[Any]] = weakref.WeakSet()
+        self._sink: Callable[[str, list[Any]], None] | None = None  # set by a NATS relay
 
     # -- registering handlers -------------------------------------------------------------------
     #
@@ -560,6 +562,33 @@ class KiyotakaClient:
         client._sources = player
         return client
 
+    # -- consuming a NATS relay ----------------------------------------------------------------
+
+    @classmethod
+    def from_nats(cls, servers: str | list[str], *, subject_prefix: str = "kiyotaka", jetstream: bool = False,
+                  start_time: Any = None, **options: Any) -> KiyotakaClient:
+        """A client fed from NATS subjects written by a relay (``kiyotaka-ws relay``), not the service.
+
+        The same registration API, events, statuses, ``stats()``, ``run_forever()`` and ``stop()``:
+        each registration subscribes to its series' subject (``exchange="*"``: a wildcard), and
+        the points go through the same decoding, routing, filters and overflow policy as live.
+        ``servers``: one ``nats://`` URL or a list (a cluster). ``jetstream=True`` reads the
+        relay's stream (``start_time``: a ``datetime``, or seconds since the epoch, to start from;
+        default: new points only). ``options`` are ``KiyotakaClient`` arguments; no key is needed.
+        Needs the ``nats`` extra: ``pip install "kiyotaka-ws[nats]"``. See the README,
+        "Fan-out through NATS".
+        """
+        from .nats import NatsSources, check_available, nats_settings
+
+        check_available()
+        if "api_key" in options:
+            raise ConfigurationError("api_key: a NATS consumer needs no key")
+        settings = nats_settings(servers, subject_prefix, jetstream, start_time)
+        client = cls("nats", **options)
+        client._api_key = None
+        client._sources = NatsSources(client, settings)
+        return client
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -705,6 +734,7 @@ class KiyotakaClient:
             family = self._families[name] = _Family(
                 name, queue, self._sources.make(name, queue), self._hooks, self._options.max_frame_bytes)
             family.dispatcher.routes = self._routes[name]
+            family.dispatcher.sink = self._sink
         return family
 
     def _on_fatal(self, error: KiyotakaError) -> None:

@@ -352,6 +352,9 @@ class Dispatcher:
         self.decode_errors = 0
         self.handler_errors = 0
         self.skipped = 0
+        # A sink in place of delivery (the NATS relay): gets every data frame's points, in order,
+        # and they are not decoded into events. None: points go to the handlers.
+        self.sink: Callable[[str, list[Any]], None] | None = None
         self.closing = False   # set by stop(): no further event is delivered
         self.finished = False  # set when stop() returns: no user code at all any more
         self._repeats = _RepeatFilter()
@@ -413,6 +416,10 @@ class Dispatcher:
             return
         points = message.get("points") if type(message) is dict else None
         if type(points) is list:
+            sink = self.sink
+            if sink is not None:
+                sink(self.family, points)
+                return
             self._deliver(points)
             return
         kind = classify(message)
