@@ -459,8 +459,9 @@ def test_upstream_fault_and_relay_restart_reach_the_consumer_as_gaps(nats_server
     assert got.wait_for(5)
 
     relay.stop()  # redeployed: consumers see the relay go, then come back
-    assert wait_until(lambda: consumer.stats()["nonbook"].state is State.DISCONNECTED, 5)
-    assert "STOPPED" in (statuses.items[-1].reason or "")
+    # The state changes before on_status runs (statuses go through the dispatcher): wait for the handler.
+    assert wait_until(lambda: statuses.items[-1].state is State.DISCONNECTED
+                      and "STOPPED" in (statuses.items[-1].reason or ""), 5), statuses.items[-3:]
     relay = make_relay(nats_server.url, upstream)
     relay.subscribe("TRADE", exchange="BINANCE", symbol="BTCUSDT")
     stop_later(relay)
