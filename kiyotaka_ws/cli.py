@@ -740,10 +740,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Blast frames from a separate process and compare the client "
                                             "with bare recv/decompress/json.loads and orjson.loads loops, "
                                             "alternating within one run.")
-    bench.add_argument("--points", type=int, default=200_000, help="points per run (default 200000)")
+    bench.add_argument("--points", type=int, help="points per run (default 200000; 1000000 with --recording)")
     bench.add_argument("--rounds", type=int, default=5, help="alternating rounds per case (default 5)")
     bench.add_argument("--quick", action="store_true", help="a few seconds only (smoke test)")
     bench.add_argument("--json", action="store_true", help="one JSON document instead of the table (for tracking)")
+    bench.add_argument("--recording", action="store_true",
+                       help="instead: what recording costs, replay against live decoding (1M points by default), "
+                            "and the pacing error of a replay at speed 1.0")
+    bench.add_argument("--per-frame", type=_whole_number, default=5, help="points per frame with --recording")
     bench.add_argument("--parser", choices=("orjson", "stdlib"),
                        help="the client's JSON parser (default: orjson when installed)")
     nats_bench = commands.add_parser("nats-bench", help="relay throughput and latency through a local nats-server",
@@ -818,9 +822,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             if args.command == "demo":
                 from .demo import run_demo
                 return run_demo(args.seconds, out, plain=args.plain)
+            if args.command == "bench" and args.recording:
+                from .bench_recording import run_recording_bench
+                return run_recording_bench(points=args.points or 1_000_000, per_frame=args.per_frame,
+                                           rounds=min(args.rounds, 3))
             if args.command == "bench":
                 from .bench import run_bench
-                return run_bench(points=args.points, rounds=args.rounds, quick=args.quick, out=out,
+                return run_bench(points=args.points or 200_000, rounds=args.rounds, quick=args.quick, out=out,
                                  as_json=args.json, parser=args.parser)
             if args.command == "record":
                 return cmd_record(args, out, err)

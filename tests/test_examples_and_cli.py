@@ -450,3 +450,9 @@ def test_readme_documents_the_commands_and_exit_codes():
     for code in (cli.EXIT_OK, cli.EXIT_REJECTED, cli.EXIT_USAGE, cli.EXIT_NO_CONNECTION, cli.EXIT_INTERRUPTED):
         assert f"\n| {code} | " in commands and f"\n  {code} " in cli.EXIT_CODES
     assert "| `bench.py` |" in readme and "## Logging" in readme and "## Troubleshooting" in readme
+
+
+def test_bench_recording_smoke(capsys):
+    assert main(["bench", "--recording", "--points", "5000", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "with the recorder's tap" in out and "replay" in out and "pacing at speed 1.0" in out

@@ -1,6 +1,6 @@
-"""Measurements for recording and replay (not a test: run it by hand, it never fails on timing).
+"""``kiyotaka-ws bench --recording``: what recording and replay cost (measured, never asserted).
 
-    python tests/bench_recording.py [--points 1000000] [--per-frame 5] [--rounds 3]
+    kiyotaka-ws bench --recording [--points 1000000] [--per-frame 5] [--rounds 3]
 
 1. Recording cost on the reader's path: ``EventQueue.put_frame`` with and without the recorder's
    tap (its thread writing to a file meanwhile), per frame.
@@ -15,26 +15,22 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
 import random
 import statistics
-import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 import brotli
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from kiyotaka_ws import KiyotakaClient, protocol
-from kiyotaka_ws.bench import EXCHANGE, SYMBOL, _blaster, _points, run_client
-from kiyotaka_ws.dispatch import EventQueue
-from kiyotaka_ws.recording import Recorder
+from . import protocol
+from .bench import EXCHANGE, SYMBOL, _blaster, _points, run_client
+from .client import KiyotakaClient
+from .dispatch import EventQueue
+from .recording import Recorder
 
 
 def tap_cost(folder: str, frames: int = 50_000) -> None:
@@ -134,9 +130,9 @@ def replay_vs_live(folder: str, points: int, per_frame: int, rounds: int) -> Non
         blaster.terminate()
         blaster.join()
     lv, rv, rl = statistics.median(live), statistics.median(replayed), statistics.median(recording_live)
-    print(f"1. end to end, the same live stream: {lv:,.0f} points/s without recording, {rl:,.0f} with record= "
+    print(f"2. end to end, the same live stream: {lv:,.0f} points/s without recording, {rl:,.0f} with record= "
           f"(x{rl / lv:.2f})")
-    print(f"2. {points:,} TRADE points, {per_frame}/frame, brotli ({os.path.getsize(path) / 2**20:.1f} MiB recorded), "
+    print(f"3. {points:,} TRADE points, {per_frame}/frame, brotli ({os.path.getsize(path) / 2**20:.1f} MiB recorded), "
           f"medians of {rounds} alternating rounds: live client {lv:,.0f} points/s, replay {rv:,.0f} points/s "
           f"(x{rv / lv:.2f}; parser: {getattr(protocol._loads, '__module__', None) or 'orjson'})")
 
@@ -159,22 +155,15 @@ def pacing(folder: str) -> None:
     client.on_trade(lambda _: arrivals.append(time.perf_counter()), exchange=EXCHANGE, symbol=SYMBOL)
     client.run_forever()
     errors = sorted(abs((b - a) - g) * 1000 for a, b, g in zip(arrivals, arrivals[1:], gaps[1:]))
-    print(f"3. pacing at speed 1.0, {len(errors)} gaps of 0-20 ms: error median {statistics.median(errors):.3f} ms, "
+    print(f"4. pacing at speed 1.0, {len(errors)} gaps of 0-20 ms: error median {statistics.median(errors):.3f} ms, "
           f"p99 {errors[int(len(errors) * 0.99)]:.3f} ms, max {errors[-1]:.3f} ms; total "
           f"{arrivals[-1] - arrivals[0]:.3f} s for {sum(gaps[1:]):.3f} s recorded")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--points", type=int, default=1_000_000)
-    parser.add_argument("--per-frame", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+def run_recording_bench(points: int = 1_000_000, per_frame: int = 5, rounds: int = 3) -> int:
+    """Tap cost, replay against live decoding, and pacing; printed, never asserted."""
     with tempfile.TemporaryDirectory() as folder:
         tap_cost(folder)
-        replay_vs_live(folder, args.points, args.per_frame, args.rounds)
+        replay_vs_live(folder, points, per_frame, rounds)
         pacing(folder)
-
-
-if __name__ == "__main__":
-    main()
+    return 0
