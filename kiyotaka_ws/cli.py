@@ -334,25 +334,7 @@ def cmd_stream(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         timed_out = run_for(client, args.seconds)  # Ctrl-C: KeyboardInterrupt, 130 in main()
     except KiyotakaError as exc:
         fatal, timed_out = exc, False
-    fatal = fatal or report.fatal
-    if isinstance(fatal, AuthenticationError):
-        report.finish(f"{_PROG}: error: the API key was rejected ({_one_line(fatal)})")
-        return EXIT_REJECTED
-    if isinstance(fatal, ConnectionFailedError):
-        report.finish(f"{_PROG}: error: could not connect to {url}: {_one_line(fatal)}")
-        return EXIT_NO_CONNECTION
-    if fatal is not None:
-        report.finish(f"{_PROG}: error: {type(fatal).__name__}: {_one_line(fatal)}")
-        return EXIT_REJECTED
-    if report.rejected is not None:
-        report.finish(f"{_PROG}: error: the server rejected the subscription: {_one_line(report.rejected)}")
-        return EXIT_USAGE
-    if timed_out and not report.ready.is_set():
-        reason = f" (last error: {report.last_reason})" if report.last_reason else ""
-        report.finish(f"{_PROG}: error: could not connect to {url} within {args.seconds:g}s{reason}")
-        return EXIT_NO_CONNECTION
-    report.finish()
-    return EXIT_OK  # ran to --seconds, the output was closed, or the client ended cleanly
+    return _finish(report, fatal or report.fatal, url, args.seconds if timed_out else None, "the subscription")
 
 
 def parse_sub(text: str) -> tuple[Channel, str, str, str, dict[str, str]]:
@@ -454,24 +436,7 @@ def cmd_record(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     stats = recorder.stats if recorder is not None else None
     summary = (f"{_PROG}: recorded {stats.frames} frames ({stats.bytes:,} bytes, {events[0]} events, "
                f"{stats.dropped} dropped) to {path}") if stats is not None else None
-    if isinstance(fatal, AuthenticationError):
-        report.finish(f"{_PROG}: error: the API key was rejected ({_one_line(fatal)})")
-        return EXIT_REJECTED
-    if isinstance(fatal, ConnectionFailedError):
-        report.finish(f"{_PROG}: error: could not connect to {url}: {_one_line(fatal)}")
-        return EXIT_NO_CONNECTION
-    if fatal is not None:
-        report.finish(f"{_PROG}: error: {type(fatal).__name__}: {_one_line(fatal)}")
-        return EXIT_REJECTED
-    if report.rejected is not None:
-        report.finish(f"{_PROG}: error: the server rejected a subscription: {_one_line(report.rejected)}")
-        return EXIT_USAGE
-    if timed_out and not report.ready.is_set():
-        reason = f" (last error: {report.last_reason})" if report.last_reason else ""
-        report.finish(f"{_PROG}: error: could not connect to {url} within {args.seconds:g}s{reason}")
-        return EXIT_NO_CONNECTION
-    report.finish(summary)
-    return EXIT_OK
+    return _finish(report, fatal, url, args.seconds if timed_out else None, "a subscription", summary)
 
 
 def cmd_relay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -521,18 +486,30 @@ def cmd_relay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     st = relay.stats()
     summary = (f"{_PROG}: relayed {st.published} messages ({st.dropped} dropped while NATS was unreachable, "
                f"{st.reconnects} NATS reconnects)")
-    fatal = report.fatal or relay.client._fatal
+    return _finish(report, report.fatal or relay.client._fatal, url, None, "a subscription", summary)
+
+
+def _finish(report: _StreamReport, fatal: KiyotakaError | None, url: str, timed_out_after: float | None,
+            subscription: str, summary: str | None = None) -> int:
+    """The exit code of a streaming command (stream, record, relay) and its one closing line."""
     if isinstance(fatal, AuthenticationError):
         report.finish(f"{_PROG}: error: the API key was rejected ({_one_line(fatal)})")
         return EXIT_REJECTED
-    if fatal is not None:
+    if isinstance(fatal, ConnectionFailedError):
         report.finish(f"{_PROG}: error: could not connect to {url}: {_one_line(fatal)}")
         return EXIT_NO_CONNECTION
+    if fatal is not None:
+        report.finish(f"{_PROG}: error: {type(fatal).__name__}: {_one_line(fatal)}")
+        return EXIT_REJECTED
     if report.rejected is not None:
-        report.finish(f"{_PROG}: error: the server rejected a subscription: {_one_line(report.rejected)}")
+        report.finish(f"{_PROG}: error: the server rejected {subscription}: {_one_line(report.rejected)}")
         return EXIT_USAGE
+    if timed_out_after is not None and not report.ready.is_set():
+        reason = f" (last error: {report.last_reason})" if report.last_reason else ""
+        report.finish(f"{_PROG}: error: could not connect to {url} within {timed_out_after:g}s{reason}")
+        return EXIT_NO_CONNECTION
     report.finish(summary)
-    return EXIT_OK
+    return EXIT_OK  # ran to --seconds, the output was closed, or the client ended cleanly
 
 
 def _open_recording(path: str) -> Any:
