@@ -14,6 +14,7 @@ import collections
 import logging
 import threading
 import time
+from time import time_ns as _time_ns
 from typing import Any, Callable, NamedTuple
 
 from .channels import ChannelSpec
@@ -42,7 +43,8 @@ class Status(NamedTuple):
 class EventQueue:
     """A FIFO of raw frames bounded in frames AND bytes, with an overflow policy.
 
-    Data items are ``(payload, binary, connection)`` tuples, one per WebSocket message. A batch
+    Data items are ``(payload, binary, connection, received_ns)`` tuples, one per WebSocket message
+    (``received_ns``: ``time.time_ns()`` when it was read, or the recorded time in a replay). A batch
     taken by the dispatcher stays counted until its next ``take``, so ``capacity`` and
     ``max_bytes`` bound everything between the reader and the handlers (one frame larger than
     ``max_bytes`` is let in when nothing else is queued). Control items (errors, statuses) are
@@ -84,8 +86,11 @@ class EventQueue:
     def _full(self, size: int) -> bool:
         return self._frames >= self.capacity or (self._bytes + size > self.max_bytes and self._frames > 0)
 
-    def put_frame(self, payload: bytes, binary: bool, connection: int = 0) -> bool:
-        """Queue one frame; True when it had to wait for room (policy "block")."""
+    def put_frame(self, payload: bytes, binary: bool, connection: int = 0, received_ns: int | None = None) -> bool:
+        """Queue one frame; True when it had to wait for room (policy "block"). ``received_ns``
+        defaults to now (``time.time_ns()``)."""
+        if received_ns is None:
+            received_ns = _time_ns()
         tap = self.tap
         if tap is not None:
             tap(payload, binary, connection)
@@ -105,19 +110,19 @@ class EventQueue:
                     return waited
             if self._data_closed:
                 return waited
-            self._items.append((payload, binary, connection))
+            self._items.append((payload, binary, connection, received_ns))
             self._frames += 1
             self._bytes += size
             if self._taking:  # notify() costs a microsecond even with nobody waiting: skip it then
                 self._not_empty.notify()
         return waited
 
-    def put_frames(self, frames: list[tuple[bytes, bool, int]]) -> None:
-        """Queue ``(payload, binary, connection)`` frames in order under one lock, waiting for room
-        whatever the policy (for a source that must lose nothing, such as a replay)."""
+    def put_frames(self, frames: list[tuple[bytes, bool, int, int]]) -> None:
+        """Queue ``(payload, binary, connection, received_ns)`` frames in order under one lock,
+        waiting for room whatever the policy (for a source that must lose nothing, such as a replay)."""
         tap = self.tap
         if tap is not None:
-            for payload, binary, connection in frames:
+            for payload, binary, connection, _ in frames:
                 tap(payload, binary, connection)
         with self._lock:
             items = self._items
@@ -407,7 +412,7 @@ class Dispatcher:
                 log.exception("%s: internal error while dispatching", self.family)
         return not closed
 
-    def _frame(self, item: tuple[bytes, bool, int]) -> None:
+    def _frame(self, item: tuple[bytes, bool, int, int]) -> None:
         try:
             message = self.decoder.decode(item[0], item[1])
         except DecodeError as exc:
@@ -420,7 +425,7 @@ class Dispatcher:
             if sink is not None:
                 sink(self.family, points)
                 return
-            self._deliver(points)
+            self._deliver(points, item[3])
             return
         kind = classify(message)
         if kind is Kind.RESPONSE:
@@ -432,7 +437,7 @@ class Dispatcher:
             self.decode_errors += 1
             self._error(DecodeError("unexpected message shape", excerpt=excerpt(message)))
 
-    def _deliver(self, points: list[Any]) -> None:
+    def _deliver(self, points: list[Any], received_ns: int | None = None) -> None:
         fast: FastPath | None = getattr(self, "_fastpath", None)  # the cache for one RouteTable
         if fast is None:
             fast = self._fastpath = FastPath(self.routes)
@@ -444,7 +449,7 @@ class Dispatcher:
             if fast.routes is not routes:  # a new table: a new cache
                 fast = self._fastpath = FastPath(routes)
                 route = fast.route
-            hit = route(point)
+            hit = route(point, received_ns)
             if hit:
                 handlers, event = hit
             elif hit is not None:  # nobody listens
@@ -461,7 +466,7 @@ class Dispatcher:
                     self.skipped += 1
                     continue
                 try:
-                    event = decode_point(point)
+                    event = decode_point(point, received_ns)
                 except DecodeError as exc:
                     self.decode_errors += 1
                     self._error(exc)

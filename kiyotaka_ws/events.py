@@ -38,8 +38,10 @@ class VolumeLevel(NamedTuple):
 
 @attrs.frozen
 class Event:
-    """Fields every event has. ``raw`` (keyword-only) is the point dict as received; it is left out
-    of equality, hashing and repr."""
+    """Fields every event has. ``raw`` (keyword-only) is the point dict as received;
+    ``received_ns`` (keyword-only) the local wall-clock time (``time.time_ns()``) at which its frame
+    was read, or the recorded receive time in a replay (None when unknown). Both are left out of
+    equality, hashing and repr."""
 
     channel: Channel
     exchange: str | None
@@ -49,6 +51,7 @@ class Event:
     category: str | None
     time_ns: int | None
     raw: dict[str, Any] | None = attrs.field(default=None, eq=False, repr=False, hash=False, kw_only=True)
+    received_ns: int | None = attrs.field(default=None, eq=False, repr=False, hash=False, kw_only=True)
 
     @property
     def timestamp(self) -> float | None:
@@ -260,39 +263,39 @@ def _levels(payload: dict[str, Any], key: str) -> tuple[BookLevel, ...]:
 
 # Decoders build events positionally: the common fields, then the channel's own (faster than kwargs).
 
-def _trade(head: tuple, series: dict[str, Any], p: dict[str, Any], raw: Any) -> Trade:
-    return Trade(*head, _id(p), _num(p, "price"), _num(p, "amount"), _side(series), raw=raw)
+def _trade(head: tuple, series: dict[str, Any], p: dict[str, Any], raw: Any, rx: int | None) -> Trade:
+    return Trade(*head, _id(p), _num(p, "price"), _num(p, "amount"), _side(series), raw=raw, received_ns=rx)
 
 
-def _trade_agg(head: tuple, series: dict[str, Any], p: dict[str, Any], raw: Any) -> TradeAggregation:
+def _trade_agg(head: tuple, series: dict[str, Any], p: dict[str, Any], raw: Any, rx: int | None) -> TradeAggregation:
     return TradeAggregation(*head, _num(p, "open"), _num(p, "high"), _num(p, "low"), _num(p, "close"),
                             _num(p, "volume"), _side(series), _time_ns(p, "firstTimestamp"),
-                            _time_ns(p, "lastTimestamp"), raw=raw)
+                            _time_ns(p, "lastTimestamp"), raw=raw, received_ns=rx)
 
 
-def _book(head: tuple, series: dict[str, Any], p: dict[str, Any], raw: Any) -> BookSnapshot:
-    return BookSnapshot(*head, _levels(p, "bids"), _levels(p, "asks"), _opt_num(series, "blockSize"), raw=raw)
+def _book(head: tuple, series: dict[str, Any], p: dict[str, Any], raw: Any, rx: int | None) -> BookSnapshot:
+    return BookSnapshot(*head, _levels(p, "bids"), _levels(p, "asks"), _opt_num(series, "blockSize"), raw=raw, received_ns=rx)
 
 
-def _liquidation(head: tuple, series: dict[str, Any], p: dict[str, Any], raw: Any) -> Liquidation:
-    return Liquidation(*head, _id(p), _num(p, "price"), _num(p, "amount"), _side(series), raw=raw)
+def _liquidation(head: tuple, series: dict[str, Any], p: dict[str, Any], raw: Any, rx: int | None) -> Liquidation:
+    return Liquidation(*head, _id(p), _num(p, "price"), _num(p, "amount"), _side(series), raw=raw, received_ns=rx)
 
 
-def _funding(head: tuple, series: dict[str, Any], p: dict[str, Any], raw: Any) -> FundingRate:
-    return FundingRate(*head, _opt_num(p, "fundingRate"), _opt_num(p, "predictedFundingRate"), raw=raw)
+def _funding(head: tuple, series: dict[str, Any], p: dict[str, Any], raw: Any, rx: int | None) -> FundingRate:
+    return FundingRate(*head, _opt_num(p, "fundingRate"), _opt_num(p, "predictedFundingRate"), raw=raw, received_ns=rx)
 
 
-def _open_interest(head: tuple, series: dict[str, Any], p: dict[str, Any], raw: Any) -> OpenInterest:
-    return OpenInterest(*head, _num(p, "openInterest"), raw=raw)
+def _open_interest(head: tuple, series: dict[str, Any], p: dict[str, Any], raw: Any, rx: int | None) -> OpenInterest:
+    return OpenInterest(*head, _num(p, "openInterest"), raw=raw, received_ns=rx)
 
 
-def _volume_profile(head: tuple, series: dict[str, Any], p: dict[str, Any], raw: Any) -> VolumeProfile:
+def _volume_profile(head: tuple, series: dict[str, Any], p: dict[str, Any], raw: Any, rx: int | None) -> VolumeProfile:
     flat = _flat_numbers(p, "profile", 3)
     levels = tuple(map(VolumeLevel._make, zip(flat[0::3], flat[1::3], flat[2::3])))
-    return VolumeProfile(*head, levels, _opt_num(series, "blockSize"), raw=raw)
+    return VolumeProfile(*head, levels, _opt_num(series, "blockSize"), raw=raw, received_ns=rx)
 
 
-_Decoder = Callable[[tuple, dict[str, Any], dict[str, Any], Any], Event]
+_Decoder = Callable[[tuple, dict[str, Any], dict[str, Any], Any, "int | None"], Event]
 
 # series.type -> (channel, payload key, decoder)
 _DECODERS: dict[str, tuple[Channel, str, _Decoder]] = {
@@ -306,8 +309,8 @@ _DECODERS: dict[str, tuple[Channel, str, _Decoder]] = {
 }
 
 
-def decode_point(point: Any) -> Event | None:
-    """Decode one point of a ``points`` frame into its event.
+def decode_point(point: Any, received_ns: int | None = None) -> Event | None:
+    """Decode one point of a ``points`` frame into its event (``received_ns``: its frame's receive time).
 
     Returns None for a point of an unknown type (the caller counts and skips it). Raises
     ``DecodeError`` with an excerpt for anything malformed, and never anything else.
@@ -329,7 +332,7 @@ def decode_point(point: Any) -> Event | None:
         for value in head[1:]:
             if value is not None and type(value) is not str:
                 raise _Malformed(f"series fields must be strings, got {value!r}")
-        return decoder((*head, _time_ns(payload)), series, payload, point)
+        return decoder((*head, _time_ns(payload)), series, payload, point, received_ns)
     except _Malformed as exc:
         raise DecodeError(f"malformed point ({exc})", excerpt=excerpt(point)) from None
     except KeyError as exc:

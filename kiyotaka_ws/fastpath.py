@@ -63,24 +63,24 @@ _COMMON = ("channel", "exchange", "symbol", "coin", "normalized_symbol", "catego
 
 
 def builder(cls: type) -> Callable[..., Any]:
-    """A function ``(head, time_ns, raw, *own fields) -> cls``: ``head`` holds the ``_COMMON``
-    fields, ``own`` the class's own attrs fields in order."""
+    """A function ``(head, time_ns, raw, received_ns, *own fields) -> cls``: ``head`` holds the
+    ``_COMMON`` fields, ``own`` the class's own attrs fields in order."""
     names = [field.name for field in attrs.fields(cls)]
-    own = names[len(_COMMON) + 2:]
+    own = names[len(_COMMON) + 3:]
     slots = cls.__dict__.get("__slots__", ())
     plain = (cls.__bases__ == (Event,) and not {"__attrs_pre_init__", "__attrs_post_init__"} & set(dir(cls))
              and all(f.validator is None and f.converter is None and f.on_setattr in (None, attrs.setters.NO_OP)
                      for f in attrs.fields(cls))
-             and names[:len(_COMMON) + 2] == [*_COMMON, "time_ns", "raw"]
+             and names[:len(_COMMON) + 3] == [*_COMMON, "time_ns", "raw", "received_ns"]
              and [n for n in (*Event.__slots__, *slots) if n != "__weakref__"] == names)
-    args = ", ".join(("head", "time_ns", "raw", *own))
+    args = ", ".join(("head", "time_ns", "raw", "received_ns", *own))
     if plain:
         # Both attribute hooks must be object's for CPython to keep its fast generic setattr.
         twin = type(f"_{cls.__name__}Twin", (Event,), {"__slots__": slots, "__init__": object.__init__,
                                                           "__setattr__": object.__setattr__,
                                                           "__delattr__": object.__delattr__})
         targets = ", ".join(f"e.{name}" for name in _COMMON)
-        body = "".join(f"    e.{name} = {name}\n" for name in ("time_ns", "raw", *own))
+        body = "".join(f"    e.{name} = {name}\n" for name in ("time_ns", "raw", "received_ns", *own))
         source = f"def build({args}):\n    e = twin()\n    {targets} = head\n{body}    e.__class__ = cls\n    return e\n"
         scope: dict[str, Any] = {"twin": twin, "cls": cls}
         exec(source, scope)  # noqa: S102 - fixed source built from the class's own field names
@@ -88,16 +88,17 @@ def builder(cls: type) -> Callable[..., Any]:
         if _same_as_init(cls, build, own):
             return build
     scope = {"cls": cls}
-    exec(f"def build({args}):\n    return cls(*head, time_ns, {', '.join(own)}, raw=raw)\n", scope)  # noqa: S102
+    call = f"cls(*head, time_ns, {', '.join(own)}, raw=raw, received_ns=received_ns)"
+    exec(f"def build({args}):\n    return {call}\n", scope)  # noqa: S102
     return scope["build"]  # type: ignore[no-any-return]
 
 
 def _same_as_init(cls: type, build: Callable[..., Any], own: list[str]) -> bool:
     head = tuple(object() for _ in _COMMON)
-    time_ns, raw, values = object(), object(), [object() for _ in own]
+    time_ns, raw, received, values = object(), object(), object(), [object() for _ in own]
     try:
-        made = build(head, time_ns, raw, *values)
-        real = cls(*head, time_ns, *values, raw=raw)
+        made = build(head, time_ns, raw, received, *values)
+        real = cls(*head, time_ns, *values, raw=raw, received_ns=received)
     except Exception:  # noqa: BLE001 - any surprise means: do not use the twin
         return False
     return type(made) is cls and all(getattr(made, f.name) is getattr(real, f.name) for f in attrs.fields(cls))
@@ -159,7 +160,7 @@ def _opt_float(value: Any) -> float | None:
 _Head = tuple[tuple[Channel, Any, Any, Any, Any, Any], Any, Any]
 
 
-def _trade(head: _Head, point: dict, new: Any = _new_trade, payload_key: str = "trade") -> Event:
+def _trade(head: _Head, point: dict, rx: int | None, new: Any = _new_trade, payload_key: str = "trade") -> Event:
     # The busiest channel: subscripts (a missing key or a non-object raises, and the general path
     # decides) and the documented {seconds, nanoseconds} timestamp inline.
     try:
@@ -175,14 +176,14 @@ def _trade(head: _Head, point: dict, new: Any = _new_trade, payload_key: str = "
     if type(amount) is not float:
         amount = _float(amount)
     common, side, _ = head
-    return new(common, seconds * _NS + nanos, point, id_, price, amount, side)  # type: ignore[no-any-return]
+    return new(common, seconds * _NS + nanos, point, rx, id_, price, amount, side)  # type: ignore[no-any-return]
 
 
-def _liquidation(head: _Head, point: dict) -> Event:
-    return _trade(head, point, _new_liquidation, "liquidation")
+def _liquidation(head: _Head, point: dict, rx: int | None) -> Event:
+    return _trade(head, point, rx, _new_liquidation, "liquidation")
 
 
-def _trade_agg(head: _Head, point: dict) -> Event:
+def _trade_agg(head: _Head, point: dict, rx: int | None) -> Event:
     p = point.get("tradeAggregation")
     if type(p) is not dict:
         raise _Fallback
@@ -191,51 +192,51 @@ def _trade_agg(head: _Head, point: dict) -> Event:
         if type(value) is not float:
             ohlcv[i] = _float(value)
     common, side, _ = head
-    return _new_trade_agg(common, _time(p.get("timestamp")), point, *ohlcv, side,  # type: ignore[no-any-return]
+    return _new_trade_agg(common, _time(p.get("timestamp")), point, rx, *ohlcv, side,  # type: ignore[no-any-return]
                           _time(p.get("firstTimestamp")), _time(p.get("lastTimestamp")))
 
 
-def _book(head: _Head, point: dict) -> Event:
+def _book(head: _Head, point: dict, rx: int | None) -> Event:
     p = point.get("blockBookSnapshot")
     if type(p) is not dict:
         raise _Fallback
     bids, asks = _flat(p.get("bids"), 2), _flat(p.get("asks"), 2)
     common, _, block = head
-    return _new_book(common, _time(p.get("timestamp")), point,  # type: ignore[no-any-return]
+    return _new_book(common, _time(p.get("timestamp")), point, rx,  # type: ignore[no-any-return]
                      tuple(map(BookLevel._make, zip(bids[0::2], bids[1::2]))),
                      tuple(map(BookLevel._make, zip(asks[0::2], asks[1::2]))), block)
 
 
-def _funding(head: _Head, point: dict) -> Event:
+def _funding(head: _Head, point: dict, rx: int | None) -> Event:
     p = point.get("fundingRate")
     if type(p) is not dict:
         raise _Fallback
-    return _new_funding(head[0], _time(p.get("timestamp")), point,  # type: ignore[no-any-return]
+    return _new_funding(head[0], _time(p.get("timestamp")), point, rx,  # type: ignore[no-any-return]
                         _opt_float(p.get("fundingRate")),
                         _opt_float(p.get("predictedFundingRate")))
 
 
-def _open_interest(head: _Head, point: dict) -> Event:
+def _open_interest(head: _Head, point: dict, rx: int | None) -> Event:
     p = point.get("openInterest")
     if type(p) is not dict:
         raise _Fallback
     value = p.get("openInterest")
     if type(value) is not float:
         value = _float(value)
-    return _new_open_interest(head[0], _time(p.get("timestamp")), point, value)  # type: ignore[no-any-return]
+    return _new_open_interest(head[0], _time(p.get("timestamp")), point, rx, value)  # type: ignore[no-any-return]
 
 
-def _volume_profile(head: _Head, point: dict) -> Event:
+def _volume_profile(head: _Head, point: dict, rx: int | None) -> Event:
     p = point.get("volumeProfileAggregation")
     if type(p) is not dict:
         raise _Fallback
     flat = _flat(p.get("profile"), 3)
     common, _, block = head
-    return _new_volume_profile(common, _time(p.get("timestamp")), point,  # type: ignore[no-any-return]
+    return _new_volume_profile(common, _time(p.get("timestamp")), point, rx,  # type: ignore[no-any-return]
                                tuple(map(VolumeLevel._make, zip(flat[0::3], flat[1::3], flat[2::3]))), block)
 
 
-_Decoder = Callable[[_Head, dict], Event]
+_Decoder = Callable[[_Head, dict, "int | None"], Event]
 # series.type -> (channel, decoder, whether the event carries series.blockSize)
 _FAST_DECODERS: dict[str, tuple[Channel, _Decoder, bool]] = {
     "TRADE": (Channel.TRADE, _trade, False),
@@ -272,7 +273,8 @@ class FastPath:
         self._recent: list[Any] = [None, None, None, None]  # series, entry, series, entry
         self._next = 0  # the slot the next remembered series replaces
 
-    def route(self, point: Any) -> tuple[tuple[Callable[[Any], Any], ...], Event] | tuple[()] | None:
+    def route(self, point: Any, received_ns: int | None = None,
+              ) -> tuple[tuple[Callable[[Any], Any], ...], Event] | tuple[()] | None:
         """``(handlers, event)``; ``()`` when no handler listens (the point is skipped undecoded,
         as on the general path); None when the general path must decide."""
         try:
@@ -294,7 +296,7 @@ class FastPath:
         if not handlers:
             return ()
         try:
-            return handlers, decode(head, point)
+            return handlers, decode(head, point, received_ns)
         except _Fallback:
             return None
 

@@ -324,6 +324,7 @@ class NatsSource:
         self.upstream: str | None = None
         self.upstream_reason: str | None = None
         self._batch: list[bytes] = []
+        self._batch_ns = 0  # time.time_ns() of the batch's first point
         self._flush_scheduled = False
         self._was_ready = False
 
@@ -406,6 +407,8 @@ class NatsSource:
     def on_point(self, data: bytes, loop: asyncio.AbstractEventLoop) -> None:
         self.frames += 1
         self.bytes += len(data)
+        if not self._batch:
+            self._batch_ns = time.time_ns()  # the events' received_ns: when the batch's first point came
         self._batch.append(data)
         if len(self._batch) >= MAX_BATCH:
             self.flush()
@@ -420,7 +423,7 @@ class NatsSource:
             return
         self.last_rx = time.monotonic()
         # May wait for room (overflow="block"): the loop then reads nothing, as a live reader.
-        self.queue.put_frame(b'{"points":[' + b",".join(batch) + b"]}", False, self._bus.connection)
+        self.queue.put_frame(b'{"points":[' + b",".join(batch) + b"]}", False, self._bus.connection, self._batch_ns)
 
 
 class NatsSources:

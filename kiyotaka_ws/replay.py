@@ -221,7 +221,7 @@ class Player:
         origin_rec = 0
         last_rec = 0
         previous: ReplaySource | None = None
-        pending: list[tuple[bytes, bool, int]] = []  # unpaced: frames handed over 64 at a time
+        pending: list[tuple[bytes, bool, int, int]] = []  # unpaced: frames handed over 64 at a time
         size = 0
         for kind, time_ns, family, connection, binary, payload, dropped in records:
             source = sources.get(family)
@@ -230,7 +230,7 @@ class Player:
                 continue
             if speed is None:
                 if source is previous and kind != GAP:
-                    pending.append((payload, binary, connection))
+                    pending.append((payload, binary, connection, time_ns))
                     size += len(payload)
                     if len(pending) >= BATCH:
                         self._hand_over(source, pending, size)
@@ -262,17 +262,17 @@ class Player:
                     dropped, family=family, reason="the recorder dropped them (disk too slow)"))
                 continue
             if speed is None:
-                pending.append((payload, binary, connection))
+                pending.append((payload, binary, connection, time_ns))
                 size += len(payload)
                 continue
             source.frames += 1
             source.bytes += len(payload)
             source.last_rx = clock()
-            source.queue.put_frame(payload, binary, connection)
+            source.queue.put_frame(payload, binary, connection, time_ns)
         if pending and previous is not None:
             self._hand_over(previous, pending, size)
 
-    def _hand_over(self, source: ReplaySource, frames: list[tuple[bytes, bool, int]], size: int) -> None:
+    def _hand_over(self, source: ReplaySource, frames: list[tuple[bytes, bool, int, int]], size: int) -> None:
         """Unpaced: queue a run of frames of one family, refilling the queue in bursts."""
         queue = source.queue
         if queue.depth + len(frames) > queue.capacity:

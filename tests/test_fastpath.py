@@ -79,8 +79,8 @@ def run(points: list[Any], general: bool, monkeypatch: pytest.MonkeyPatch) -> tu
     dispatcher = make_dispatcher(log)
     with monkeypatch.context() as patch:
         if general:
-            patch.setattr(FastPath, "route", lambda self, point: None)
-        dispatcher._deliver(points)
+            patch.setattr(FastPath, "route", lambda self, point, received_ns=None: None)
+        dispatcher._deliver(points, 1_700_000_000_123_456_789)  # received_ns: carried by both paths
     delivered = [(name, signature(event), id(event.raw)) for name, event in log]
     errors = [(type(e).__name__, str(e), e.excerpt) for e in dispatcher.errors_seen]  # type: ignore[attr-defined]
     return delivered, errors, (dispatcher.events, dispatcher.skipped, dispatcher.decode_errors)
@@ -307,8 +307,8 @@ def test_frames_match_under_each_parser(frame, compress, json_parser, monkeypatc
         dispatcher = make_dispatcher(log)
         with monkeypatch.context() as patch:
             if general:
-                patch.setattr(FastPath, "route", lambda self, point: None)
-            dispatcher._frame((payload, compress, 1))
+                patch.setattr(FastPath, "route", lambda self, point, received_ns=None: None)
+            dispatcher._frame((payload, compress, 1, 1_700_000_000_123_456_789))
         results.append(([(name, signature(event)) for name, event in log],
                         [(type(e).__name__, str(e)) for e in dispatcher.errors_seen],  # type: ignore[attr-defined]
                         (dispatcher.events, dispatcher.skipped, dispatcher.decode_errors)))
