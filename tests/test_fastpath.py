@@ -188,8 +188,8 @@ def test_differential_test_can_fail(monkeypatch):
     for point in frame:
         point["series"]["exchange"], point["series"]["symbol"] = "X", "S"
     original = fastpath_module._new_trade
-    monkeypatch.setattr(fastpath_module, "_new_trade",  # (head, time_ns, raw, id, price, amount, side)
-                        lambda *a: original(*a[:4], a[4] + 1, *a[5:]))
+    monkeypatch.setattr(fastpath_module, "_new_trade",  # (head, time_ns, raw, received_ns, id, price, amount, side)
+                        lambda *a: original(*a[:5], a[5] + 1, *a[6:]))
     monkeypatch.setattr(fastpath_module._trade, "__defaults__", (fastpath_module._new_trade, "trade"))
     assert run(frame, general=False, monkeypatch=monkeypatch) != run(frame, general=True, monkeypatch=monkeypatch)
 
@@ -210,7 +210,7 @@ def test_fast_events_keep_the_events_contract():
     reference = decode_point(TRADE)
     assert type(event) is Trade and isinstance(event, Event)
     assert event == reference and hash(event) == hash(reference) and repr(event) == repr(reference)
-    assert event == Trade(*[getattr(event, f.name) for f in attrs.fields(Trade) if f.name != "raw"])
+    assert event == Trade(*[getattr(event, f.name) for f in attrs.fields(Trade) if f.name not in ("raw", "received_ns")])
     assert "raw" not in repr(event) and event.raw == TRADE
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         event.price = 1.0  # type: ignore[misc]
@@ -234,11 +234,13 @@ def test_builder_uses_init_for_classes_that_need_it():
 
     build = builder(Checked)
     head = (Channel.TRADE, None, None, None, None, None)
-    assert build(head, None, None, 3).value == 3
+    checked = build(head, None, None, 7, 3)
+    assert (checked.value, checked.received_ns) == (3, 7)
     with pytest.raises(TypeError):
-        build(head, None, None, "not an int")
-    trade = builder(Trade)(head, 5, {}, "1", 1.0, 2.0, None)
+        build(head, None, None, None, "not an int")
+    trade = builder(Trade)(head, 5, {}, 9, "1", 1.0, 2.0, None)
     assert type(trade) is Trade and trade == Trade(*head, 5, "1", 1.0, 2.0, None) and trade.raw == {}
+    assert trade.received_ns == 9
 
 
 # -- the cache ------------------------------------------------------------------------------------
@@ -319,7 +321,7 @@ def test_malformed_frame_points_report_the_same_errors(json_parser):
     log: list[Any] = []
     dispatcher = make_dispatcher(log)
     bad = {"series": {"type": "TRADE", "exchange": "X", "symbol": "S"}, "trade": {"price": "x"}}
-    dispatcher._frame((json.dumps({"points": [bad, 5, {"series": 3}]}).encode(), False, 1))
+    dispatcher._frame((json.dumps({"points": [bad, 5, {"series": 3}]}).encode(), False, 1, 0))
     assert dispatcher.decode_errors == 3 and not log
     errors = dispatcher.errors_seen  # type: ignore[attr-defined]
     assert all(isinstance(e, DecodeError) for e in errors) and "price must be a number" in str(errors[0])
