@@ -26,7 +26,7 @@ from .events import (
                      VolumeLevel,
                      VolumeProfile,
 )
-from .status import ConnectionStats, ConnectionStatus, State
+from .status import ConnectionStats, ConnectionStatus, Percentiles, State
 from .streams import EventStream
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
                      "KiyotakaError",
                      "Liquidation",
                      "OpenInterest",
+                     "Percentiles",
                      "ServerError",
                      "Side",
                      "State",

@@ -39,7 +39,9 @@ from .channels import (
 )
 from .dial import Proxy, ssl_context
 from .dispatch import (
+    CONFLATABLE,
     OVERFLOW_POLICIES,
+    Conflated,
     Dispatcher,
     EventQueue,
     Hooks,
@@ -91,11 +93,12 @@ class Subscription:
     """A handler registered for one channel spec. Returned by every ``on_*`` method."""
 
     def __init__(self, client: KiyotakaClient, spec: ChannelSpec, handler: Callable[[Any], Any],
-                 wire: WireSub) -> None:
+                 wire: WireSub, conflate: bool = False) -> None:
         self._client = client
         self._spec = spec
         self._wire = wire
         self.handler = handler
+        self.conflate = conflate  # only the newest snapshot of a series when the handler lags
         self.active = True
 
     @property
@@ -205,7 +208,9 @@ class _Family:
             state=session.state, frames=session.frames, bytes=session.bytes, events=disp.events,
             decode_errors=disp.decode_errors, handler_errors=disp.handler_errors,
             dropped=self.queue.dropped_total, reconnects=session.reconnects, queue_depth=self.queue.depth,
-            last_frame_age=session.last_frame_age, skipped=disp.skipped)
+            last_frame_age=session.last_frame_age, skipped=disp.skipped,
+            feed_latency=disp.feed_latency.percentiles(), queue_delay=disp.queue_delay.percentiles(),
+            handler_time=disp.handler_time.percentiles(), conflated=disp.conflated)
 
 
 _running: weakref.WeakSet[KiyotakaClient] = weakref.WeakSet()
@@ -361,26 +366,30 @@ class KiyotakaClient:
     @overload
     def on_book(self, handler: None = None, *, exchange: str, symbol: str, block_size: str | float,
                 category: str = "*", max_depth: str | int | None = None, update_frequency: str | None = None,
-                quote: str | None = None, group_by_coin: bool = False) -> Callable[[_BookH], _BookH]: ...
+                quote: str | None = None, group_by_coin: bool = False, conflate: bool = False) -> Callable[[_BookH], _BookH]: ...
     @overload
     def on_book(self, handler: Callable[[BookSnapshot], Any], *, exchange: str, symbol: str,
                 block_size: str | float, category: str = "*", max_depth: str | int | None = None,
                 update_frequency: str | None = None, quote: str | None = None,
-                group_by_coin: bool = False) -> Subscription: ...
+                group_by_coin: bool = False, conflate: bool = False) -> Subscription: ...
 
     def on_book(self, handler: Callable[[BookSnapshot], Any] | None = None, *, exchange: str, symbol: str,
                 block_size: str | float, category: str = "*", max_depth: str | int | None = None,
                 update_frequency: str | None = None, quote: str | None = None,
-                group_by_coin: bool = False) -> Any:
+                group_by_coin: bool = False, conflate: bool = False) -> Any:
         """Full order-book snapshots bucketed by ``block_size`` (``BookSnapshot``).
 
         With ``group_by_coin=True``, ``symbol`` is a coin (``"BTC"``) and the depth of all its
-        markets is merged.
+        markets is merged. With ``conflate=True``, a handler that falls behind gets only the newest
+        snapshot of each series: of the snapshots taken together from the queue (up to 64 frames at
+        a time), older ones of the same series are skipped and counted in ``stats()[...].conflated``
+        (the same holds for ``on_volume_profile``, ``on_funding_rate``, ``on_open_interest`` and
+        ``subscribe``).
         """
         return self._register(Channel.BLOCK_BOOK_SNAPSHOT, handler, exchange, symbol, category,
                               {"block_size": block_size, "max_depth": max_depth,
                                "update_frequency": update_frequency, "quote": quote,
-                               "group_by_coin": group_by_coin})
+                               "group_by_coin": group_by_coin}, conflate)
 
     @overload
     def on_liquidation(self, handler: None = None, *, exchange: str, symbol: str,
@@ -396,62 +405,65 @@ class KiyotakaClient:
 
     @overload
     def on_funding_rate(self, handler: None = None, *, exchange: str, symbol: str,
-                        category: str = "*") -> Callable[[_FundingH], _FundingH]: ...
+                        category: str = "*", conflate: bool = False) -> Callable[[_FundingH], _FundingH]: ...
     @overload
     def on_funding_rate(self, handler: Callable[[FundingRate], Any], *, exchange: str, symbol: str,
-                        category: str = "*") -> Subscription: ...
+                        category: str = "*", conflate: bool = False) -> Subscription: ...
 
     def on_funding_rate(self, handler: Callable[[FundingRate], Any] | None = None, *, exchange: str,
-                        symbol: str, category: str = "*") -> Any:
-        """Funding-rate snapshots (``FundingRate``; either rate may be None)."""
-        return self._register(Channel.FUNDING_RATE, handler, exchange, symbol, category)
+                        symbol: str, category: str = "*", conflate: bool = False) -> Any:
+        """Funding-rate snapshots (``FundingRate``; either rate may be None); ``conflate`` as for ``on_book``."""
+        return self._register(Channel.FUNDING_RATE, handler, exchange, symbol, category, None, conflate)
 
     @overload
     def on_open_interest(self, handler: None = None, *, exchange: str, symbol: str,
-                         category: str = "*") -> Callable[[_OpenInterestH], _OpenInterestH]: ...
+                         category: str = "*", conflate: bool = False) -> Callable[[_OpenInterestH], _OpenInterestH]: ...
     @overload
     def on_open_interest(self, handler: Callable[[OpenInterest], Any], *, exchange: str, symbol: str,
-                         category: str = "*") -> Subscription: ...
+                         category: str = "*", conflate: bool = False) -> Subscription: ...
 
     def on_open_interest(self, handler: Callable[[OpenInterest], Any] | None = None, *, exchange: str,
-                         symbol: str, category: str = "*") -> Any:
-        """Open-interest snapshots (``OpenInterest``)."""
-        return self._register(Channel.OPEN_INTEREST, handler, exchange, symbol, category)
+                         symbol: str, category: str = "*", conflate: bool = False) -> Any:
+        """Open-interest snapshots (``OpenInterest``); ``conflate`` as for ``on_book``."""
+        return self._register(Channel.OPEN_INTEREST, handler, exchange, symbol, category, None, conflate)
 
     @overload
     def on_volume_profile(self, handler: None = None, *, exchange: str, symbol: str, category: str = "*",
                           quote: str | None = None, update_frequency: str | None = None,
-                          group_by_coin: bool = False) -> Callable[[_VolumeProfileH], _VolumeProfileH]: ...
+                          group_by_coin: bool = False, conflate: bool = False) -> Callable[[_VolumeProfileH], _VolumeProfileH]: ...
     @overload
     def on_volume_profile(self, handler: Callable[[VolumeProfile], Any], *, exchange: str, symbol: str,
                           category: str = "*", quote: str | None = None, update_frequency: str | None = None,
-                          group_by_coin: bool = False) -> Subscription: ...
+                          group_by_coin: bool = False, conflate: bool = False) -> Subscription: ...
 
     def on_volume_profile(self, handler: Callable[[VolumeProfile], Any] | None = None, *, exchange: str,
                           symbol: str, category: str = "*", quote: str | None = None,
-                          update_frequency: str | None = None, group_by_coin: bool = False) -> Any:
-        """Live volume profiles (``VolumeProfile``); the server picks the bucket size."""
+                          update_frequency: str | None = None, group_by_coin: bool = False, conflate: bool = False) -> Any:
+        """Live volume profiles (``VolumeProfile``); the server picks the bucket size; ``conflate`` as
+        for ``on_book``."""
         return self._register(Channel.VOLUME_PROFILE_AGG, handler, exchange, symbol, category,
                               {"quote": quote, "update_frequency": update_frequency,
-                               "group_by_coin": group_by_coin})
+                               "group_by_coin": group_by_coin}, conflate)
 
     @overload
     def subscribe(self, channel: str | Channel, handler: None = None, *, exchange: str, symbol: str,
-                  category: str = "*", params: Mapping[str, Any] | None = None) -> Callable[[_EventH], _EventH]: ...
+                  category: str = "*", params: Mapping[str, Any] | None = None, conflate: bool = False) -> Callable[[_EventH], _EventH]: ...
     @overload
     def subscribe(self, channel: str | Channel, handler: Callable[[Any], Any], *, exchange: str, symbol: str,
-                  category: str = "*", params: Mapping[str, Any] | None = None) -> Subscription: ...
+                  category: str = "*", params: Mapping[str, Any] | None = None, conflate: bool = False) -> Subscription: ...
 
     def subscribe(self, channel: str | Channel, handler: Callable[[Any], Any] | None = None, *,
                   exchange: str, symbol: str, category: str = "*",
-                  params: Mapping[str, Any] | None = None) -> Any:
+                  params: Mapping[str, Any] | None = None, conflate: bool = False) -> Any:
         """Any channel by name, with ``params`` as extra wire fields (``{"batchInterval": "1s"}``).
 
         The handler gets the channel's event class (``Trade``, ``BookSnapshot``, ...); it is typed
-        ``Any`` here because the channel is only known at run time.
+        ``Any`` here because the channel is only known at run time. ``conflate=True`` (snapshot
+        channels only: ``ConfigurationError`` for trades, aggregated trades and liquidations) as for
+        ``on_book``.
         """
         spec = make_spec(channel, exchange=exchange, symbol=symbol, category=category, params=params)
-        return self._register_spec(spec, handler)
+        return self._register_spec(spec, handler, conflate)
 
     def on_error(self, handler: _ErrorH) -> _ErrorH:
         """Call ``handler(error: KiyotakaError)`` for every error reported while streaming.
@@ -762,14 +774,20 @@ class KiyotakaClient:
             families[0].queue.put_control(error)
 
     def _register(self, channel: Channel, handler: Callable[[Any], Any] | None, exchange: Any, symbol: Any,
-                  category: Any, options: dict[str, Any] | None = None) -> Any:
+                  category: Any, options: dict[str, Any] | None = None, conflate: bool = False) -> Any:
         spec = make_spec(channel, exchange=exchange, symbol=symbol, category=category, options=options)
-        return self._register_spec(spec, handler)
+        return self._register_spec(spec, handler, conflate)
 
-    def _register_spec(self, spec: ChannelSpec, handler: Callable[[Any], Any] | None) -> Any:
+    def _register_spec(self, spec: ChannelSpec, handler: Callable[[Any], Any] | None, conflate: bool = False) -> Any:
+        if type(conflate) is not bool:
+            raise ConfigurationError(f"conflate: expected True or False, got {conflate!r}")
+        if conflate and spec.channel.value not in CONFLATABLE:
+            raise ConfigurationError(f"conflate: {spec.channel.value} points are not snapshots and are never "
+                                     "conflated (only BLOCK_BOOK_SNAPSHOT, VOLUME_PROFILE_AGG, FUNDING_RATE "
+                                     "and OPEN_INTEREST are)")
         if handler is None:
             def decorator(fn: F) -> F:
-                self._register_spec(spec, fn)
+                self._register_spec(spec, fn, conflate)
                 return fn
             return decorator
         _check_handler(handler)
@@ -782,7 +800,7 @@ class KiyotakaClient:
                 raise ConfigurationError(_conflict(spec, other))
             subs = self._registry.setdefault(spec, [])
             new_wire = not subs
-            sub = Subscription(self, spec, handler, WireSub(spec) if new_wire else subs[0]._wire)
+            sub = Subscription(self, spec, handler, WireSub(spec) if new_wire else subs[0]._wire, conflate)
             subs.append(sub)
             self._data_keys[key] = spec
             self._set_routes(spec, subs)  # routes first: the first point after the ack is delivered
@@ -814,7 +832,7 @@ class KiyotakaClient:
 
     def _set_routes(self, spec: ChannelSpec, subs: list[Subscription]) -> None:
         routes = self._routes[spec.family] = self._routes[spec.family].updated(
-            spec, tuple(s.handler for s in subs))
+            spec, tuple(Conflated(s.handler) if s.conflate else s.handler for s in subs))
         family = self._families.get(spec.family)
         if family is not None:
             family.dispatcher.routes = routes

@@ -14,6 +14,7 @@ import collections
 import logging
 import threading
 import time
+from time import monotonic_ns as _monotonic_ns
 from time import time_ns as _time_ns
 from typing import Any, Callable, NamedTuple
 
@@ -21,6 +22,7 @@ from .channels import ChannelSpec
 from .errors import DecodeError, EventsDropped, HandlerError, KiyotakaError, ServerError
 from .events import decode_point, excerpt
 from .fastpath import FastPath
+from .latency import Window
 from .protocol import FrameDecoder, Kind, classify, error_details
 
 log = logging.getLogger("kiyotaka_ws")
@@ -238,6 +240,23 @@ class EventQueue:
         return not self._full(size)
 
 
+# Series types whose points are snapshots (each supersedes the previous of its series): the only
+# ones a handler may ask to conflate. Trades, aggregated trades and liquidations never are.
+CONFLATABLE = frozenset(("BLOCK_BOOK_SNAPSHOT", "VOLUME_PROFILE_AGG", "FUNDING_RATE", "OPEN_INTEREST"))
+
+
+class Conflated:
+    """A ``conflate=True`` handler as the routing table holds it (see ``Dispatcher._conflate``)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Handler) -> None:
+        self.fn = fn
+
+    def __call__(self, event: Any) -> Any:
+        return self.fn(event)
+
+
 class _Route(NamedTuple):
     spec: ChannelSpec
     exchange: str
@@ -268,6 +287,7 @@ class RouteTable:
     def __init__(self) -> None:
         self._by_symbol: dict[tuple[Any, Any], tuple[_Route, ...]] = {}
         self._by_coin: dict[tuple[Any, Any], tuple[_Route, ...]] = {}
+        self.conflating = 0  # how many ``Conflated`` handlers the table holds
 
     def updated(self, spec: ChannelSpec, handlers: tuple[Handler, ...]) -> RouteTable:
         """A copy where ``spec`` routes to ``handlers`` (none: the spec is gone)."""
@@ -275,7 +295,10 @@ class RouteTable:
         new._by_symbol, new._by_coin = self._by_symbol, self._by_coin
         table = dict(self._by_coin if spec.grouped else self._by_symbol)
         key = (spec.channel.value, spec.symbol)
-        routes = tuple(r for r in table.get(key, ()) if r.spec != spec)
+        old = table.get(key, ())
+        routes = tuple(r for r in old if r.spec != spec)
+        new.conflating = (self.conflating + _conflated(handlers)
+                          - sum(_conflated(r.handlers) for r in old if r.spec == spec))
         if handlers:
             block = spec.param("blockSize")
             routes += (_Route(spec, spec.exchange, spec.category, float(block) if block else None, handlers),)
@@ -311,6 +334,25 @@ class RouteTable:
                     continue
             handlers = handlers + route.handlers if handlers else route.handlers
         return handlers
+
+
+def _conflated(handlers: tuple[Handler, ...]) -> int:
+    return sum(type(h) is Conflated for h in handlers)
+
+
+def series_key(series: Any) -> tuple[Any, ...] | None:
+    """What tells one series from another for conflation (the fields routing reads); None when the
+    point has no series object or a field is unhashable (never conflated)."""
+    if type(series) is not dict:
+        return None
+    get = series.get
+    key = (get("type"), get("symbol"), get("coin"), get("exchange"), get("category"), get("normalizedSymbol"),
+           get("side"), get("blockSize"))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 class Hooks:
@@ -357,6 +399,13 @@ class Dispatcher:
         self.decode_errors = 0
         self.handler_errors = 0
         self.skipped = 0
+        self.conflated = 0
+        # During a batch with conflated handlers: series key -> points of it not yet delivered.
+        self._pending: dict[tuple[Any, ...], int] | None = None
+        # Latency windows (see latency.py): written by this thread only.
+        self.feed_latency = Window()   # received_ns - event.time_ns, once per event
+        self.queue_delay = Window()    # first handler's start - received_ns, once per event
+        self.handler_time = Window()   # each handler call
         # A sink in place of delivery (the NATS relay): gets every data frame's points, in order,
         # and they are not decoded into events. None: points go to the handlers.
         self.sink: Callable[[str, list[Any]], None] | None = None
@@ -394,8 +443,15 @@ class Dispatcher:
     def _dispatch(self) -> bool:
         """Handle one batch; False once the queue is closed and drained."""
         items, dropped, closed = self.queue.take()
+        now = _monotonic_ns()
+        self.feed_latency.rotate(now)
+        self.queue_delay.rotate(now)
+        self.handler_time.rotate(now)
         if dropped:
             self._error(EventsDropped(dropped, family=self.family))
+        self._pending = None
+        if self.routes.conflating and self.sink is None:
+            items = self._predecode(items)
         for item in items:
             if self.finished:
                 return False
@@ -412,13 +468,65 @@ class Dispatcher:
                 log.exception("%s: internal error while dispatching", self.family)
         return not closed
 
-    def _frame(self, item: tuple[bytes, bool, int, int]) -> None:
-        try:
-            message = self.decoder.decode(item[0], item[1])
-        except DecodeError as exc:
-            self.decode_errors += 1
-            self._error(exc)
-            return
+    def _predecode(self, items: list[Any]) -> list[Any]:
+        """Decode a batch's frames ahead (for conflation) and count its snapshot points per series.
+
+        Data items become ``(payload, binary, connection, received_ns, message or DecodeError)``;
+        ``_pending`` maps each snapshot series to how many of its points the batch holds, so that
+        ``_conflate`` can tell, for each, whether a newer one follows.
+        """
+        pending: dict[tuple[Any, ...], int] = {}
+        out: list[Any] = []
+        for item in items:
+            if type(item) is not tuple:
+                out.append(item)
+                continue
+            try:
+                message: Any = self.decoder.decode(item[0], item[1])
+            except DecodeError as exc:
+                message = exc
+            out.append((*item, message))
+            points = message.get("points") if type(message) is dict else None
+            if type(points) is not list:
+                continue
+            for point in points:
+                series = point.get("series") if type(point) is dict else None
+                if type(series) is dict and series.get("type") in CONFLATABLE:
+                    key = series_key(series)
+                    if key is not None:
+                        pending[key] = pending.get(key, 0) + 1
+        self._pending = pending
+        return out
+
+    def _conflate(self, handlers: tuple[Handler, ...], point: Any, pending: dict[tuple[Any, ...], int],
+                  ) -> tuple[Handler, ...]:
+        """The handlers to call for this snapshot point: without the ``Conflated`` ones when a newer
+        point of its series is in the same batch (each skipped call counted in ``conflated``)."""
+        key = series_key(point.get("series")) if type(point) is dict else None
+        left = pending.get(key) if key is not None else None  # type: ignore[arg-type]
+        if left is None:
+            return handlers
+        pending[key] = left - 1  # type: ignore[index]
+        if left <= 1:  # the newest of its series in this batch
+            return handlers
+        kept = tuple(h for h in handlers if type(h) is not Conflated)
+        self.conflated += len(handlers) - len(kept)
+        return kept
+
+    def _frame(self, item: tuple[Any, ...]) -> None:
+        if len(item) == 5:  # decoded ahead by _predecode
+            message = item[4]
+            if isinstance(message, DecodeError):
+                self.decode_errors += 1
+                self._error(message)
+                return
+        else:
+            try:
+                message = self.decoder.decode(item[0], item[1])
+            except DecodeError as exc:
+                self.decode_errors += 1
+                self._error(exc)
+                return
         points = message.get("points") if type(message) is dict else None
         if type(points) is list:
             sink = self.sink
@@ -442,44 +550,92 @@ class Dispatcher:
         if fast is None:
             fast = self._fastpath = FastPath(self.routes)
         route = fast.route
-        for point in points:
-            if self.closing:
-                return
-            routes = self.routes  # one snapshot per point: an unsubscribe takes effect at once
-            if fast.routes is not routes:  # a new table: a new cache
-                fast = self._fastpath = FastPath(routes)
-                route = fast.route
-            hit = route(point, received_ns)
-            if hit:
-                handlers, event = hit
-            elif hit is not None:  # nobody listens
-                self.skipped += 1
-                continue
-            else:  # not a documented shape: the general path words the error or takes the variant
-                try:
-                    handlers = routes.handlers_for(point["series"])
-                except (TypeError, KeyError, AttributeError):
-                    self.decode_errors += 1
-                    self._error(DecodeError("malformed point (no series object)", excerpt=excerpt(point)))
-                    continue
-                if not handlers:
+        clock = _time_ns
+        # The latency windows' current histograms and maxima, in locals: Window.add's arithmetic
+        # is inlined below (a method call per value would cost ~0.1 us, three values per event).
+        # Keep the three copies identical to Window.add.
+        # The window rotates between batches only, so these stay current for the whole frame.
+        feed, queue, took = self.feed_latency, self.queue_delay, self.handler_time
+        fc, qc, hc = feed.counts, queue.counts, took.counts
+        fm, qm, hm = feed.max, queue.max, took.max
+        pending = self._pending  # None unless some handler conflates
+        try:
+            for point in points:
+                if self.closing:
+                    return
+                routes = self.routes  # one snapshot per point: an unsubscribe takes effect at once
+                if fast.routes is not routes:  # a new table: a new cache
+                    fast = self._fastpath = FastPath(routes)
+                    route = fast.route
+                hit = route(point, received_ns)
+                if hit:
+                    handlers, event = hit
+                elif hit is not None:  # nobody listens
                     self.skipped += 1
                     continue
-                try:
-                    event = decode_point(point, received_ns)
-                except DecodeError as exc:
-                    self.decode_errors += 1
-                    self._error(exc)
-                    continue
-                if event is None:  # a type we do not know
-                    self.skipped += 1
-                    continue
-            self.events += 1
-            for handler in handlers:
-                try:
-                    handler(event)
-                except BaseException as exc:  # noqa: BLE001 - nothing a handler does may kill this thread
-                    self._handler_failed(handler, event, exc)
+                else:  # not a documented shape: the general path words the error or takes the variant
+                    try:
+                        handlers = routes.handlers_for(point["series"])
+                    except (TypeError, KeyError, AttributeError):
+                        self.decode_errors += 1
+                        self._error(DecodeError("malformed point (no series object)", excerpt=excerpt(point)))
+                        continue
+                    if not handlers:
+                        self.skipped += 1
+                        continue
+                    try:
+                        event = decode_point(point, received_ns)
+                    except DecodeError as exc:
+                        self.decode_errors += 1
+                        self._error(exc)
+                        continue
+                    if event is None:  # a type we do not know
+                        self.skipped += 1
+                        continue
+                if pending is not None and _conflated(handlers):
+                    handlers = self._conflate(handlers, point, pending)
+                    if not handlers:
+                        continue
+                self.events += 1
+                start = clock()
+                if received_ns is not None:
+                    exchange_ns = event.time_ns
+                    if exchange_ns is not None:  # feed latency: latency.Window.add, inlined
+                        v = received_ns - exchange_ns
+                        if v > fm:  # noqa: PLR1730 - faster than max()
+                            fm = v
+                        if v < 1024:
+                            fc[0] += 1
+                        elif v >= 0x4000000000000000:  # 2**62: only a bogus exchange time gets here
+                            fc[-1] += 1
+                        else:
+                            b = v.bit_length()
+                            fc[b << 2 | (v >> (b - 3)) & 3] += 1
+                    v = start - received_ns  # queue delay
+                    if v > qm:  # noqa: PLR1730
+                        qm = v
+                    if v < 1024:
+                        qc[0] += 1
+                    else:
+                        b = v.bit_length()
+                        qc[b << 2 | (v >> (b - 3)) & 3] += 1
+                for handler in handlers:
+                    try:
+                        handler(event)
+                    except BaseException as exc:  # noqa: BLE001 - nothing a handler does may kill this thread
+                        self._handler_failed(handler, event, exc)
+                    end = clock()
+                    v = end - start  # handler time
+                    if v > hm:  # noqa: PLR1730
+                        hm = v
+                    if v < 1024:
+                        hc[0] += 1
+                    else:
+                        b = v.bit_length()
+                        hc[b << 2 | (v >> (b - 3)) & 3] += 1
+                    start = end
+        finally:
+            feed.max, queue.max, took.max = fm, qm, hm
 
     def _error(self, error: KiyotakaError) -> None:
         if self.hooks.error:
@@ -505,6 +661,8 @@ class Dispatcher:
 
     def _handler_failed(self, handler: Handler, event: Any, exc: BaseException) -> None:
         self.handler_errors += 1
+        if type(handler) is Conflated:
+            handler = handler.fn
         error = HandlerError(f"handler {_name(handler)} raised {_describe(exc)}", event=event, handler=handler)
         error.__cause__ = exc
         self._error(error)

@@ -33,6 +33,19 @@ class ConnectionStatus:
     reason: str | None = None
 
 
+@attrs.frozen
+class Percentiles:
+    """Latency percentiles over the last minute (``p50``, ``p90``, ``p99``, ``max`` in seconds)
+    and how many values they summarise. Each percentile is the upper bound of a log-scale bucket
+    (four per octave: at most 25 % above the true value), capped by the exact ``max``."""
+
+    p50: float
+    p90: float
+    p99: float
+    max: float
+    count: int
+
+
 @attrs.define
 class ConnectionStats:
     """Counters of one endpoint family, as returned by ``KiyotakaClient.stats()``."""
@@ -48,3 +61,9 @@ class ConnectionStats:
     queue_depth: int = 0      # frames waiting for the dispatcher
     last_frame_age: float | None = None  # seconds since the last frame of any kind
     skipped: int = 0          # points of unknown types or with no handler left
+    # Over the last minute (None before any event): receive time minus the event's exchange time,
+    # handler start minus receive time (once per event), and each handler call's duration.
+    feed_latency: Percentiles | None = None
+    queue_delay: Percentiles | None = None
+    handler_time: Percentiles | None = None
+    conflated: int = 0        # snapshots skipped by conflate=True handlers (a newer one was due)

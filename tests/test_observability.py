@@ -3,17 +3,36 @@ conflation of snapshot channels, the Prometheus exporter and ``stream --stats``.
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import attrs
 import brotli
-from conftest import Collector
+import pytest
+from conftest import Collector, wait_until
 
-from kiyotaka_ws import KiyotakaClient, Trade
-from kiyotaka_ws.channels import Channel
+from kiyotaka_ws import (
+    BookSnapshot,
+    ConfigurationError,
+    KiyotakaClient,
+    Percentiles,
+    Trade,
+)
+from kiyotaka_ws.channels import Channel, make_spec
+from kiyotaka_ws.dispatch import Conflated, Dispatcher, EventQueue, Hooks
 from kiyotaka_ws.events import decode_point
+from kiyotaka_ws.latency import (
+    BUCKETS,
+    SLOT_SECONDS,
+    SLOTS,
+    Window,
+    bucket,
+    upper_bound,
+)
+from kiyotaka_ws.protocol import FrameDecoder
 from kiyotaka_ws.recording import RecordingReader
 from kiyotaka_ws.testing import FakeKiyotakaServer, book_point, trade_point
 
@@ -82,3 +101,150 @@ def test_a_replay_stamps_the_recorded_receive_time(server: FakeKiyotakaServer, m
 
 def _plain(payload: bytes, binary: bool) -> bytes:
     return brotli.decompress(payload) if binary else payload
+
+
+# -- latency windows and stats() -------------------------------------------------------------------
+
+def test_window_percentiles_are_bucket_bounds_within_25_percent() -> None:
+    window = Window()
+    now = 10**12
+    window.rotate(now)
+    assert window.percentiles(now) is None
+    for us in range(1, 1001):  # 1 us .. 1 ms, uniform
+        window.add(us * 1000)
+    got = window.percentiles(now)
+    assert got is not None and got.count == 1000
+    for value, exact in ((got.p50, 500e-6), (got.p90, 900e-6), (got.p99, 990e-6)):
+        assert exact <= value <= exact * 1.25, (value, exact)
+    assert got.max == 1000e-6
+    window.add(-5)  # clock skew: counted, in the lowest bucket
+    window.add(2**62)  # huge: counted, in range
+    assert window.percentiles(now).count == 1002  # type: ignore[union-attr]
+    for i in range(1000, 2**62, 2**55 + 12345):
+        assert bucket(i) < BUCKETS and i < upper_bound(bucket(i))
+    window.add(2**100)  # a bogus exchange time: the last bucket, no IndexError
+    assert bucket(2**100) == BUCKETS - 1
+
+
+def test_window_slides_old_slots_out() -> None:
+    window = Window()
+    t = 10**12
+    window.rotate(t)
+    window.add(5_000_000)
+    t += int(SLOT_SECONDS * 1e9)
+    window.rotate(t)  # a new slot: the old one still counts
+    window.add(1_000_000)
+    got = window.percentiles(t)
+    assert got is not None and (got.count, got.max) == (2, 0.005)
+    later = t + int((SLOTS - 1) * SLOT_SECONDS * 1e9) + 1  # the first slot is now older than the window
+    got = window.percentiles(later)
+    assert got is not None and (got.count, got.max) == (1, 0.001)
+    assert window.percentiles(later + int(SLOTS * SLOT_SECONDS * 1e9)) is None  # idle: nothing recent
+
+
+def test_stats_report_latency_percentiles(server: FakeKiyotakaServer, make_client: Any) -> None:
+    client = make_client()
+    got = Collector()
+
+    def slow(event: Trade) -> None:
+        time.sleep(0.02)
+        got(event)
+
+    sub = client.on_trade(slow, exchange="X", symbol="BTCUSDT")
+    with client:
+        sub.wait(5)
+        stats = client.stats()["nonbook"]
+        assert (stats.feed_latency, stats.queue_delay, stats.handler_time) == (None, None, None)
+        sent = time.time_ns() - 2_000_000_000  # exchange time 2 s before now: feed latency ~2 s
+        server.publish([trade(i, sent) for i in range(5)])
+        assert got.wait_for(5)
+        stats = client.stats()["nonbook"]
+    for each in (stats.feed_latency, stats.queue_delay, stats.handler_time):
+        assert isinstance(each, Percentiles) and each.count == 5
+        assert each.p50 <= each.p90 <= each.p99 <= each.max
+    assert stats.feed_latency is not None and 2.0 <= stats.feed_latency.p50 < 2.0 * 1.25
+    assert stats.handler_time is not None and 0.02 <= stats.handler_time.p50 <= 0.2
+    # the 5th event waited for the four handler calls before it, in the queue
+    assert stats.queue_delay is not None and stats.queue_delay.max >= 0.08
+    assert client.stats()["nonbook"].handler_time == stats.handler_time  # kept after stop()
+
+
+def test_a_bogus_exchange_time_is_counted_not_fatal(server: FakeKiyotakaServer, make_client: Any) -> None:
+    client = make_client()
+    got, errors = Collector(), Collector()
+    sub = client.on_trade(got, exchange="X", symbol="BTCUSDT")
+    client.on_error(errors)
+    with client:
+        sub.wait(5)
+        server.publish([trade(0, -(2**80)), trade(1, 2**80)])  # feed latency of +-2**80 ns
+        assert got.wait_for(2)
+        stats = client.stats()["nonbook"]
+    assert errors.items == [] and stats.feed_latency is not None and stats.feed_latency.count == 2
+
+
+# -- conflation ------------------------------------------------------------------------------------
+
+def test_a_lagging_conflated_handler_gets_the_newest_book_and_counts_the_rest(
+        server: FakeKiyotakaServer, make_client: Any) -> None:
+    client = make_client()
+    release, entered = threading.Event(), threading.Event()
+    conflated, every = Collector(), Collector()
+
+    def blocked(event: BookSnapshot) -> None:
+        entered.set()
+        assert release.wait(10)
+        conflated(event)
+
+    sub = client.on_book(blocked, exchange="X", symbol="BTCUSDT", block_size=10, conflate=True)
+    client.on_book(every, exchange="X", symbol="BTCUSDT", block_size=10)  # same spec, not conflated
+    with client:
+        sub.wait(5)
+        server.publish([book(0)])
+        assert entered.wait(5)  # the handler is stuck on book 0
+        for i in range(1, 51):
+            server.publish([book(i)])  # one frame each
+        assert wait_until(lambda: client.stats()["book"].queue_depth == 51)  # book 0's batch + 50 waiting
+        release.set()
+        assert every.wait_for(51)
+        assert wait_until(lambda: conflated.items and conflated.items[-1].bids[0].price == 150.0)
+        stats = client.stats()["book"]
+    prices = [e.bids[0].price for e in conflated.items]
+    assert prices[0] == 100.0 and prices[-1] == 150.0 and len(prices) < 10
+    assert prices == sorted(prices)  # in order, none twice
+    assert len(prices) + stats.conflated == 51  # delivered + conflated == published
+    assert [e.bids[0].price for e in every.items] == [100.0 + i for i in range(51)]
+    assert stats.events == 51  # events decoded and delivered (to one handler at least)
+    assert stats.handler_time is not None and stats.handler_time.count == 51 + len(prices)  # handler calls
+
+
+def test_conflation_keeps_series_apart_and_is_refused_for_trades(make_client: Any) -> None:
+    client = make_client()
+    for register in (client.on_trade, client.on_liquidation, client.on_trade_agg):
+        with pytest.raises(TypeError, match="conflate"):  # not even a parameter there
+            register(print, exchange="X", symbol="BTCUSDT", conflate=True)  # type: ignore[call-overload]
+    for channel in ("TRADE", "TRADE_AGG", "LIQUIDATION"):
+        with pytest.raises(ConfigurationError, match="conflate"):
+            client.subscribe(channel, print, exchange="X", symbol="BTCUSDT", conflate=True)
+    with pytest.raises(ConfigurationError, match="conflate"):
+        client.on_book(print, exchange="X", symbol="BTCUSDT", block_size=10, conflate=1)  # type: ignore[arg-type]
+    assert client.subscribe("OPEN_INTEREST", print, exchange="X", symbol="BTCUSDT", conflate=True).conflate
+
+
+def test_one_batch_delivers_the_last_point_of_each_series() -> None:
+    got: list[Any] = []
+    dispatcher = Dispatcher("book", EventQueue(100, "block"), Hooks(), FrameDecoder(2**24),
+                            lambda *args: None, lambda error: None)
+    for symbol in ("A", "B"):
+        spec = make_spec(Channel.BLOCK_BOOK_SNAPSHOT, exchange="X", symbol=symbol,
+                         options={"block_size": 10})
+        dispatcher.routes = dispatcher.routes.updated(spec, (Conflated(got.append),))
+    points = [book_point("X", symbol, bids=[(float(i), 1.0)], asks=[], block_size=10, time_ns=T0 + i)
+              for i in range(6) for symbol in ("A", "B")]
+    for point in points[:-2]:  # ten frames in one batch, then one more (a batch of its own)
+        dispatcher.queue.put_frame(json.dumps({"points": [point]}).encode(), False)
+    dispatcher.queue.close_data()
+    dispatcher._dispatch()
+    assert [(e.symbol, e.bids[0].price) for e in got] == [("A", 4.0), ("B", 4.0)]
+    assert dispatcher.conflated == 8
+    dispatcher.queue.put_frame(json.dumps({"points": points[-2:]}).encode(), False)  # refused: closed
+    assert dispatcher.events == 2
