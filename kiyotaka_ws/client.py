@@ -331,6 +331,7 @@ class KiyotakaClient:
         if recorder is not None:
             recorder.on_error = self._recording_failed
         self._streams: weakref.WeakSet[EventStream[Any]] = weakref.WeakSet()
+        self._stop_hooks: list[Callable[[float], bool]] = []  # stop() calls them with its deadline
         self._sink: Callable[[str, list[Any]], None] | None = None  # set by a NATS relay
 
     # -- registering handlers -------------------------------------------------------------------
@@ -676,6 +677,7 @@ class KiyotakaClient:
             families = list(self._families.values())
             wires = [subs[0]._wire for subs in self._registry.values() if subs]
             streams = list(self._streams)
+            hooks, self._stop_hooks = self._stop_hooks, []
         if not first:
             if not threading.current_thread().name.startswith("kiyotaka-ws-"):
                 self._stopped.wait(max(0.0, deadline - time.monotonic()))
@@ -699,6 +701,11 @@ class KiyotakaClient:
             joined = family.dispatcher.join(deadline) and joined
         for family in families:
             family.dispatcher.finished = True
+        for hook in hooks:  # library helpers bound to this client (the metrics server)
+            try:
+                joined = hook(deadline) and joined
+            except Exception:  # a helper must not keep stop() from finishing
+                log.exception("stop(): a stop hook failed")
         stopped = ClientStoppedError("the client was stopped")
         for wire in wires:
             wire.end(stopped)
@@ -727,6 +734,19 @@ class KiyotakaClient:
         return f"KiyotakaClient(region={self._region!r}, api_key={key}, {states})"
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _add_stop_hook(self, hook: Callable[[float], bool]) -> None:
+        """Have ``stop()`` call ``hook(deadline)`` (True: its threads are joined); raises
+        ``ClientStoppedError`` when the client is already stopped."""
+        with self._lock:
+            if self._stopping:
+                raise ClientStoppedError("this client was stopped; create a new KiyotakaClient")
+            self._stop_hooks.append(hook)
+
+    def _remove_stop_hook(self, hook: Callable[[float], bool]) -> None:
+        with self._lock:
+            if hook in self._stop_hooks:
+                self._stop_hooks.remove(hook)
 
     def _resolve_key(self) -> Secret:
         if self._api_key is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from conftest import Collector, wait_until
 
 from kiyotaka_ws import (
     BookSnapshot,
+    ClientStoppedError,
     ConfigurationError,
     KiyotakaClient,
     Percentiles,
@@ -248,3 +250,71 @@ def test_one_batch_delivers_the_last_point_of_each_series() -> None:
     assert dispatcher.conflated == 8
     dispatcher.queue.put_frame(json.dumps({"points": points[-2:]}).encode(), False)  # refused: closed
     assert dispatcher.events == 2
+
+
+# -- Prometheus ------------------------------------------------------------------------------------
+
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_are_served_over_http_and_stop_with_the_client(
+        server: FakeKiyotakaServer, make_client: Any) -> None:
+    from kiyotaka_ws.metrics import serve
+    client = make_client()
+    got = Collector()
+    sub = client.on_trade(got, exchange="X", symbol="BTCUSDT")
+    metrics = serve(client, 0)
+    assert metrics.port > 0 and metrics.url.startswith("http://127.0.0.1:")
+    assert any(t.name == "kiyotaka-ws-metrics" for t in threading.enumerate())
+    before = scrape(metrics.url)
+    nonbook = frozenset({("family", "nonbook")})
+    assert before[("kiyotaka_ws_frames_total", nonbook)] == 0
+    assert before[("kiyotaka_ws_state", frozenset({("family", "nonbook"), ("state", "STOPPED")}))] == 1
+    assert not any(name.startswith("kiyotaka_ws_feed_latency") for name, _ in before)  # no event yet
+    with client:
+        sub.wait(5)
+        server.publish([trade(i, time.time_ns() - 1_000_000_000) for i in range(3)])
+        assert got.wait_for(3)
+        samples = scrape(metrics.url)
+        assert samples[("kiyotaka_ws_events_total", nonbook)] == 3
+        assert samples[("kiyotaka_ws_frames_total", nonbook)] >= 1
+        for name in ("dropped", "reconnects", "decode_errors", "handler_errors", "conflated"):
+            assert samples[(f"kiyotaka_ws_{name}_total", nonbook)] == 0
+        assert samples[("kiyotaka_ws_state", frozenset({("family", "nonbook"), ("state", "READY")}))] == 1
+        assert samples[("kiyotaka_ws_state", frozenset({("family", "nonbook"), ("state", "STOPPED")}))] == 0
+        assert samples[("kiyotaka_ws_queue_depth", nonbook)] >= 0
+        assert 0 <= samples[("kiyotaka_ws_last_frame_age_seconds", nonbook)] < 5
+        feed = samples[("kiyotaka_ws_feed_latency_seconds", nonbook | {("quantile", "0.5")})]
+        assert 1.0 <= feed < 1.25 * 1.5
+        assert samples[("kiyotaka_ws_feed_latency_seconds_count", nonbook)] == 3
+        assert samples[("kiyotaka_ws_handler_time_seconds_count", nonbook)] == 3
+        assert samples[("kiyotaka_ws_queue_delay_max_seconds", nonbook)] >= 0
+    # client.stop() stopped the server and joined its thread (the fixture checks no thread is left)
+    assert not any(t.name == "kiyotaka-ws-metrics" for t in threading.enumerate())
+    with pytest.raises(OSError):
+        scrape(metrics.url)
+    metrics.stop()  # idempotent
+
+
+def test_metrics_register_and_a_handle_stops_the_server(make_client: Any) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from kiyotaka_ws.metrics import register, serve
+    client = make_client()
+    registry = CollectorRegistry()
+    collector = register(client, registry)
+    text = generate_latest(registry).decode()
+    assert 'kiyotaka_ws_events_total{family="book"} 0.0' in text
+    registry.unregister(collector)
+    with serve(client, 0) as metrics:
+        assert scrape(metrics.url)
+    assert not any(t.name == "kiyotaka-ws-metrics" for t in threading.enumerate())
+    client.stop()
+    with pytest.raises(ClientStoppedError):
+        serve(client, 0)
