@@ -39,7 +39,7 @@ from .events import (
     TradeAggregation,
     VolumeProfile,
 )
-from .status import ConnectionStatus, State
+from .status import ConnectionStats, ConnectionStatus, State
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_NO_CONNECTION, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_FAILURE = EXIT_REJECTED  # the older name
@@ -245,6 +245,13 @@ class _StreamReport:
             self._last_line = text
             self._write(text)
 
+    def always(self, text: str) -> None:
+        """Write one line even if it repeats the previous one (``--stats`` lines)."""
+        with self.lock:
+            self._flush_repeats()
+            self._last_line = text
+            self._write(text)
+
     def _flush_repeats(self) -> None:
         if self._repeats:
             self._write(f"{_PROG}: (the previous line repeated {self._repeats} more times)")
@@ -330,11 +337,48 @@ def cmd_stream(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     report.line(f"{_PROG}: connecting to {url} ({channel.value} {args.exchange}:{args.symbol})")
     fatal: KiyotakaError | None = None
+    stats_done = threading.Event()
+    stats_thread = None
+    if args.stats is not None:
+        stats_thread = threading.Thread(target=_report_stats, args=(client, channel.family, args.stats, report,
+                                                                    stats_done),
+                                        name="kiyotaka-ws-cli-stats", daemon=True)
+        stats_thread.start()
     try:
         timed_out = run_for(client, args.seconds)  # Ctrl-C: KeyboardInterrupt, 130 in main()
     except KiyotakaError as exc:
         fatal, timed_out = exc, False
+    finally:
+        stats_done.set()
+        if stats_thread is not None:
+            stats_thread.join()
     return _finish(report, fatal or report.fatal, url, args.seconds if timed_out else None, "the subscription")
+
+
+def stats_line(family: str, before: ConnectionStats, now: ConnectionStats, seconds: float) -> str:
+    """One ``--stats`` line: rates since ``before``, the latency percentiles of the last minute,
+    and the running totals of drops, reconnects and conflated snapshots."""
+    def ms(value: float) -> str:
+        return f"{value * 1000:.1f}"
+
+    rates = (f"{_PROG}: stats {family}: {(now.events - before.events) / seconds:,.0f} events/s, "
+             f"{(now.frames - before.frames) / seconds:,.0f} frames/s")
+    parts = [rates]
+    for name, got in (("feed latency", now.feed_latency), ("queue delay", now.queue_delay)):
+        if got is not None:
+            parts.append(f"{name} p50 {ms(got.p50)} ms p99 {ms(got.p99)} ms")
+    parts.append(f"dropped {now.dropped}, reconnects {now.reconnects}, conflated {now.conflated}, "
+                 f"queue {now.queue_depth}")
+    return "; ".join(parts)
+
+
+def _report_stats(client: KiyotakaClient, family: str, interval: float, report: _StreamReport,
+                  done: threading.Event) -> None:
+    before, since = client.stats()[family], time.monotonic()
+    while not done.wait(interval):
+        now, at = client.stats()[family], time.monotonic()
+        report.always(stats_line(family, before, now, max(at - since, 1e-9)))
+        before, since = now, at
 
 
 def parse_sub(text: str) -> tuple[Channel, str, str, str, dict[str, str]]:
@@ -634,6 +678,9 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--api-key", help="API key (default: $KIYOTAKA_API_KEY)")
     stream.add_argument("--json", action="store_true", help="one JSON object per event, for piping")
     stream.add_argument("--seconds", type=_positive_float, help="stop after this many seconds")
+    stream.add_argument("--stats", type=_positive_float, metavar="SECONDS",
+                        help="every SECONDS, one line to stderr: event and frame rates, feed latency and "
+                             "queue delay p50/p99, drops, reconnects")
     stream.add_argument("--retries", type=_whole_number, metavar="N",
                         help="give up (exit 3) after N consecutive failed connection attempts "
                              "(default: keep trying)")

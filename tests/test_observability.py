@@ -318,3 +318,46 @@ def test_metrics_register_and_a_handle_stops_the_server(make_client: Any) -> Non
     client.stop()
     with pytest.raises(ClientStoppedError):
         serve(client, 0)
+
+
+# -- kiyotaka-ws stream --stats --------------------------------------------------------------------
+
+def test_stream_stats_prints_a_line_per_interval(capsys: Any) -> None:
+    from kiyotaka_ws.cli import main
+    with FakeKiyotakaServer(api_key="k") as server:
+        stop = threading.Event()
+
+        def publish() -> None:
+            i = 0
+            while not stop.wait(0.02):
+                server.publish([trade(i, time.time_ns())])
+                i += 1
+
+        publisher = threading.Thread(target=publish)
+        publisher.start()
+        try:
+            code = main(["stream", "TRADE", "--exchange", "X", "--symbol", "BTCUSDT", "--url", server.nonbook_url,
+                         "--api-key", "k", "--json", "--seconds", "1.5", "--stats", "0.3"])
+        finally:
+            stop.set()
+            publisher.join()
+    assert code == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if " stats " in line]
+    assert 3 <= len(lines) <= 5, lines
+    last = lines[-1]
+    assert last.startswith("kiyotaka-ws: stats nonbook: ") and "events/s" in last and "frames/s" in last
+    assert "feed latency p50 " in last and "queue delay p50 " in last and " p99 " in last
+    assert "dropped 0, reconnects 0, conflated 0" in last
+    rate = float(last.split(": ")[2].split(" events/s")[0].replace(",", ""))
+    assert 5 <= rate <= 100  # ~50 trades/s published
+
+
+def test_stats_line_wording() -> None:
+    from kiyotaka_ws import ConnectionStats
+    from kiyotaka_ws.cli import stats_line
+    before = ConnectionStats(events=100, frames=10)
+    now = ConnectionStats(events=1100, frames=110, dropped=2, reconnects=1, conflated=3, queue_depth=4,
+                          feed_latency=Percentiles(0.0123, 0.02, 0.0456, 0.05, 10))
+    assert stats_line("nonbook", before, now, 2.0) == (
+        "kiyotaka-ws: stats nonbook: 500 events/s, 50 frames/s; feed latency p50 12.3 ms p99 45.6 ms; "
+        "dropped 2, reconnects 1, conflated 3, queue 4")
