@@ -22,7 +22,7 @@ from .channels import ChannelSpec
 from .errors import DecodeError, EventsDropped, HandlerError, KiyotakaError, ServerError
 from .events import decode_point, excerpt
 from .fastpath import FastPath
-from .latency import Window
+from .latency import SLOT_NS, Window
 from .protocol import FrameDecoder, Kind, classify, error_details
 
 log = logging.getLogger("kiyotaka_ws")
@@ -406,6 +406,7 @@ class Dispatcher:
         self.feed_latency = Window()   # received_ns - event.time_ns, once per event
         self.queue_delay = Window()    # first handler's start - received_ns, once per event
         self.handler_time = Window()   # each handler call
+        self._rotate_at = 0            # time.monotonic_ns() when they rotate next
         # A sink in place of delivery (the NATS relay): gets every data frame's points, in order,
         # and they are not decoded into events. None: points go to the handlers.
         self.sink: Callable[[str, list[Any]], None] | None = None
@@ -444,9 +445,11 @@ class Dispatcher:
         """Handle one batch; False once the queue is closed and drained."""
         items, dropped, closed = self.queue.take()
         now = _monotonic_ns()
-        self.feed_latency.rotate(now)
-        self.queue_delay.rotate(now)
-        self.handler_time.rotate(now)
+        if now >= self._rotate_at:  # the latency windows' current slot is full: start the next
+            self.feed_latency.rotate(now)
+            self.queue_delay.rotate(now)
+            self.handler_time.rotate(now)
+            self._rotate_at = now + SLOT_NS
         if dropped:
             self._error(EventsDropped(dropped, family=self.family))
         self._pending = None

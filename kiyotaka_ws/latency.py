@@ -21,7 +21,7 @@ from .status import Percentiles
 
 SLOTS = 6
 SLOT_SECONDS = 10.0
-_SLOT_NS = int(SLOT_SECONDS * 1e9)
+SLOT_NS = int(SLOT_SECONDS * 1e9)
 BUCKETS = 64 * 4  # index = bit length * 4 + the next two bits: any value below 2**63 ns fits
 
 
@@ -61,7 +61,7 @@ class Window:
     def rotate(self, now: int) -> None:
         """Start a new slot if the current one is ``SLOT_SECONDS`` old (``now``: monotonic ns)."""
         index = self._index
-        if self._starts[index] and now - self._starts[index] < _SLOT_NS:
+        if self._starts[index] and now - self._starts[index] < SLOT_NS:
             return
         if self._starts[index]:
             self._maxes[index] = self.max
@@ -87,7 +87,7 @@ class Window:
         """p50, p90, p99 and max (seconds) and the count of the last 50 to 60 s; None if empty."""
         if now is None:
             now = time.monotonic_ns()
-        oldest = now - SLOTS * _SLOT_NS
+        oldest = now - SLOTS * SLOT_NS
         total = [0] * BUCKETS
         top = 0
         current = self._index
