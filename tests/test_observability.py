@@ -158,7 +158,8 @@ def test_stats_report_latency_percentiles(server: FakeKiyotakaServer, make_clien
         stats = client.stats()["nonbook"]
         assert (stats.feed_latency, stats.queue_delay, stats.handler_time) == (None, None, None)
         sent = time.time_ns() - 2_000_000_000  # exchange time 2 s before now: feed latency ~2 s
-        server.publish([trade(i, sent) for i in range(5)])
+        for i in range(5):  # one frame each: latencies are sampled on the first event of a frame
+            server.publish([trade(i, sent)])
         assert got.wait_for(5)
         stats = client.stats()["nonbook"]
     for each in (stats.feed_latency, stats.queue_delay, stats.handler_time):
@@ -178,7 +179,8 @@ def test_a_bogus_exchange_time_is_counted_not_fatal(server: FakeKiyotakaServer, 
     client.on_error(errors)
     with client:
         sub.wait(5)
-        server.publish([trade(0, -(2**80)), trade(1, 2**80)])  # feed latency of +-2**80 ns
+        server.publish([trade(0, -(2**80))])  # feed latency of +-2**80 ns, one frame each (sampled per frame)
+        server.publish([trade(1, 2**80)])
         assert got.wait_for(2)
         stats = client.stats()["nonbook"]
     assert errors.items == [] and stats.feed_latency is not None and stats.feed_latency.count == 2
@@ -279,7 +281,8 @@ def test_metrics_are_served_over_http_and_stop_with_the_client(
     assert not any(name.startswith("kiyotaka_ws_feed_latency") for name, _ in before)  # no event yet
     with client:
         sub.wait(5)
-        server.publish([trade(i, time.time_ns() - 1_000_000_000) for i in range(3)])
+        for i in range(3):  # one frame each: latencies are sampled per frame
+            server.publish([trade(i, time.time_ns() - 1_000_000_000)])
         assert got.wait_for(3)
         samples = scrape(metrics.url)
         assert samples[("kiyotaka_ws_events_total", nonbook)] == 3
@@ -361,3 +364,18 @@ def test_stats_line_wording() -> None:
     assert stats_line("nonbook", before, now, 2.0) == (
         "kiyotaka-ws: stats nonbook: 500 events/s, 50 frames/s; feed latency p50 12.3 ms p99 45.6 ms; "
         "dropped 2, reconnects 1, conflated 3, queue 4")
+
+
+def test_latencies_are_sampled_once_per_frame(server: FakeKiyotakaServer, make_client: Any) -> None:
+    """A frame of many points costs one measurement: count follows frames, events still all arrive."""
+    client = make_client()
+    got = Collector()
+    client.on_trade(got, exchange="X", symbol="BTCUSDT")
+    client.start()
+    assert client.wait_ready(5)
+    server.publish([trade(i) for i in range(50)])
+    server.publish([trade(i) for i in range(50)])
+    assert got.wait_for(100)
+    assert wait_until(lambda: (client.stats()["nonbook"].queue_delay or Percentiles(0, 0, 0, 0, 0)).count == 2)
+    stats = client.stats()["nonbook"]
+    assert stats.events == 100 and stats.handler_time is not None and stats.handler_time.count == 2
