@@ -53,6 +53,7 @@ from .errors import (
     SubscriptionError,
 )
 from .session import WireSub
+from .source import ExternalSource
 from .status import ConnectionStats, ConnectionStatus, State
 
 if TYPE_CHECKING:
@@ -298,7 +299,7 @@ def _status_message(status: ConnectionStatus, heartbeat: bool = False) -> bytes:
 
 # -- the consumer: NATS as a client's source ---------------------------------------------------------------
 
-class NatsSource:
+class NatsSource(ExternalSource):
     """One family's source in a NATS consumer: the ``Session`` interface the client uses.
 
     READY while connected to NATS and the relay's upstream for the family is READY (or not yet
@@ -306,19 +307,11 @@ class NatsSource:
     READY pair marks a possible gap, as live.
     """
 
+    first_state = State.CONNECTING
+
     def __init__(self, family: str, queue: EventQueue, bus: NatsSources) -> None:
-        self.family = family
-        self.queue = queue
+        super().__init__(family, queue, bus)
         self._bus = bus
-        self._started = False
-        self._ended = False
-        self.ready = threading.Event()
-        self.state = State.STOPPED
-        self.fatal: KiyotakaError | None = None
-        self.reconnects = 0
-        self.frames = 0
-        self.bytes = 0
-        self.last_rx: float | None = None
         # loop thread only:
         self.nats_up = False
         self.upstream: str | None = None
@@ -328,54 +321,11 @@ class NatsSource:
         self._flush_scheduled = False
         self._was_ready = False
 
-    # -- the interface the client uses ------------------------------------------------------------------
-
-    @property
-    def started(self) -> bool:
-        return self._started
-
-    def start(self) -> None:
-        if self._started:
-            return
-        self._started = True
-        self._set_state(State.CONNECTING)
-        self._bus.start(self)
-
     def add(self, sub: WireSub) -> None:
         self._bus.post(("add", self, sub))
 
     def remove(self, spec: ChannelSpec) -> None:
         self._bus.post(("remove", self, spec))
-
-    def answer(self, conn: int, message: dict[str, Any]) -> None:
-        """No requests are sent over NATS: nothing to answer."""
-
-    def fail(self, error: KiyotakaError) -> None:
-        self.fatal = error
-        self.queue.put_control(error)
-        self.end(State.FAILED, str(error))
-        self._bus.fatal(error)
-
-    def stop(self) -> None:
-        self._bus.stop()
-
-    def join(self, deadline: float) -> bool:
-        ok = self._bus.join(deadline)
-        self.end(State.STOPPED)
-        return ok
-
-    @property
-    def last_frame_age(self) -> float | None:
-        last = self.last_rx
-        return None if last is None else max(0.0, time.monotonic() - last)
-
-    # -- state --------------------------------------------------------------------------------------------
-
-    def end(self, state: State, reason: str | None = None) -> None:
-        if self._ended or not self._started:
-            return
-        self._ended = True
-        self._set_state(state, reason)
 
     def update(self, reason: str | None = None) -> None:
         """Recompute the state from NATS and the upstream (loop thread); report a change."""
@@ -393,14 +343,6 @@ class NatsSource:
             self._was_ready = True
         if state is not self.state:
             self._set_state(state, why)
-
-    def _set_state(self, state: State, reason: str | None = None, attempt: int = 0) -> None:
-        self.state = state
-        if state is State.READY:
-            self.ready.set()
-        else:
-            self.ready.clear()
-        self.queue.put_status(ConnectionStatus(self.family, state, attempt, reason))
 
     # -- data (loop thread) ---------------------------------------------------------------------------------
 

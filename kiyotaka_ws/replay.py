@@ -24,98 +24,23 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any, Callable
+from typing import Callable
 
-from .channels import ChannelSpec
 from .dispatch import BATCH_FRAMES as BATCH
 from .dispatch import BLOCK, EventQueue
 from .errors import EventsDropped, KiyotakaError
 from .recording import GAP, PathLike, RecordingReader
-from .session import WireSub
-from .status import ConnectionStatus, State
+from .source import ExternalSource
+from .status import State
 
 log = logging.getLogger("kiyotaka_ws.replay")
 
 
-class ReplaySource:
-    """One family's source in a replaying client: the ``Session`` interface the client uses."""
+class ReplaySource(ExternalSource):
+    """One family's source in a replaying client: READY at once, STOPPED at the end of the file."""
 
     def __init__(self, family: str, queue: EventQueue, player: Player) -> None:
-        self.family = family
-        self.queue = queue
-        self._player = player
-        self._started = False
-        self._ended = False
-        self._lock = threading.Lock()
-        self.ready = threading.Event()
-        self.state = State.STOPPED
-        self.reconnects = 0
-        self.frames = 0
-        self.bytes = 0
-        self.last_rx: float | None = None
-        self.fatal: KiyotakaError | None = None
-
-    # -- the interface the client uses --------------------------------------------------------------
-
-    def start(self) -> None:
-        with self._lock:
-            if self._started:
-                return
-            self._started = True
-        self._set_state(State.READY)
-        self._player.start(self)
-
-    @property
-    def started(self) -> bool:
-        return self._started
-
-    def add(self, sub: WireSub) -> None:
-        """No server to ask: a subscription is active at once (routing filters the recording)."""
-        sub.settle(WireSub.ACTIVE)
-
-    def remove(self, spec: ChannelSpec) -> None:
-        """Nothing to tell a server: the dispatcher's routes already forgot the spec."""
-
-    def answer(self, conn: int, message: dict[str, Any]) -> None:
-        """Answers in the recording were for the recording client's requests: ignored."""
-
-    def fail(self, error: KiyotakaError) -> None:
-        """An internal thread died: the family fails, as a live one would."""
-        self.fatal = error
-        self.queue.put_control(error)
-        self.end(State.FAILED, str(error))
-        self._player.fatal(error)
-
-    def stop(self) -> None:
-        self._player.stop()
-
-    def join(self, deadline: float) -> bool:
-        ok = self._player.join(deadline)
-        self.end(State.STOPPED)
-        return ok
-
-    @property
-    def last_frame_age(self) -> float | None:
-        last = self.last_rx
-        return None if last is None else max(0.0, time.monotonic() - last)
-
-    # -- from the player ------------------------------------------------------------------------------
-
-    def end(self, state: State, reason: str | None = None) -> None:
-        """STOPPED (end of the recording, or stop()) or FAILED, once."""
-        with self._lock:
-            if self._ended or not self._started:
-                return
-            self._ended = True
-        self._set_state(state, reason)
-
-    def _set_state(self, state: State, reason: str | None = None) -> None:
-        self.state = state
-        if state is State.READY:
-            self.ready.set()
-        else:
-            self.ready.clear()
-        self.queue.put_status(ConnectionStatus(self.family, state, 0, reason))
+        super().__init__(family, queue, player)
 
 
 class Player:
