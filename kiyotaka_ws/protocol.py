@@ -149,17 +149,24 @@ class FrameDecoder:
         self.max_bytes = max_bytes
 
     def decode(self, payload: bytes | str, binary: bool) -> Any:
-        if len(payload) > self.max_bytes:
+        if binary:
+            payload = self.inflate(payload)  # type: ignore[arg-type]
+        elif len(payload) > self.max_bytes:
             raise DecodeError(f"frame of {len(payload)} bytes exceeds max_frame_bytes={self.max_bytes}",
                               excerpt=excerpt(payload))
-        if binary:
-            payload = self._decompress(payload)  # type: ignore[arg-type]
         try:
             return _loads(payload)
         except (ValueError, RecursionError):
             # Labelled by the payload, not by the exception: orjson reports bad UTF-8 as a JSON error.
             reason = "not JSON" if _is_utf8(payload) else "invalid UTF-8"
             raise DecodeError(f"frame is {reason}", excerpt=excerpt(payload)) from None
+
+    def inflate(self, data: bytes) -> bytes:
+        """A binary frame's JSON text: brotli-decompressed (or as is, when it is plain JSON)."""
+        if len(data) > self.max_bytes:
+            raise DecodeError(f"frame of {len(data)} bytes exceeds max_frame_bytes={self.max_bytes}",
+                              excerpt=excerpt(data))
+        return self._decompress(data)
 
     def _decompress(self, data: bytes) -> bytes:
         decompressor = brotli.Decompressor()

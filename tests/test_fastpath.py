@@ -325,3 +325,42 @@ def test_malformed_frame_points_report_the_same_errors(json_parser):
     assert dispatcher.decode_errors == 3 and not log
     errors = dispatcher.errors_seen  # type: ignore[attr-defined]
     assert all(isinstance(e, DecodeError) for e in errors) and "price must be a number" in str(errors[0])
+
+
+# -- a batch is decompressed ahead of its delivery (see Dispatcher._inflate_ahead) ------------------
+
+def trade_frame(trade_id: str) -> bytes:
+    point = {"series": {"type": "TRADE", "exchange": "X", "symbol": "S"},
+             "trade": {"id": trade_id, "price": 1.0, "amount": 2.0, "timestamp": {"seconds": 1}}}
+    return json.dumps({"points": [point]}).encode()
+
+
+def test_a_batch_is_inflated_ahead_and_delivered_in_order_with_its_errors_in_place() -> None:
+    log: list[Any] = []
+    dispatcher = make_dispatcher(log)
+    dispatcher.hooks.error = (log.append,)
+    frames = [(brotli.compress(trade_frame("1")), True), (b"\x8b\x00 not brotli", True),
+              (brotli.compress(trade_frame("2")), True), (trade_frame("3"), True),  # plain JSON, binary
+              (trade_frame("4"), False)]
+    items = [(payload, binary, 1, 0) for payload, binary in frames]
+    ahead = dispatcher._inflate_ahead(items)
+    assert [item[:2] for item in ahead] == [(trade_frame("1"), False), frames[1], (trade_frame("2"), False),
+                                            (trade_frame("3"), False), (trade_frame("4"), False)]
+    for payload, binary in frames:
+        dispatcher.queue.put_frame(payload, binary, 1)
+    dispatcher.queue.close_data()
+    dispatcher._dispatch()
+    seen = [entry[1].id if type(entry) is tuple else type(entry).__name__ for entry in log
+            if type(entry) is not tuple or entry[0] == "h0"]
+    assert seen == ["1", "DecodeError", "2", "3", "4"]
+    assert dispatcher.events == 4 and dispatcher.decode_errors == 1
+
+
+def test_inflating_ahead_holds_a_bounded_number_of_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kiyotaka_ws import dispatch
+    monkeypatch.setattr(dispatch, "INFLATE_AHEAD_BYTES", 5000)
+    dispatcher = make_dispatcher([])
+    big = json.dumps({"points": [], "pad": "x" * 3000}).encode()
+    items = [(brotli.compress(big), True, 1, 0)] * 4
+    ahead = dispatcher._inflate_ahead(items)
+    assert [binary for _, binary, _, _ in ahead] == [False, False, True, True]  # 6,000 bytes ahead, then none
