@@ -160,23 +160,24 @@ def _opt_float(value: Any) -> float | None:
 _Head = tuple[tuple[Channel, Any, Any, Any, Any, Any], Any, Any]
 
 
-def _trade(head: _Head, point: dict, rx: int | None, new: Any = _new_trade, payload_key: str = "trade") -> Event:
+def _trade(head: _Head, point: dict, rx: int | None, new: Any = _new_trade, payload_key: str = "trade",
+           ns: int = _NS) -> Event:
     # The busiest channel: subscripts (a missing key or a non-object raises, and the general path
     # decides) and the documented {seconds, nanoseconds} timestamp inline.
     try:
         p = point[payload_key]
         id_, price, amount, ts = p["id"], p["price"], p["amount"], p["timestamp"]
-        seconds, nanos = ts["seconds"], ts.get("nanoseconds", 0)
+        seconds, nanos = ts["seconds"], ts.get("nanoseconds", 0)  # protobuf-JSON leaves a zero out
     except (KeyError, TypeError, AttributeError):
         raise _Fallback from None
-    if type(id_) is not str or type(seconds) is not int or type(nanos) is not int or not 0 <= nanos < _NS:
+    if type(id_) is not str or type(seconds) is not int or type(nanos) is not int or not 0 <= nanos < ns:
         raise _Fallback
     if type(price) is not float:
         price = _float(price)
     if type(amount) is not float:
         amount = _float(amount)
     common, side, _ = head
-    return new(common, seconds * _NS + nanos, point, rx, id_, price, amount, side)  # type: ignore[no-any-return]
+    return new(common, seconds * ns + nanos, point, rx, id_, price, amount, side)  # type: ignore[no-any-return]
 
 
 def _liquidation(head: _Head, point: dict, rx: int | None) -> Event:

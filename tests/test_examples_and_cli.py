@@ -406,6 +406,7 @@ def test_bench_json_output(capsys):
         assert set(case["points_per_s"]) == {"json", "orjson", "client"}
         assert set(case["ratio"]) == {"vs_json", "vs_orjson"}
     assert report["latency_us"]["client"]["p50"] > 0
+    assert len(report["latency_us"]["client"]["p99_per_round"]) == report["rounds"] == 1
     assert protocol.json_parser() == before  # the bench put the parser back
 
 
