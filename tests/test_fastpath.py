@@ -190,7 +190,8 @@ def test_differential_test_can_fail(monkeypatch):
     original = fastpath_module._new_trade
     monkeypatch.setattr(fastpath_module, "_new_trade",  # (head, time_ns, raw, received_ns, id, price, amount, side)
                         lambda *a: original(*a[:5], a[5] + 1, *a[6:]))
-    monkeypatch.setattr(fastpath_module._trade, "__defaults__", (fastpath_module._new_trade, "trade"))
+    defaults = fastpath_module._trade.__defaults__ or ()
+    monkeypatch.setattr(fastpath_module._trade, "__defaults__", (fastpath_module._new_trade, *defaults[1:]))
     assert run(frame, general=False, monkeypatch=monkeypatch) != run(frame, general=True, monkeypatch=monkeypatch)
 
 
