@@ -579,9 +579,6 @@ class Dispatcher:
 
     def _deliver(self, points: list[Any], received_ns: int | None = None) -> None:
         fast: FastPath | None = getattr(self, "_fastpath", None)  # the cache for one RouteTable
-        if fast is None:
-            fast = self._fastpath = FastPath(self.routes)
-        route = fast.route
         clock = _time_ns
         # The latency windows' current histograms and maxima, in locals: Window.add's arithmetic
         # is inlined below (a method call per value would cost ~0.1 us, three values per event).
@@ -592,89 +589,94 @@ class Dispatcher:
         fm, qm, hm = feed.max, queue.max, took.max
         pending = self._pending  # None unless some handler conflates
         sample = True  # latencies are measured on the first event of each frame: a cost per frame, not per event
+        next_point, count = 0, len(points)
         try:
-            for point in points:
-                if self.closing:
-                    return
-                routes = self.routes  # one snapshot per point: an unsubscribe takes effect at once
-                if fast.routes is not routes:  # a new table: a new cache
+            while next_point < count:
+                routes = self.routes
+                if fast is None or fast.routes is not routes:  # a new table: a new cache
                     fast = self._fastpath = FastPath(routes)
-                    route = fast.route
-                hit = route(point, received_ns)
-                if hit:
-                    handlers, event = hit
-                elif hit is not None:  # nobody listens
-                    self.skipped += 1
-                    continue
-                else:  # not a documented shape: the general path words the error or takes the variant
-                    try:
-                        handlers = routes.handlers_for(point["series"])
-                    except (TypeError, KeyError, AttributeError):
-                        self.decode_errors += 1
-                        self._error(DecodeError("malformed point (no series object)", excerpt=excerpt(point)))
-                        continue
-                    if not handlers:
+                hits = fast.run(points, next_point, received_ns)  # decoded ahead, a run at a time
+                for hit in hits:
+                    if self.closing:
+                        return
+                    if self.routes is not routes:  # a handler changed them: route the rest again, at once
+                        break
+                    point = points[next_point]
+                    next_point += 1
+                    if hit:
+                        handlers, event = hit
+                    elif hit is not None:  # nobody listens
                         self.skipped += 1
                         continue
-                    try:
-                        event = decode_point(point, received_ns)
-                    except DecodeError as exc:
-                        self.decode_errors += 1
-                        self._error(exc)
+                    else:  # not a documented shape: the general path words the error or takes the variant
+                        try:
+                            handlers = routes.handlers_for(point["series"])
+                        except (TypeError, KeyError, AttributeError):
+                            self.decode_errors += 1
+                            self._error(DecodeError("malformed point (no series object)", excerpt=excerpt(point)))
+                            continue
+                        if not handlers:
+                            self.skipped += 1
+                            continue
+                        try:
+                            event = decode_point(point, received_ns)
+                        except DecodeError as exc:
+                            self.decode_errors += 1
+                            self._error(exc)
+                            continue
+                        if event is None:  # a type we do not know
+                            self.skipped += 1
+                            continue
+                    if pending is not None and _conflated(handlers):
+                        handlers = self._conflate(handlers, point, pending)
+                        if not handlers:
+                            continue
+                    self.events += 1
+                    if not sample:
+                        for handler in handlers:
+                            try:
+                                handler(event)
+                            except BaseException as exc:  # noqa: BLE001 - nothing a handler does may kill this thread
+                                self._handler_failed(handler, event, exc)
                         continue
-                    if event is None:  # a type we do not know
-                        self.skipped += 1
-                        continue
-                if pending is not None and _conflated(handlers):
-                    handlers = self._conflate(handlers, point, pending)
-                    if not handlers:
-                        continue
-                self.events += 1
-                if not sample:
+                    sample = False
+                    start = clock()
+                    if received_ns is not None:
+                        exchange_ns = event.time_ns
+                        if exchange_ns is not None:  # feed latency: latency.Window.add, inlined
+                            v = received_ns - exchange_ns
+                            if v > fm:  # noqa: PLR1730 - faster than max()
+                                fm = v
+                            if v < 1024:
+                                fc[0] += 1
+                            elif v >= 0x4000000000000000:  # 2**62: only a bogus exchange time gets here
+                                fc[-1] += 1
+                            else:
+                                b = v.bit_length()
+                                fc[b << 2 | (v >> (b - 3)) & 3] += 1
+                        v = start - received_ns  # queue delay
+                        if v > qm:  # noqa: PLR1730
+                            qm = v
+                        if v < 1024:
+                            qc[0] += 1
+                        else:
+                            b = v.bit_length()
+                            qc[b << 2 | (v >> (b - 3)) & 3] += 1
                     for handler in handlers:
                         try:
                             handler(event)
                         except BaseException as exc:  # noqa: BLE001 - nothing a handler does may kill this thread
                             self._handler_failed(handler, event, exc)
-                    continue
-                sample = False
-                start = clock()
-                if received_ns is not None:
-                    exchange_ns = event.time_ns
-                    if exchange_ns is not None:  # feed latency: latency.Window.add, inlined
-                        v = received_ns - exchange_ns
-                        if v > fm:  # noqa: PLR1730 - faster than max()
-                            fm = v
+                        end = clock()
+                        v = end - start  # handler time
+                        if v > hm:  # noqa: PLR1730
+                            hm = v
                         if v < 1024:
-                            fc[0] += 1
-                        elif v >= 0x4000000000000000:  # 2**62: only a bogus exchange time gets here
-                            fc[-1] += 1
+                            hc[0] += 1
                         else:
                             b = v.bit_length()
-                            fc[b << 2 | (v >> (b - 3)) & 3] += 1
-                    v = start - received_ns  # queue delay
-                    if v > qm:  # noqa: PLR1730
-                        qm = v
-                    if v < 1024:
-                        qc[0] += 1
-                    else:
-                        b = v.bit_length()
-                        qc[b << 2 | (v >> (b - 3)) & 3] += 1
-                for handler in handlers:
-                    try:
-                        handler(event)
-                    except BaseException as exc:  # noqa: BLE001 - nothing a handler does may kill this thread
-                        self._handler_failed(handler, event, exc)
-                    end = clock()
-                    v = end - start  # handler time
-                    if v > hm:  # noqa: PLR1730
-                        hm = v
-                    if v < 1024:
-                        hc[0] += 1
-                    else:
-                        b = v.bit_length()
-                        hc[b << 2 | (v >> (b - 3)) & 3] += 1
-                    start = end
+                            hc[b << 2 | (v >> (b - 3)) & 3] += 1
+                        start = end
         finally:
             feed.max, queue.max, took.max = fm, qm, hm
 

@@ -22,7 +22,7 @@ from kiyotaka_ws import fastpath as fastpath_module
 from kiyotaka_ws.channels import make_spec
 from kiyotaka_ws.dispatch import Dispatcher, EventQueue, Hooks, RouteTable
 from kiyotaka_ws.events import Event, decode_point
-from kiyotaka_ws.fastpath import CACHE_SIZE, FastPath, builder
+from kiyotaka_ws.fastpath import CACHE_SIZE, RUN_POINTS, FastPath, builder
 from kiyotaka_ws.protocol import FrameDecoder
 
 # -- a dispatcher with recording handlers, and a way to force the general path --------------------
@@ -74,12 +74,17 @@ def signature(event: Any) -> tuple:
     return type(event).__name__, fields
 
 
+def general_only(self: FastPath, points: list[Any], start: int, received_ns: Any = None) -> list[None]:
+    """In place of ``FastPath.run``: every point takes the general path."""
+    return [None] * len(points[start:start + RUN_POINTS])
+
+
 def run(points: list[Any], general: bool, monkeypatch: pytest.MonkeyPatch) -> tuple:
     log: list[Any] = []
     dispatcher = make_dispatcher(log)
     with monkeypatch.context() as patch:
         if general:
-            patch.setattr(FastPath, "route", lambda self, point, received_ns=None: None)
+            patch.setattr(FastPath, "run", general_only)
         dispatcher._deliver(points, 1_700_000_000_123_456_789)  # received_ns: carried by both paths
     delivered = [(name, signature(event), id(event.raw)) for name, event in log]
     errors = [(type(e).__name__, str(e), e.excerpt) for e in dispatcher.errors_seen]  # type: ignore[attr-defined]
@@ -171,6 +176,17 @@ def test_fast_path_matches_the_general_path(frame, monkeypatch):
     assert run(frame, general=False, monkeypatch=monkeypatch) == run(frame, general=True, monkeypatch=monkeypatch)
 
 
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(frame=frames(), run_points=st.sampled_from([1, 2, 3]))
+def test_fast_path_matches_the_general_path_across_runs(frame, run_points, monkeypatch):
+    """The same, with frames cut into many runs (``FastPath.run`` decodes one run ahead)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(fastpath_module, "RUN_POINTS", run_points)
+        fast = run(frame, general=False, monkeypatch=monkeypatch)
+    assert fast == run(frame, general=True, monkeypatch=monkeypatch)
+
+
 def test_documented_examples_take_the_fast_path():
     """Every documented example is decoded by the fast path itself, to the general path's event."""
     for example in EXAMPLES:
@@ -257,19 +273,23 @@ def test_cache_is_bounded_and_per_table():
     assert len(fast._entries) <= CACHE_SIZE
 
 
-def test_a_handler_changing_the_routes_mid_frame_takes_effect_at_once(monkeypatch):
+@pytest.mark.parametrize(("size", "at"), [(3, 1), (150, 1), (150, 64), (150, 100), (150, 150)])
+def test_a_handler_changing_the_routes_mid_frame_takes_effect_at_once(size: int, at: int) -> None:
+    """Points are decoded a run (``RUN_POINTS``) ahead; a change of routes still counts from the
+    very next point, inside a run or across one."""
     log: list[Any] = []
     dispatcher = make_dispatcher(log)
     point = copy.deepcopy(TRADE)
     point["series"].update(exchange="X", symbol="S")
 
-    def unsubscribe_all(event: Any) -> None:
-        log.append(("unsubscribe", event))
-        dispatcher.routes = RouteTable()
+    def unsubscribe_at(event: Any) -> None:
+        log.append(event)
+        if len(log) == at:
+            dispatcher.routes = RouteTable()
 
-    dispatcher.routes = RouteTable().updated(make_spec("TRADE", exchange="X", symbol="S"), (unsubscribe_all,))
-    dispatcher._deliver([point, copy.deepcopy(point), copy.deepcopy(point)])
-    assert len(log) == 1 and dispatcher.skipped == 2 and dispatcher.events == 1
+    dispatcher.routes = RouteTable().updated(make_spec("TRADE", exchange="X", symbol="S"), (unsubscribe_at,))
+    dispatcher._deliver([copy.deepcopy(point) for _ in range(size)])
+    assert len(log) == at and dispatcher.events == at and dispatcher.skipped == size - at
 
 
 def test_a_handler_changing_raw_does_not_change_routing():
@@ -310,7 +330,7 @@ def test_frames_match_under_each_parser(frame, compress, json_parser, monkeypatc
         dispatcher = make_dispatcher(log)
         with monkeypatch.context() as patch:
             if general:
-                patch.setattr(FastPath, "route", lambda self, point, received_ns=None: None)
+                patch.setattr(FastPath, "run", general_only)
             dispatcher._frame((payload, compress, 1, 1_700_000_000_123_456_789))
         results.append(([(name, signature(event)) for name, event in log],
                         [(type(e).__name__, str(e)) for e in dispatcher.errors_seen],  # type: ignore[attr-defined]
