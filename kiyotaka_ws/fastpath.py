@@ -160,28 +160,9 @@ def _opt_float(value: Any) -> float | None:
 _Head = tuple[tuple[Channel, Any, Any, Any, Any, Any], Any, Any]
 
 
-def _trade(head: _Head, point: dict, rx: int | None, new: Any = _new_trade, payload_key: str = "trade",
-           ns: int = _NS) -> Event:
-    # The busiest channel: subscripts (a missing key or a non-object raises, and the general path
-    # decides) and the documented {seconds, nanoseconds} timestamp inline.
-    try:
-        p = point[payload_key]
-        id_, price, amount, ts = p["id"], p["price"], p["amount"], p["timestamp"]
-        seconds, nanos = ts["seconds"], ts.get("nanoseconds", 0)  # protobuf-JSON leaves a zero out
-    except (KeyError, TypeError, AttributeError):
-        raise _Fallback from None
-    if type(id_) is not str or type(seconds) is not int or type(nanos) is not int or not 0 <= nanos < ns:
-        raise _Fallback
-    if type(price) is not float:
-        price = _float(price)
-    if type(amount) is not float:
-        amount = _float(amount)
-    common, side, _ = head
-    return new(common, seconds * ns + nanos, point, rx, id_, price, amount, side)  # type: ignore[no-any-return]
-
-
-def _liquidation(head: _Head, point: dict, rx: int | None) -> Event:
-    return _trade(head, point, rx, _new_liquidation, "liquidation")
+# Trades and liquidations, the busiest channels, are decoded inline by ``FastPath.run``: their
+# cache entries hold (payload key, builder) where the others hold a decoder function.
+_TRADE_LIKE = {"TRADE": ("trade", _new_trade), "LIQUIDATION": ("liquidation", _new_liquidation)}
 
 
 def _trade_agg(head: _Head, point: dict, rx: int | None) -> Event:
@@ -238,12 +219,12 @@ def _volume_profile(head: _Head, point: dict, rx: int | None) -> Event:
 
 
 _Decoder = Callable[[_Head, dict, "int | None"], Event]
-# series.type -> (channel, decoder, whether the event carries series.blockSize)
-_FAST_DECODERS: dict[str, tuple[Channel, _Decoder, bool]] = {
-    "TRADE": (Channel.TRADE, _trade, False),
+# series.type -> (channel, decoder (or _TRADE_LIKE's pair), whether the event carries series.blockSize)
+_FAST_DECODERS: dict[str, tuple[Channel, Any, bool]] = {
+    "TRADE": (Channel.TRADE, _TRADE_LIKE["TRADE"], False),
     "TRADE_AGG": (Channel.TRADE_AGG, _trade_agg, False),
     "BLOCK_BOOK_SNAPSHOT": (Channel.BLOCK_BOOK_SNAPSHOT, _book, True),
-    "LIQUIDATION": (Channel.LIQUIDATION, _liquidation, False),
+    "LIQUIDATION": (Channel.LIQUIDATION, _TRADE_LIKE["LIQUIDATION"], False),
     "FUNDING_RATE": (Channel.FUNDING_RATE, _funding, False),
     "OPEN_INTEREST": (Channel.OPEN_INTEREST, _open_interest, False),
     "VOLUME_PROFILE_AGG": (Channel.VOLUME_PROFILE_AGG, _volume_profile, True),
@@ -251,7 +232,7 @@ _FAST_DECODERS: dict[str, tuple[Channel, _Decoder, bool]] = {
 
 # The series fields routing or the event's head read, in key order.
 _KEY_FIELDS = ("type", "symbol", "coin", "exchange", "category", "normalizedSymbol", "side", "blockSize")
-_Entry = tuple[tuple[Callable[[Any], Any], ...], _Decoder, _Head]
+_Entry = tuple[tuple[Callable[[Any], Any], ...], Any, _Head]  # (handlers, decoder or _TRADE_LIKE pair, head)
 _Hit = Optional[Union[tuple[tuple[Callable[[Any], Any], ...], Event], tuple[()]]]  # see FastPath.route
 RUN_POINTS = 64  # points decoded ahead of their delivery by one FastPath.run
 
@@ -281,9 +262,9 @@ class FastPath:
         as on the general path); None when the general path must decide."""
         return self.run([point], 0, received_ns)[0]
 
-    def run(self, points: list[Any], start: int, received_ns: int | None = None) -> list[_Hit]:
+    def run(self, points: list[Any], start: int, received_ns: int | None = None, ns: int = _NS) -> list[_Hit]:
         """What ``route`` answers for each of ``points[start:start + RUN_POINTS]``, in one loop
-        (a call per point less: the dispatcher's hot path)."""
+        (a call per point less, two for trades: the dispatcher's hot path)."""
         recent = self._recent
         lookup = self._lookup
         hits: list[_Hit] = []
@@ -310,10 +291,30 @@ class FastPath:
             if not handlers:
                 append(())
                 continue
+            if type(decode) is not tuple:
+                try:
+                    append((handlers, decode(head, point, received_ns)))
+                except _Fallback:
+                    append(None)
+                continue
+            # A trade or a liquidation: subscripts (a missing key or a non-object raises, and the
+            # general path decides) and the documented {seconds, nanoseconds} timestamp inline.
+            payload_key, new = decode
             try:
-                append((handlers, decode(head, point, received_ns)))
-            except _Fallback:
+                p = point[payload_key]
+                id_, price, amount, ts = p["id"], p["price"], p["amount"], p["timestamp"]
+                seconds, nanos = ts["seconds"], ts.get("nanoseconds", 0)  # protobuf-JSON leaves a zero out
+                if type(id_) is not str or type(seconds) is not int or type(nanos) is not int or not 0 <= nanos < ns:
+                    raise _Fallback
+                if type(price) is not float:
+                    price = _float(price)
+                if type(amount) is not float:
+                    amount = _float(amount)
+            except (KeyError, TypeError, AttributeError, _Fallback):
                 append(None)
+                continue
+            common, side, _ = head
+            append((handlers, new(common, seconds * ns + nanos, point, received_ns, id_, price, amount, side)))
         return hits
 
     def _lookup(self, series: dict[str, Any]) -> _Entry | None:

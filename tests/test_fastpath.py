@@ -204,10 +204,8 @@ def test_differential_test_can_fail(monkeypatch):
     for point in frame:
         point["series"]["exchange"], point["series"]["symbol"] = "X", "S"
     original = fastpath_module._new_trade
-    monkeypatch.setattr(fastpath_module, "_new_trade",  # (head, time_ns, raw, received_ns, id, price, amount, side)
-                        lambda *a: original(*a[:5], a[5] + 1, *a[6:]))
-    defaults = fastpath_module._trade.__defaults__ or ()
-    monkeypatch.setattr(fastpath_module._trade, "__defaults__", (fastpath_module._new_trade, *defaults[1:]))
+    off_by_one = ("trade", lambda *a: original(*a[:5], a[5] + 1, *a[6:]))  # (head, time_ns, raw, rx, id, price, ...)
+    monkeypatch.setitem(fastpath_module._FAST_DECODERS, "TRADE", (Channel.TRADE, off_by_one, False))
     assert run(frame, general=False, monkeypatch=monkeypatch) != run(frame, general=True, monkeypatch=monkeypatch)
 
 
