@@ -580,105 +580,71 @@ class Dispatcher:
     def _deliver(self, points: list[Any], received_ns: int | None = None) -> None:
         fast: FastPath | None = getattr(self, "_fastpath", None)  # the cache for one RouteTable
         clock = _time_ns
-        # The latency windows' current histograms and maxima, in locals: Window.add's arithmetic
-        # is inlined below (a method call per value would cost ~0.1 us, three values per event).
-        # Keep the three copies identical to Window.add.
-        # The window rotates between batches only, so these stay current for the whole frame.
-        feed, queue, took = self.feed_latency, self.queue_delay, self.handler_time
-        fc, qc, hc = feed.counts, queue.counts, took.counts
-        fm, qm, hm = feed.max, queue.max, took.max
         pending = self._pending  # None unless some handler conflates
         sample = True  # latencies are measured on the first event of each frame: a cost per frame, not per event
         next_point, count = 0, len(points)
-        try:
-            while next_point < count:
-                routes = self.routes
-                if fast is None or fast.routes is not routes:  # a new table: a new cache
-                    fast = self._fastpath = FastPath(routes)
-                hits = fast.run(points, next_point, received_ns)  # decoded ahead, a run at a time
-                for hit in hits:
-                    if self.closing:
-                        return
-                    if self.routes is not routes:  # a handler changed them: route the rest again, at once
-                        break
-                    point = points[next_point]
-                    next_point += 1
-                    if hit:
-                        handlers, event = hit
-                    elif hit is not None:  # nobody listens
+        while next_point < count:
+            routes = self.routes
+            if fast is None or fast.routes is not routes:  # a new table: a new cache
+                fast = self._fastpath = FastPath(routes)
+            hits = fast.run(points, next_point, received_ns)  # decoded ahead, a run at a time
+            for hit in hits:
+                if self.closing:
+                    return
+                if self.routes is not routes:  # a handler changed them: route the rest again, at once
+                    break
+                point = points[next_point]
+                next_point += 1
+                if hit:
+                    handlers, event = hit
+                elif hit is not None:  # nobody listens
+                    self.skipped += 1
+                    continue
+                else:  # not a documented shape: the general path words the error or takes the variant
+                    try:
+                        handlers = routes.handlers_for(point["series"])
+                    except (TypeError, KeyError, AttributeError):
+                        self.decode_errors += 1
+                        self._error(DecodeError("malformed point (no series object)", excerpt=excerpt(point)))
+                        continue
+                    if not handlers:
                         self.skipped += 1
                         continue
-                    else:  # not a documented shape: the general path words the error or takes the variant
-                        try:
-                            handlers = routes.handlers_for(point["series"])
-                        except (TypeError, KeyError, AttributeError):
-                            self.decode_errors += 1
-                            self._error(DecodeError("malformed point (no series object)", excerpt=excerpt(point)))
-                            continue
-                        if not handlers:
-                            self.skipped += 1
-                            continue
-                        try:
-                            event = decode_point(point, received_ns)
-                        except DecodeError as exc:
-                            self.decode_errors += 1
-                            self._error(exc)
-                            continue
-                        if event is None:  # a type we do not know
-                            self.skipped += 1
-                            continue
-                    if pending is not None and _conflated(handlers):
-                        handlers = self._conflate(handlers, point, pending)
-                        if not handlers:
-                            continue
-                    self.events += 1
-                    if not sample:
-                        for handler in handlers:
-                            try:
-                                handler(event)
-                            except BaseException as exc:  # noqa: BLE001 - nothing a handler does may kill this thread
-                                self._handler_failed(handler, event, exc)
+                    try:
+                        event = decode_point(point, received_ns)
+                    except DecodeError as exc:
+                        self.decode_errors += 1
+                        self._error(exc)
                         continue
-                    sample = False
-                    start = clock()
-                    if received_ns is not None:
-                        exchange_ns = event.time_ns
-                        if exchange_ns is not None:  # feed latency: latency.Window.add, inlined
-                            v = received_ns - exchange_ns
-                            if v > fm:  # noqa: PLR1730 - faster than max()
-                                fm = v
-                            if v < 1024:
-                                fc[0] += 1
-                            elif v >= 0x4000000000000000:  # 2**62: only a bogus exchange time gets here
-                                fc[-1] += 1
-                            else:
-                                b = v.bit_length()
-                                fc[b << 2 | (v >> (b - 3)) & 3] += 1
-                        v = start - received_ns  # queue delay
-                        if v > qm:  # noqa: PLR1730
-                            qm = v
-                        if v < 1024:
-                            qc[0] += 1
-                        else:
-                            b = v.bit_length()
-                            qc[b << 2 | (v >> (b - 3)) & 3] += 1
+                    if event is None:  # a type we do not know
+                        self.skipped += 1
+                        continue
+                if pending is not None and _conflated(handlers):
+                    handlers = self._conflate(handlers, point, pending)
+                    if not handlers:
+                        continue
+                self.events += 1
+                if not sample:
                     for handler in handlers:
                         try:
                             handler(event)
                         except BaseException as exc:  # noqa: BLE001 - nothing a handler does may kill this thread
                             self._handler_failed(handler, event, exc)
-                        end = clock()
-                        v = end - start  # handler time
-                        if v > hm:  # noqa: PLR1730
-                            hm = v
-                        if v < 1024:
-                            hc[0] += 1
-                        else:
-                            b = v.bit_length()
-                            hc[b << 2 | (v >> (b - 3)) & 3] += 1
-                        start = end
-        finally:
-            feed.max, queue.max, took.max = fm, qm, hm
+                    continue
+                sample = False
+                start = clock()
+                if received_ns is not None:
+                    if event.time_ns is not None:
+                        self.feed_latency.add(received_ns - event.time_ns)
+                    self.queue_delay.add(start - received_ns)
+                for handler in handlers:
+                    try:
+                        handler(event)
+                    except BaseException as exc:  # noqa: BLE001 - nothing a handler does may kill this thread
+                        self._handler_failed(handler, event, exc)
+                    end = clock()
+                    self.handler_time.add(end - start)
+                    start = end
 
     def _error(self, error: KiyotakaError) -> None:
         if self.hooks.error:

@@ -72,7 +72,7 @@ class Window:
         self.counts, self.max = counts, 0
 
     def add(self, value: int) -> None:
-        """Count one nanosecond value in the current slot (inlined in ``Dispatcher._deliver``)."""
+        """Count one nanosecond value in the current slot."""
         if value > self.max:  # noqa: PLR1730 - faster than max() on the hot path
             self.max = value
         if value < 1024:
