@@ -245,11 +245,18 @@ def _latency_summary(runs: list[list[float]]) -> dict[str, Any]:
             "p99_per_round": [round(_pct(run, 0.99)) for run in runs]}
 
 
+def _burn() -> None:
+    """A process that only computes: the load beside the benchmark with ``busy``."""
+    while True:
+        pass
+
+
 def run_bench(points: int = 200_000, rounds: int = 5, quick: bool = False, out: TextIO | None = None,
-              as_json: bool = False, parser: str | None = None) -> int:
+              as_json: bool = False, parser: str | None = None, busy: int = 0) -> int:
     """Run every case; print a table (or, with ``as_json``, one JSON document) to ``out``.
 
-    ``parser`` selects the client's frame parser ("orjson" or "stdlib"; default: the library's).
+    ``parser`` selects the client's frame parser ("orjson" or "stdlib"; default: the library's);
+    ``busy`` processes burn CPU beside the whole run.
     """
     out = out or sys.stdout
     if quick:
@@ -261,14 +268,18 @@ def run_bench(points: int = 200_000, rounds: int = 5, quick: bool = False, out: 
     parent, child = ctx.Pipe()
     blaster = ctx.Process(target=_blaster, args=(child,), name="kiyotaka-ws-bench-blaster")
     blaster.start()
+    burners = [ctx.Process(target=_burn, name="kiyotaka-ws-bench-busy", daemon=True) for _ in range(max(0, busy))]
+    for burner in burners:
+        burner.start()
     report: dict[str, Any] = {"points": points, "rounds": rounds, "client_parser": client_parser,
-                              "python": sys.version.split()[0], "cases": []}
+                              "python": sys.version.split()[0], "busy": len(burners), "cases": []}
     try:
         port = parent.recv()
         base = f"ws://127.0.0.1:{port}/nonbook/ws?encoding=json"
         if not as_json:
+            load = f", {len(burners)} busy process(es) beside it" if burners else ""
             out.write(f"kiyotaka-ws bench: {points} TRADE points per run, {rounds} alternating rounds per case, "
-                      f"client parser {client_parser}, Python {report['python']}\n")
+                      f"client parser {client_parser}, Python {report['python']}{load}\n")
             head = "".join(f"{name + ' pts/s':>14}" for name in bares)
             ratios = "".join(f"{'vs ' + name:>10}" for name in bares)
             out.write(f"{'case':<12}{head}{'client pts/s':>14}{ratios}{'client us/pt':>14}\n")
@@ -315,7 +326,8 @@ def run_bench(points: int = 200_000, rounds: int = 5, quick: bool = False, out: 
                           f"p99 {summary['p99']:,} us (per round: {rounds_p99}), max {summary['max']:,} us\n")
         out.write(f"memory: RSS {rss[0]:.1f} MiB after the first run, {rss[-1]:.1f} MiB after run {len(rss)}\n")
     finally:
-        blaster.terminate()
-        blaster.join()
+        for process in (blaster, *burners):
+            process.terminate()
+            process.join()
         protocol.use_json_parser(previous)
     return 0

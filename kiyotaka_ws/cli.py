@@ -774,6 +774,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--per-frame", type=_whole_number, default=5, help="points per frame with --recording")
     bench.add_argument("--parser", choices=("orjson", "stdlib"),
                        help="the client's JSON parser (default: orjson when installed)")
+    bench.add_argument("--busy", type=int, default=0, metavar="N",
+                       help="run N processes that only burn CPU beside the whole benchmark (not a quiet machine)")
     nats_bench = commands.add_parser("nats-bench", help="relay throughput and latency through a local nats-server",
                                      description="Start nats-server, a blaster upstream, a relay and a consumer; "
                                                  "report relay throughput and end-to-end latency through the bus.")
@@ -853,7 +855,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             if args.command == "bench":
                 from .bench import run_bench
                 return run_bench(points=args.points or 200_000, rounds=args.rounds, quick=args.quick, out=out,
-                                 as_json=args.json, parser=args.parser)
+                                 as_json=args.json, parser=args.parser, busy=args.busy)
             if args.command == "record":
                 return cmd_record(args, out, err)
             if args.command == "replay":

@@ -383,12 +383,16 @@ class _Publisher:
 
 
 def test_bench_quick_smoke(capsys):
-    """The benchmark runs end to end and reports every case; timings are not judged here."""
-    assert main(["bench", "--quick"]) == 0
+    """The benchmark runs end to end and reports every case, here with a CPU hog beside it (which it
+    stops); timings are not judged here."""
+    import multiprocessing
+
+    assert main(["bench", "--quick", "--busy", "1"]) == 0
     out = capsys.readouterr().out
     for case in ("brotli x5", "brotli x1", "brotli x20", "brotli x50", "plain x5", "vs json", "vs orjson",
-                 "latency client", "memory: RSS"):
+                 "latency client", "memory: RSS", "1 busy process(es) beside it"):
         assert case in out
+    assert not multiprocessing.active_children()
 
 
 def test_bench_json_output(capsys):
