@@ -454,7 +454,7 @@ class Dispatcher:
         if dropped:
             self._error(EventsDropped(dropped, family=self.family))
         self._pending = None
-        if len(items) > 1:
+        if len(items) > 1 and not self.closing:
             items = self._inflate_ahead(items)
         if self.routes.conflating and self.sink is None:
             items = self._predecode(items)
