@@ -1,8 +1,9 @@
 """Delivery: the bounded event queue, the routing table and the dispatcher thread.
 
 The reader puts each raw frame, tagged with its connection's number, into an ``EventQueue``; the
-dispatcher thread takes bounded batches, decompresses and parses each frame, decodes its points,
-routes them by ``series`` and calls handlers one at a time, in order. Answers to requests go back
+dispatcher thread takes bounded batches, decompresses a batch's frames back to back (see
+``_inflate_ahead``), parses each frame, routes and decodes its points a run at a time
+(``FastPath.run``) and calls handlers one at a time, in order. Answers to requests go back
 to the family's session with their connection tag. The dispatcher thread is the only place in the
 library that calls user code: event handlers in ``_deliver`` (inline, it is the hot path) and
 ``on_error``/``on_status`` in ``_invoke``; every call is wrapped and no library lock is held.
