@@ -25,6 +25,7 @@ from .events import decode_point, excerpt
 from .fastpath import FastPath
 from .latency import SLOT_NS, Window
 from .protocol import FrameDecoder, Kind, classify, error_details
+from .threads import join_by
 
 log = logging.getLogger("kiyotaka_ws")
 
@@ -426,11 +427,7 @@ class Dispatcher:
             self._thread.start()
 
     def join(self, deadline: float) -> bool:
-        thread = self._thread
-        if thread is None or thread is threading.current_thread():
-            return True
-        thread.join(max(0.0, deadline - time.monotonic()))
-        return not thread.is_alive()
+        return join_by(self._thread, deadline)
 
     # -- the dispatcher thread ----------------------------------------------------------------
 

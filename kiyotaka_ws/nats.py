@@ -55,6 +55,7 @@ from .errors import (
 from .session import WireSub
 from .source import ExternalSource
 from .status import ConnectionStats, ConnectionStatus, State
+from .threads import join_by
 
 if TYPE_CHECKING:
     from .client import KiyotakaClient, Subscription
@@ -202,10 +203,7 @@ class _Loop:
             pass
 
     def join(self, deadline: float) -> bool:
-        if self._thread is threading.current_thread() or not self._thread.is_alive() and self._thread.ident is None:
-            return True
-        self._thread.join(max(0.0, deadline - time.monotonic()))
-        return not self._thread.is_alive()
+        return join_by(self._thread, deadline)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -438,9 +436,7 @@ class NatsSources:
         with self._lock:
             sources = list(self._sources.values())
         for source in sources:
-            source.fatal = error
-            source.queue.put_control(error)
-            source.end(State.FAILED, str(error))
+            source.end_with(error)
         self._client._on_fatal(error)
 
     # -- the NATS thread ------------------------------------------------------------------------------
@@ -484,9 +480,7 @@ class NatsSources:
                 error = ConnectionFailedError(f"gave up after {attempt} attempts: {reason}",
                                               family="nats", url=self.settings.servers[0])
                 for source in self._started_sources():
-                    source.fatal = error
-                    source.queue.put_control(error)
-                    source.end(State.FAILED, str(error))
+                    source.end_with(error)
                 self._client._on_fatal(error)
 
         async def disconnected() -> None:

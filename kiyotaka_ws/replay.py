@@ -32,6 +32,7 @@ from .errors import EventsDropped, KiyotakaError
 from .recording import GAP, PathLike, RecordingReader
 from .source import ExternalSource
 from .status import State
+from .threads import join_by
 
 log = logging.getLogger("kiyotaka_ws.replay")
 
@@ -99,11 +100,7 @@ class Player:
         self._stopping.set()
 
     def join(self, deadline: float) -> bool:
-        thread = self._thread
-        if thread is None or thread is threading.current_thread():
-            return True
-        thread.join(max(0.0, deadline - time.monotonic()))
-        return not thread.is_alive()
+        return join_by(self._thread, deadline)
 
     def fatal(self, error: KiyotakaError) -> None:
         self._stopping.set()
@@ -120,9 +117,7 @@ class Player:
             with self._lock:
                 sources = list(self._sources.values())
             for source in sources:
-                source.fatal = error
-                source.queue.put_control(error)
-                source.end(State.FAILED, str(error))
+                source.end_with(error)
             self._on_fatal(error)
             return
         ended = not self._stopping.is_set()

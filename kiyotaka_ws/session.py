@@ -44,6 +44,7 @@ from .errors import (
     SubscriptionError,
 )
 from .status import ConnectionStatus, State
+from .threads import join_by
 
 log = logging.getLogger("kiyotaka_ws.session")
 
@@ -283,11 +284,7 @@ class Session:
         self._post(_Stop())
 
     def join(self, deadline: float) -> bool:
-        thread = self._thread
-        if thread is None or thread is threading.current_thread():
-            return True
-        thread.join(max(0.0, deadline - time.monotonic()))
-        return not thread.is_alive()
+        return join_by(self._thread, deadline)
 
     @property
     def last_frame_age(self) -> float | None:

@@ -74,10 +74,14 @@ class ExternalSource:
 
     def fail(self, error: KiyotakaError) -> None:
         """An internal thread died: the family fails, as a live one would."""
+        self.end_with(error)
+        self._driver.fatal(error)
+
+    def end_with(self, error: KiyotakaError) -> None:
+        """FAILED, with ``error`` reported to ``on_error`` and kept as ``fatal``."""
         self.fatal = error
         self.queue.put_control(error)
         self.end(State.FAILED, str(error))
-        self._driver.fatal(error)
 
     def stop(self) -> None:
         self._driver.stop()
