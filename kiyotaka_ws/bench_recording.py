@@ -105,19 +105,7 @@ def replay_vs_live(folder: str, points: int, per_frame: int, rounds: int) -> Non
     try:
         url = f"ws://127.0.0.1:{parent.recv()}/nonbook/ws?encoding=json&mode=brotli&per={per_frame}&n={points}"
         path = os.path.join(folder, "live.kwsrec")
-        done = threading.Event()
-        seen = [0]
-
-        def count(_: object) -> None:
-            seen[0] += 1
-            if seen[0] >= points:
-                done.set()
-
-        recording = KiyotakaClient("x", nonbook_url=url, record=path)
-        recording.on_trade(count, exchange=EXCHANGE, symbol=SYMBOL)
-        recording.start()
-        assert done.wait(600)
-        recording.stop()
+        _live_recording(url, points, path)  # the recording the replay rounds read
         live: list[float] = []
         replayed: list[float] = []
         recording_live: list[float] = []

@@ -708,13 +708,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start a new file after this many MiB (older ones: PATH.1, PATH.2, ...)")
     record.add_argument("--rotate-seconds", type=_positive_float, metavar="S",
                         help="start a new file after this many seconds")
-    record.add_argument("--region", default="singapore", choices=sorted(REGIONS))
-    record.add_argument("--book-url", help="book endpoint URL override")
-    record.add_argument("--nonbook-url", help="nonbook endpoint URL override")
-    record.add_argument("--api-key", help="API key (default: $KIYOTAKA_API_KEY)")
-    record.add_argument("--retries", type=_whole_number, metavar="N",
-                        help="give up (exit 3) after N consecutive failed connection attempts")
-    record.add_argument("-v", "--verbose", action="store_true", help="show every state change and log line")
+    _add_upstream_arguments(record, "connection")
 
     replay = commands.add_parser("replay", help="print the events of a recording",
                                  description="Replay a recording through the client's decoding: every "
@@ -752,13 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "announced (default 100000)")
     relay.add_argument("--seconds", type=_positive_float, help="stop after this many seconds")
     relay.add_argument("--stats", type=_positive_float, metavar="S", help="print counters every S seconds")
-    relay.add_argument("--region", default="singapore", choices=sorted(REGIONS))
-    relay.add_argument("--book-url", help="book endpoint URL override")
-    relay.add_argument("--nonbook-url", help="nonbook endpoint URL override")
-    relay.add_argument("--api-key", help="API key (default: $KIYOTAKA_API_KEY)")
-    relay.add_argument("--retries", type=_whole_number, metavar="N",
-                       help="give up (exit 3) after N consecutive failed upstream connection attempts")
-    relay.add_argument("-v", "--verbose", action="store_true", help="show every state change and log line")
+    _add_upstream_arguments(relay, "upstream connection")
 
     bench = commands.add_parser("bench", help="throughput benchmark: client vs bare websocket-client loops",
                                 description="Blast frames from a separate process and compare the client "
@@ -784,6 +772,17 @@ def build_parser() -> argparse.ArgumentParser:
                             help="points/s for the latency run (default 20000)")
     nats_bench.add_argument("--seconds", type=_positive_float, default=5.0, help="latency run length (default 5)")
     return parser
+
+
+def _add_upstream_arguments(parser: argparse.ArgumentParser, attempts: str) -> None:
+    """The live-feed options ``record`` and ``relay`` share."""
+    parser.add_argument("--region", default="singapore", choices=sorted(REGIONS))
+    parser.add_argument("--book-url", help="book endpoint URL override")
+    parser.add_argument("--nonbook-url", help="nonbook endpoint URL override")
+    parser.add_argument("--api-key", help="API key (default: $KIYOTAKA_API_KEY)")
+    parser.add_argument("--retries", type=_whole_number, metavar="N",
+                        help=f"give up (exit 3) after N consecutive failed {attempts} attempts")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show every state change and log line")
 
 
 def _positive_float(text: str) -> float:
