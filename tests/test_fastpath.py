@@ -290,6 +290,43 @@ def test_a_handler_changing_the_routes_mid_frame_takes_effect_at_once(size: int,
     assert len(log) == at and dispatcher.events == at and dispatcher.skipped == size - at
 
 
+@pytest.mark.parametrize("at", [1, 64, 100])
+def test_a_handler_adding_a_handler_mid_frame_is_called_from_the_next_point(at: int) -> None:
+    """The other direction: a registration made by a handler (a new table) counts at once."""
+    first: list[Any] = []
+    second: list[Any] = []
+    dispatcher = make_dispatcher([])
+    point = copy.deepcopy(TRADE)
+    point["series"].update(exchange="X", symbol="S")
+    spec = make_spec("TRADE", exchange="X", symbol="S")
+
+    def subscribe_at(event: Any) -> None:
+        first.append(event)
+        if len(first) == at:
+            dispatcher.routes = dispatcher.routes.updated(spec, (subscribe_at, second.append))
+
+    dispatcher.routes = RouteTable().updated(spec, (subscribe_at,))
+    dispatcher._deliver([copy.deepcopy(point) for _ in range(150)])
+    assert len(first) == 150 and len(second) == 150 - at and dispatcher.events == 150
+
+
+def test_stop_from_a_handler_mid_run_starts_no_further_handler() -> None:
+    """Points are decoded a run ahead, but none of them is delivered once stop() has begun."""
+    got: list[Any] = []
+    dispatcher = make_dispatcher([])
+    point = copy.deepcopy(TRADE)
+    point["series"].update(exchange="X", symbol="S")
+
+    def stop_at_70(event: Any) -> None:
+        got.append(event)
+        if len(got) == 70:
+            dispatcher.closing = True  # what stop() sets first
+
+    dispatcher.routes = RouteTable().updated(make_spec("TRADE", exchange="X", symbol="S"), (stop_at_70,))
+    dispatcher._deliver([copy.deepcopy(point) for _ in range(150)])
+    assert len(got) == 70 and dispatcher.events == 70
+
+
 def test_a_handler_changing_raw_does_not_change_routing():
     """The series remembered for the next point is a copy: mutating ``event.raw`` is harmless."""
     got: list[Any] = []
