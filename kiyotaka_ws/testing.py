@@ -96,7 +96,13 @@ class _Session:
         self.conn = conn
         self.authenticated = False
         self.brotli = False
-        self.channels: list[dict[str, Any]] = []
+        # keyed by their canonical JSON: a subscribe or unsubscribe costs O(its channels), not
+        # O(all channels held), so 10,000 subscriptions take seconds, not minutes
+        self.channels: dict[str, dict[str, Any]] = {}
+
+
+def _channel_key(channel: dict[str, Any]) -> str:
+    return json.dumps(channel, sort_keys=True, default=repr)
 
 
 def _matches(channel: dict[str, Any], series: dict[str, Any]) -> bool:
@@ -243,7 +249,7 @@ class FakeKiyotakaServer:
     def subscriptions(self, family: str | None = None) -> list[dict[str, Any]]:
         """The channel objects currently subscribed on open connections."""
         with self._lock:
-            return [dict(c) for s in self._sessions.values() if family in (None, s.family) for c in s.channels]
+            return [dict(c) for s in self._sessions.values() if family in (None, s.family) for c in s.channels.values()]
 
     def wait_for(self, predicate: Callable[[FakeKiyotakaServer], bool], timeout: float = 5.0) -> bool:
         """Wait until ``predicate(server)`` holds (checked whenever something happens)."""
@@ -263,7 +269,11 @@ class FakeKiyotakaServer:
 
     def wait_subscribed(self, count: int = 1, family: str | None = None, timeout: float = 5.0) -> bool:
         """Wait until open connections hold at least ``count`` subscribed channels."""
-        return self.wait_for(lambda s: len(s.subscriptions(family)) >= count, timeout)
+        return self.wait_for(lambda s: s._subscribed_count(family) >= count, timeout)
+
+    def _subscribed_count(self, family: str | None) -> int:
+        with self._lock:
+            return sum(len(s.channels) for s in self._sessions.values() if family in (None, s.family))
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -274,7 +284,7 @@ class FakeKiyotakaServer:
         """
         sent = 0
         for session in self._live_sessions(family, authenticated=True):
-            mine = [p for p in points if any(_matches(c, p.get("series", {})) for c in session.channels)]
+            mine = [p for p in points if any(_matches(c, p.get("series", {})) for c in session.channels.values())]
             if mine and self._send(session, {"points": mine}):
                 sent += 1
         return sent
@@ -315,7 +325,7 @@ class FakeKiyotakaServer:
                 if wait > 0:
                     time.sleep(wait)
             for session in self._live_sessions(record.family, authenticated=True):
-                mine = [p for p in points if any(_matches(c, p.get("series", {})) for c in session.channels)]
+                mine = [p for p in points if any(_matches(c, p.get("series", {})) for c in session.channels.values())]
                 if not mine:
                     continue
                 if len(mine) == len(points) and session.brotli == record.binary:
@@ -478,11 +488,14 @@ class FakeKiyotakaServer:
                     self._reply(session, req_id, error={"code": code, "message": text})
                 return
             with self._lock:
-                session.channels.extend(c for c in channels if c not in session.channels)
+                for channel in channels:
+                    session.channels.setdefault(_channel_key(channel), channel)
         else:
             with self._lock:
-                keep = [] if method.endswith("_all") else [c for c in session.channels if c not in channels]
-                session.channels = keep
+                if method.endswith("_all"):
+                    session.channels.clear()
+                for channel in channels:
+                    session.channels.pop(_channel_key(channel), None)
         self._notify()
         if self.subscribe_reply == ANSWER:
             self._reply(session, req_id, result={"channels": channels})
