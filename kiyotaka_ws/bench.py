@@ -35,12 +35,20 @@ from .events import Trade
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 EXCHANGE, SYMBOL = "BENCH", "BTCUSDT"
 CASES = [("brotli", 1), ("brotli", 5), ("brotli", 20), ("brotli", 50), ("plain", 5)]
+SERIES = 8  # the multi-symbol rows: points of this many series interleaved in every frame
+
+
+def symbols(series: int) -> list[str]:
+    """The symbols of ``series`` interleaved series (one: the classic single-symbol stream)."""
+    return [SYMBOL] if series == 1 else [f"S{k}USDT" for k in range(series)]
 
 
 # -- the blaster (a separate process) ------------------------------------------------------------
 
-def _points(count: int, start_id: int, time_ns: int) -> list[dict[str, Any]]:
-    return [{"series": {"type": "TRADE", "symbol": SYMBOL, "exchange": EXCHANGE, "normalizedSymbol": "BTC-USDT",
+def _points(count: int, start_id: int, time_ns: int, series: int = 1) -> list[dict[str, Any]]:
+    names = symbols(series)
+    return [{"series": {"type": "TRADE", "symbol": names[(start_id + i) % series], "exchange": EXCHANGE,
+                        "normalizedSymbol": "BTC-USDT",
                         "category": "PERPETUAL", "side": "BUY" if (start_id + i) % 2 else "SELL", "coin": "BTC",
                         "inverse": False},
              "trade": {"id": str(start_id + i), "price": 90003.5 + i, "amount": 0.002,
@@ -101,20 +109,21 @@ def _serve_one(sock: socket.socket) -> None:
     query = _handshake(sock)
     binary = query["mode"][0] == "brotli"
     per_frame, total, rate = int(query["per"][0]), int(query["n"][0]), float(query.get("rate", ["0"])[0])
-    for _ in range(2):  # public/authenticate, then public/subscribe: answer both
+    series = int(query.get("series", ["1"])[0])
+    for _ in range(1 + series):  # public/authenticate, then a public/subscribe per series: answer each
         _, data = _read_client_frame(sock)
         sock.sendall(_encode({"jsonrpc": "2.0", "id": json.loads(data)["id"], "result": True}, False))
     frames = total // per_frame
     if rate:  # paced, with the send time in every point, for latency
         interval, next_at = per_frame / rate, time.perf_counter()
         for i in range(frames):
-            sock.sendall(_encode({"points": _points(per_frame, i * per_frame, time.time_ns())}, binary))
+            sock.sendall(_encode({"points": _points(per_frame, i * per_frame, time.time_ns(), series)}, binary))
             next_at += interval
             delay = next_at - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
     else:  # flat out: one pre-encoded frame, sent in large batches
-        frame = _encode({"points": _points(per_frame, 0, time.time_ns())}, binary)
+        frame = _encode({"points": _points(per_frame, 0, time.time_ns(), series)}, binary)
         batch = frame * max(1, 262144 // len(frame))
         per_batch = len(batch) // len(frame)
         sent = 0
@@ -153,12 +162,12 @@ class Result:
         self.latencies = latencies
 
 
-def _subscribe_message(compression: str | None) -> str:
-    params: dict[str, Any] = {"channels": [{"type": "TRADE", "exchange": EXCHANGE, "symbol": SYMBOL,
+def _subscribe_message(compression: str | None, symbol: str = SYMBOL, request_id: int = 2) -> str:
+    params: dict[str, Any] = {"channels": [{"type": "TRADE", "exchange": EXCHANGE, "symbol": symbol,
                                             "category": "*"}], "version": "v2"}
     if compression:
         params["compression"] = compression
-    return json.dumps({"jsonrpc": "2.0", "id": 2, "method": "public/subscribe", "params": params})
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "public/subscribe", "params": params})
 
 
 def _bare_parsers() -> dict[str, Callable[[Any], Any]]:
@@ -172,13 +181,15 @@ def _bare_parsers() -> dict[str, Callable[[Any], Any]]:
 
 
 def run_bare(url: str, total: int, compression: str | None, latency: bool = False,
-             loads: Callable[[Any], Any] = json.loads) -> Result:
-    """What a user writes instead: recv(), brotli-decompress, ``loads``, nothing else."""
+             loads: Callable[[Any], Any] = json.loads, series: int = 1) -> Result:
+    """What a user writes instead: recv(), brotli-decompress, ``loads``, nothing else (no routing:
+    with several series it does the same work as with one)."""
     lat: list[float] = []
     cpu0, t0 = time.process_time(), time.perf_counter()
     ws = websocket.create_connection(url)
     ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "public/authenticate", "params": {"token": "x"}}))
-    ws.send(_subscribe_message(compression))
+    for request_id, symbol in enumerate(symbols(series), start=2):
+        ws.send(_subscribe_message(compression, symbol, request_id))
     seen = 0
     while seen < total:
         data = ws.recv()
@@ -201,8 +212,9 @@ def _ns(point: dict[str, Any]) -> int:
     return ts["seconds"] * 10**9 + ts.get("nanoseconds", 0)
 
 
-def run_client(url: str, total: int, compression: str | None, latency: bool = False) -> Result:
-    """The full client: typed events, routing, threads, every safety check on."""
+def run_client(url: str, total: int, compression: str | None, latency: bool = False, series: int = 1) -> Result:
+    """The full client: typed events, routing, threads, every safety check on; one registration
+    (the same handler) per series."""
     done = threading.Event()
     lat: list[float] = []
     count = 0
@@ -216,7 +228,8 @@ def run_client(url: str, total: int, compression: str | None, latency: bool = Fa
             done.set()
 
     client = KiyotakaClient("x", nonbook_url=url, compression=compression)
-    client.on_trade(handler, exchange=EXCHANGE, symbol=SYMBOL)
+    for symbol in symbols(series):
+        client.on_trade(handler, exchange=EXCHANGE, symbol=symbol)
     cpu0, t0 = time.process_time(), time.perf_counter()
     client.start()
     if not done.wait(300):
@@ -252,11 +265,13 @@ def _burn() -> None:
 
 
 def run_bench(points: int = 200_000, rounds: int = 5, quick: bool = False, out: TextIO | None = None,
-              as_json: bool = False, parser: str | None = None, busy: int = 0) -> int:
+              as_json: bool = False, parser: str | None = None, busy: int = 0, series: int = SERIES) -> int:
     """Run every case; print a table (or, with ``as_json``, one JSON document) to ``out``.
 
     ``parser`` selects the client's frame parser ("orjson" or "stdlib"; default: the library's);
-    ``busy`` processes burn CPU beside the whole run.
+    ``busy`` processes burn CPU beside the whole run. Every case runs with one series and, when
+    ``series`` > 1, again with that many series interleaved in each frame (a multi-symbol bot:
+    one registration per series); the bare loops do the same work either way.
     """
     out = out or sys.stdout
     if quick:
@@ -282,20 +297,21 @@ def run_bench(points: int = 200_000, rounds: int = 5, quick: bool = False, out: 
                       f"client parser {client_parser}, Python {report['python']}{load}\n")
             head = "".join(f"{name + ' pts/s':>14}" for name in bares)
             ratios = "".join(f"{'vs ' + name:>10}" for name in bares)
-            out.write(f"{'case':<12}{head}{'client pts/s':>14}{ratios}{'client us/pt':>14}\n")
+            out.write(f"{'case':<16}{head}{'client pts/s':>14}{ratios}{'client us/pt':>14}\n")
         rss: list[float] = []
-        for mode, per in CASES:
-            url = f"{base}&mode={mode}&per={per}&n={points}"
+        for (mode, per), count in [(case, n) for n in sorted({1, max(1, series)}) for case in CASES]:
+            url = f"{base}&mode={mode}&per={per}&n={points}&series={count}"
             compression = "brotli" if mode == "brotli" else None
             runs: dict[str, list[Result]] = {name: [] for name in (*bares, "client")}
             for _ in range(rounds):
                 for name, loads in bares.items():
-                    runs[name].append(run_bare(url, points, compression, loads=loads))
-                runs["client"].append(run_client(url, points, compression))
+                    runs[name].append(run_bare(url, points, compression, loads=loads, series=count))
+                runs["client"].append(run_client(url, points, compression, series=count))
                 rss.append(_rss_mib())
             rate = {name: statistics.median(r.points_per_s for r in results) for name, results in runs.items()}
             cpu = {name: statistics.median(r.cpu_us for r in results) for name, results in runs.items()}
-            case = {"case": f"{mode} x{per}", "mode": mode, "points_per_frame": per,
+            label = f"{mode} x{per}" + (f" s{count}" if count > 1 else "")
+            case = {"case": label, "mode": mode, "points_per_frame": per, "series": count,
                     "points_per_s": {k: round(v) for k, v in rate.items()},
                     "cpu_us_per_point": {k: round(v, 3) for k, v in cpu.items()},
                     "runs_points_per_s": {k: [round(r.points_per_s) for r in v] for k, v in runs.items()},
@@ -304,7 +320,7 @@ def run_bench(points: int = 200_000, rounds: int = 5, quick: bool = False, out: 
             if not as_json:
                 cells = "".join(f"{rate[name]:>14,.0f}" for name in bares)
                 ratios = "".join(f"{rate['client'] / rate[name]:>10.2f}" for name in bares)
-                out.write(f"{case['case']:<12}{cells}{rate['client']:>14,.0f}{ratios}{cpu['client']:>14.2f}\n")
+                out.write(f"{case['case']:<16}{cells}{rate['client']:>14,.0f}{ratios}{cpu['client']:>14.2f}\n")
                 out.flush()
         # Latency: paced, alternating like the throughput runs; the p99 is reported for every round.
         rate, seconds = 10_000, (1 if quick else 3)

@@ -764,6 +764,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the client's JSON parser (default: orjson when installed)")
     bench.add_argument("--busy", type=int, default=0, metavar="N",
                        help="run N processes that only burn CPU beside the whole benchmark (not a quiet machine)")
+    bench.add_argument("--series", type=_count, default=8, metavar="N",
+                       help="every case again with N series interleaved in each frame, one registration per "
+                            "series (default 8; 1: single-series rows only)")
     nats_bench = commands.add_parser("nats-bench", help="relay throughput and latency through a local nats-server",
                                      description="Start nats-server, a blaster upstream, a relay and a consumer; "
                                                  "report relay throughput and end-to-end latency through the bus.")
@@ -799,6 +802,13 @@ def _whole_number(text: str) -> int:
     if not text.strip().isdigit():
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
     return int(text)
+
+
+def _count(text: str) -> int:
+    value = _whole_number(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
 
 
 def _version() -> str:
@@ -854,7 +864,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             if args.command == "bench":
                 from .bench import run_bench
                 return run_bench(points=args.points or 200_000, rounds=args.rounds, quick=args.quick, out=out,
-                                 as_json=args.json, parser=args.parser, busy=args.busy)
+                                 as_json=args.json, parser=args.parser, busy=args.busy, series=args.series)
             if args.command == "record":
                 return cmd_record(args, out, err)
             if args.command == "replay":

@@ -390,6 +390,7 @@ def test_bench_quick_smoke(capsys):
     assert main(["bench", "--quick", "--busy", "1"]) == 0
     out = capsys.readouterr().out
     for case in ("brotli x5", "brotli x1", "brotli x20", "brotli x50", "plain x5", "vs json", "vs orjson",
+                 "brotli x5 s8", "brotli x50 s8", "plain x5 s8",
                  "latency client", "memory: RSS", "1 busy process(es) beside it"):
         assert case in out
     assert not multiprocessing.active_children()
@@ -402,10 +403,11 @@ def test_bench_json_output(capsys):
     from kiyotaka_ws import protocol
 
     before = protocol.json_parser()
-    assert main(["bench", "--quick", "--json", "--parser", "stdlib"]) == 0
+    assert main(["bench", "--quick", "--json", "--parser", "stdlib", "--series", "1"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["client_parser"] == "stdlib"
     assert [c["case"] for c in report["cases"]] == ["brotli x1", "brotli x5", "brotli x20", "brotli x50", "plain x5"]
+    assert {c["series"] for c in report["cases"]} == {1}
     for case in report["cases"]:
         assert set(case["points_per_s"]) == {"json", "orjson", "client"}
         assert set(case["ratio"]) == {"vs_json", "vs_orjson"}
