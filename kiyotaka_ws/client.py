@@ -613,6 +613,9 @@ class KiyotakaClient:
                 return
             self._sources.prepare()
             if self._recorder is not None:
+                check_record = getattr(self._sources, "check_record", None)  # a replay's own input
+                if check_record is not None:
+                    check_record(self._recorder.path)
                 try:
                     self._recorder.open()
                 except (OSError, RecordingError) as exc:
