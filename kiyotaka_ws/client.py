@@ -329,7 +329,7 @@ class KiyotakaClient:
         self._sources: _Sources = _LiveSources(self)
         self._recorder = recorder
         if recorder is not None:
-            recorder.on_error = self._recording_failed
+            recorder.on_error = self._helper_failed
         self._streams: weakref.WeakSet[EventStream[Any]] = weakref.WeakSet()
         self._stop_hooks: list[Callable[[float], bool]] = []  # stop() calls them with its deadline
         self._sink: Callable[[str, list[Any]], None] | None = None  # set by a NATS relay
@@ -789,12 +789,15 @@ class KiyotakaClient:
         for stream in streams:
             stream._end(error)
 
-    def _recording_failed(self, error: KiyotakaError) -> None:
-        """From the recorder's thread: tell on_error through a dispatcher (the recording stops)."""
+    def _helper_failed(self, error: KiyotakaError) -> None:
+        """From a helper's thread (the recorder, the metrics server) that ended on a fault: tell
+        on_error once, through a dispatcher; the client carries on without that helper."""
         with self._lock:
             families = list(self._families.values())
         if families:
             families[0].queue.put_control(error)
+        else:
+            log.error("%s", error)
 
     def _register(self, channel: Channel, handler: Callable[[Any], Any] | None, exchange: Any, symbol: Any,
                   category: Any, options: dict[str, Any] | None = None, conflate: bool = False) -> Any:

@@ -202,3 +202,64 @@ def test_an_unexpected_replay_failure_fails_every_family_and_is_reported_once(
     assert time.monotonic() - started < 3.0
     assert len(errors.items) == 1 and "a bug in the player" in str(errors.items[0])
     assert {f: s.state for f, s in client.stats().items()} == {"book": State.FAILED, "nonbook": State.FAILED}
+
+
+# -- the metrics endpoint --------------------------------------------------------------------------
+
+def _scrape(url: str, timeout: float = 3.0) -> str:
+    import urllib.request
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return str(response.read().decode())
+
+
+def test_idle_and_slow_scrapers_neither_block_a_scrape_nor_delay_stop(make_client: Any) -> None:
+    import socket
+
+    from kiyotaka_ws.metrics import MAX_SCRAPES, serve
+    client = make_client()
+    metrics = serve(client, 0)
+    idle = [socket.create_connection(("127.0.0.1", metrics.port)) for _ in range(2)]
+    slow = socket.create_connection(("127.0.0.1", metrics.port))
+    slow.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and never the end of the headers
+    try:
+        started = time.monotonic()
+        assert "kiyotaka_ws_events_total" in _scrape(metrics.url)  # served beside them, at once
+        assert time.monotonic() - started < 2.0
+        # More connections than slots: the extra ones are closed at once, not queued for ever.
+        flood = [socket.create_connection(("127.0.0.1", metrics.port)) for _ in range(MAX_SCRAPES + 2)]
+        flood[-1].settimeout(3.0)
+        assert flood[-1].recv(1) == b""
+        assert wait_until(lambda: len([t for t in threading.enumerate()
+                                       if t.name == "kiyotaka-ws-metrics-scrape"]) <= MAX_SCRAPES)
+        started = time.monotonic()
+        client.stop(timeout=2.0)  # the idle, slow and flooding sockets are all still open
+        assert time.monotonic() - started < 2.0
+        assert not [t for t in threading.enumerate() if t.name.startswith("kiyotaka-ws-metrics")]
+        for sock in flood:
+            sock.close()
+    finally:
+        for sock in [*idle, slow]:
+            sock.close()
+
+
+def test_a_fault_on_the_metrics_thread_is_reported_once_and_stop_still_returns(
+        server: FakeKiyotakaServer, make_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kiyotaka_ws import metrics as metrics_module
+    client = make_client()
+    errors = Collector()
+    client.on_error(errors)
+    sub = client.on_trade(lambda _: None, exchange="X", symbol="BTCUSDT")
+    client.start()
+    sub.wait(5)
+
+    def broken(self: Any) -> None:
+        raise RuntimeError("a bug in the metrics server")
+
+    monkeypatch.setattr(metrics_module._Server, "handle_request", broken)
+    metrics = metrics_module.serve(client, 0)
+    assert errors.wait_for(1) and wait_until(lambda: metrics.error is not None)
+    assert metrics.error == "RuntimeError: a bug in the metrics server"
+    assert "metrics server" in str(errors.items[0]) and client.stats()["nonbook"].state is State.READY
+    started = time.monotonic()
+    client.stop(timeout=2.0)
+    assert time.monotonic() - started < 2.0 and len(errors.items) == 1
