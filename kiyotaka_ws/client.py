@@ -789,13 +789,16 @@ class KiyotakaClient:
         for stream in streams:
             stream._end(error)
 
-    def _helper_failed(self, error: KiyotakaError) -> None:
-        """From a helper's thread (the recorder, the metrics server) that ended on a fault: tell
-        on_error once, through a dispatcher; the client carries on without that helper."""
+    def _helper_failed(self, error: KiyotakaError, family: str | None = None) -> None:
+        """From a helper's thread (the recorder, the metrics server, a relay's NATS thread): tell
+        on_error once, through ``family``'s dispatcher (else any); the client carries on."""
         with self._lock:
-            families = list(self._families.values())
-        if families:
-            families[0].queue.put_control(error)
+            families = dict(self._families)
+        chosen = families.get(family) if family is not None else None
+        if chosen is None and families:
+            chosen = next(iter(families.values()))
+        if chosen is not None:
+            chosen.queue.put_control(error)
         else:
             log.error("%s", error)
 

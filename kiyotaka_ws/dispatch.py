@@ -471,6 +471,8 @@ class Dispatcher:
                     for handler in self.hooks.status:
                         self._invoke(handler, item.status)
                 else:
+                    if type(item) is DecodeError:  # a malformed message a source found (a bus's)
+                        self.decode_errors += 1
                     self._error(item)
             except Exception:  # a bug in one item must not end delivery
                 log.exception("%s: internal error while dispatching", self.family)

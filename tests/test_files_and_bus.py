@@ -20,7 +20,7 @@ from kiyotaka_ws import (
     State,
 )
 from kiyotaka_ws.recording import Recorder, RecordingLocked, RecordingReader
-from kiyotaka_ws.testing import FakeKiyotakaServer
+from kiyotaka_ws.testing import FakeKiyotakaServer, trade_point
 
 # -- recordings have one owner ---------------------------------------------------------------------
 
@@ -263,3 +263,210 @@ def test_a_fault_on_the_metrics_thread_is_reported_once_and_stop_still_returns(
     started = time.monotonic()
     client.stop(timeout=2.0)
     assert time.monotonic() - started < 2.0 and len(errors.items) == 1
+
+
+# -- the NATS bus ----------------------------------------------------------------------------------
+
+nats_tests = pytest.importorskip("test_nats")
+NatsServer, FAST, make_relay = nats_tests.NatsServer, nats_tests.FAST, nats_tests.make_relay
+nats_server, upstream, stop_later = nats_tests.nats_server, nats_tests.upstream, nats_tests.stop_later
+EXCHANGES, SYMBOLS = ("BINANCE", "BYBIT", "*"), ("BTCUSDT", "ETH.USDT")
+
+
+def _key(event: Any) -> tuple[str, str, str]:
+    return event.exchange, event.symbol, event.raw["trade"]["id"]
+
+
+def test_the_bus_delivers_what_a_direct_client_delivers_whatever_the_overlap(
+        nats_server: Any, upstream: FakeKiyotakaServer, stop_later: Any) -> None:
+    import random
+
+    relay = make_relay(nats_server.url, upstream)
+    for symbol in SYMBOLS:
+        relay.subscribe("TRADE", exchange="*", symbol=symbol)
+    stop_later(relay)
+    relay.start()
+    assert relay.wait_ready(5)
+    rng = random.Random(20)
+    for round_ in range(5):  # a random registration set each round, overlaps certain
+        picks = [(rng.choice(EXCHANGES), rng.choice(SYMBOLS)) for _ in range(rng.randint(4, 9))]
+        picks += [("*", picks[0][1]), (picks[0][0] if picks[0][0] != "*" else "BYBIT", picks[0][1])]
+        direct = KiyotakaClient(**{**upstream.client_kwargs(), **FAST})
+        consumer = KiyotakaClient.from_nats(nats_server.url, **FAST)
+        stop_later(direct)
+        stop_later(consumer)
+        got: dict[str, list[Collector]] = {"direct": [], "bus": []}
+        for name, client in (("direct", direct), ("bus", consumer)):
+            subs = []
+            for exchange, symbol in picks:
+                got[name].append(Collector())
+                subs.append(client.on_trade(got[name][-1], exchange=exchange, symbol=symbol))
+            client.start()
+            for sub in subs:
+                sub.wait(5)
+        sent = 0
+        for n in range(4):
+            batch = [trade_point(exchange, symbol, price=1.0, amount=1.0, id=f"{round_}-{n}-{exchange}")
+                     for exchange in ("BINANCE", "BYBIT", "OKX") for symbol in SYMBOLS]
+            upstream.publish(batch)
+            sent += len(batch)
+        expected = [sum(1 for e in ("BINANCE", "BYBIT", "OKX") if ex in ("*", e)) * 4 for ex, _ in picks]
+        for collectors in got.values():
+            for collector, count in zip(collectors, expected):
+                assert collector.wait_for(count), (round_, picks)
+        assert wait_until(lambda: consumer.stats()["nonbook"].frames >= sent // 2)  # the bus's copies are in
+        consumer.stop()
+        direct.stop()
+        for n, (live, bus) in enumerate(zip(got["direct"], got["bus"])):
+            assert [_key(e) for e in bus.items] == [_key(e) for e in live.items], (round_, picks[n])
+        stats = consumer.stats()["nonbook"]
+        assert stats.decode_errors == 0 and stats.skipped == 0
+
+
+def _publish_raw(url: str, messages: list[tuple[str, bytes]]) -> None:
+    import asyncio
+
+    import nats
+
+    async def run() -> None:
+        nc = await nats.connect(url)
+        for subject, data in messages:
+            await nc.publish(subject, data)
+        await nc.flush()
+        await nc.close()
+
+    asyncio.run(run())
+
+
+def test_a_malformed_bus_message_costs_only_itself(nats_server: Any, stop_later: Any) -> None:
+    import json
+
+    from kiyotaka_ws import DecodeError
+    from kiyotaka_ws.nats import series_subject
+
+    consumer = KiyotakaClient.from_nats(nats_server.url, **FAST)
+    stop_later(consumer)
+    got, errors = Collector(), Collector()
+    sub = consumer.on_trade(got, exchange="*", symbol="BTCUSDT")
+    consumer.on_error(errors)
+    consumer.start()
+    sub.wait(5)
+    assert consumer.wait_ready(5)
+    points = [trade_point("BINANCE", "BTCUSDT", price=1.0, amount=1.0, id=str(i)) for i in range(6)]
+    subject = series_subject("kiyotaka", points[0]["series"])
+    bad = [b"not json", b"42", b'{"series":', b'{"series":{}}]},{"x":[1', b"\xff\xfe"]
+    messages: list[tuple[str, bytes]] = []
+    for point, junk in zip(points, [*bad, None]):
+        messages.append((subject, json.dumps(point).encode()))
+        if junk is not None:
+            messages.append((subject, junk))
+    messages.append(("kiyotaka._status.nonbook", b'{"kind":"dropped","count":"many"}'))
+    messages.append(("kiyotaka._status.nonbook", b"\x00garbage"))
+    _publish_raw(nats_server.url, messages)
+    assert got.wait_for(6) and [e.raw["trade"]["id"] for e in got.items] == [str(i) for i in range(6)]
+    assert wait_until(lambda: len(errors.items) >= 7)
+    assert all(isinstance(e, DecodeError) for e in errors.items), errors.items
+    stats = consumer.stats()["nonbook"]
+    assert stats.events == 6 and stats.decode_errors == 7 and stats.state is State.READY
+
+
+def test_a_point_the_bus_cannot_carry_is_counted_reported_and_the_relay_goes_on(
+        tmp_path: Path, upstream: FakeKiyotakaServer, stop_later: Any) -> None:
+    conf = tmp_path / "small.conf"
+    conf.write_text("max_payload: 2048\n")
+    server = NatsServer(tmp_path)
+    server.args += ["-c", str(conf)]
+    server.start()
+    stop_later(type("Killer", (), {"stop": lambda self: server.kill()})())
+    relay = make_relay(server.url, upstream)
+    relay.subscribe("TRADE", exchange="*", symbol="BTCUSDT")
+    relay_errors = Collector()
+    relay.on_error(relay_errors)
+    stop_later(relay)
+    consumer = KiyotakaClient.from_nats(server.url, **FAST)
+    stop_later(consumer)
+    got, errors = Collector(), Collector()
+    sub = consumer.on_trade(got, exchange="*", symbol="BTCUSDT")
+    consumer.on_error(errors)
+    relay.start()
+    consumer.start()
+    sub.wait(5)
+    assert relay.wait_ready(5) and consumer.wait_ready(5)
+    small = [trade_point("X", "BTCUSDT", price=1.0, amount=1.0, id=str(i)) for i in range(3)]
+    huge = trade_point("X", "BTCUSDT", price=1.0, amount=1.0, id="x" * 5000)
+    upstream.publish([small[0], huge, small[1]])
+    upstream.publish([huge])
+    upstream.publish([small[2]])
+    assert got.wait_for(3) and [e.raw["trade"]["id"] for e in got.items] == ["0", "1", "2"]
+    assert relay_errors.wait_for(2) and all("max_payload (2048)" in str(e) for e in relay_errors.items)
+    assert errors.wait_for(2) and all(isinstance(e, EventsDropped) for e in errors.items)  # announced
+    stats = relay.stats()
+    assert stats.oversized == 2 and stats.state is State.READY and stats.published >= 3
+
+
+def test_a_fault_on_the_relays_nats_thread_is_reported_once_and_the_state_says_failed(
+        nats_server: Any, upstream: FakeKiyotakaServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kiyotaka_ws.nats import Relay
+
+    def broken(self: Relay, count: int) -> Any:
+        raise RuntimeError("a bug in the relay")
+
+    relay = make_relay(nats_server.url, upstream)
+    relay.subscribe("TRADE", exchange="*", symbol="BTCUSDT")
+    errors = Collector()
+    relay.on_error(errors)
+    monkeypatch.setattr(Relay, "_take", broken)
+    started = time.monotonic()
+    with pytest.raises(KiyotakaError, match="a bug in the relay"):
+        relay.run_forever()
+    assert time.monotonic() - started < 5.0
+    assert relay.stats().state is State.STOPPED  # after stop()
+    assert len(errors.items) == 1 and "a bug in the relay" in str(errors.items[0])
+
+
+def test_relay_stats_say_failed_while_the_nats_thread_is_dead(
+        nats_server: Any, upstream: FakeKiyotakaServer, stop_later: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kiyotaka_ws.nats import Relay
+
+    calls = [0]
+    take = Relay._take
+
+    def broken_later(self: Relay, count: int) -> Any:
+        calls[0] += 1
+        if calls[0] > 3:
+            raise RuntimeError("a bug in the relay")
+        return take(self, count)
+
+    monkeypatch.setattr(Relay, "_take", broken_later)
+    relay = make_relay(nats_server.url, upstream)
+    relay.subscribe("TRADE", exchange="*", symbol="BTCUSDT")
+    errors = Collector()
+    relay.on_error(errors)
+    stop_later(relay)
+    relay.start()
+    assert errors.wait_for(1) and wait_until(lambda: relay.stats().state is State.FAILED)
+    assert not relay.wait_ready(0.5)
+    started = time.monotonic()
+    relay.stop(timeout=2.0)
+    assert time.monotonic() - started < 2.0 and len(errors.items) == 1
+
+
+def test_a_fault_on_the_consumers_nats_thread_fails_every_family_once(
+        nats_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kiyotaka_ws import nats as nats_module
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in the consumer")
+
+    monkeypatch.setattr(nats_module, "_connect", broken)
+    consumer = KiyotakaClient.from_nats(nats_server.url, **FAST)
+    errors = Collector()
+    consumer.on_error(errors)
+    consumer.on_trade(lambda _: None, exchange="*", symbol="BTCUSDT")
+    consumer.on_book(lambda _: None, exchange="X", symbol="BTCUSDT", block_size=10)
+    started = time.monotonic()
+    with pytest.raises(KiyotakaError, match="a bug in the consumer"):
+        consumer.run_forever()
+    assert time.monotonic() - started < 5.0
+    assert len(errors.items) == 1 and "a bug in the consumer" in str(errors.items[0])
+    assert {f: s.state for f, s in consumer.stats().items()} == {"book": State.FAILED, "nonbook": State.FAILED}
