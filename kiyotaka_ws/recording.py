@@ -255,7 +255,7 @@ class Recorder:
         self._file: Any = None
         self._segment_bytes = 0
         self._segment_started = 0.0
-        self._lock = _PathLock(self.path)
+        self._lock = _PathLock(os.path.realpath(self.path))  # one lock whatever the alias (symlinks)
 
     @property
     def stats(self) -> RecorderStats:

@@ -34,7 +34,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable
-from typing import Callable
+from typing import Any, Callable
 
 from .dispatch import BATCH_FRAMES as BATCH
 from .dispatch import BLOCK, EventQueue
@@ -45,6 +45,19 @@ from .status import State
 from .threads import join_by
 
 log = logging.getLogger("kiyotaka_ws.replay")
+
+
+def _identities(names: list[str]) -> set[Any]:
+    """What tells files apart: the real path, and (st_dev, st_ino) of those that exist (hard links)."""
+    found: set[Any] = set()
+    for name in names:
+        found.add(os.path.realpath(name))
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue
+        found.add((st.st_dev, st.st_ino))
+    return found
 
 
 class ReplaySource(ExternalSource):
@@ -77,10 +90,8 @@ class Player:
 
     def check_record(self, path: str) -> None:
         """Refuse to record onto the recording being replayed (or one of its segments)."""
-        mine = {os.path.realpath(name) for name in recording_files(self.reader.path)}
-        mine.add(os.path.realpath(self.reader.path))
-        theirs = {os.path.realpath(name) for name in recording_files(path)} | {os.path.realpath(path)}
-        if mine & theirs:
+        mine = _identities([*recording_files(self.reader.path), self.reader.path])
+        if mine & _identities([*recording_files(path), path]):
             raise ConfigurationError(f"record: {path!r} is the recording being replayed (or part of it); "
                                      "record the copy to another path")
 

@@ -3,6 +3,7 @@ live file replays without holes, the bus is not trusted, and no helper thread di
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -30,15 +31,16 @@ def test_replay_onto_its_own_input_is_refused_and_leaves_it_untouched(tmp_path: 
     write(path, [("nonbook", frame([trade("BTCUSDT", i)]), True) for i in range(40)], rotate_bytes=1024)
     assert (tmp_path / "cap.kwsrec.1").exists()
     before = {p.name: p.stat().st_size for p in tmp_path.iterdir()}
-    link = tmp_path / "alias.kwsrec"
+    link, hard = tmp_path / "alias.kwsrec", tmp_path / "hard.kwsrec"
     link.symlink_to(path)
-    for target in (path, tmp_path / "cap.kwsrec.1", link, tmp_path / "." / "cap.kwsrec"):
+    os.link(path, hard)
+    for target in (path, tmp_path / "cap.kwsrec.1", link, hard, tmp_path / "." / "cap.kwsrec"):
         client = KiyotakaClient.replay(path, record=target)
         client.on_trade(lambda _: None, exchange="*", symbol="BTCUSDT")
         with pytest.raises(ConfigurationError, match="^record: .*being replayed"):
             client.start()
         client.stop()
-    assert {p.name: p.stat().st_size for p in tmp_path.iterdir() if p.name != "alias.kwsrec"} == before
+    assert {p.name: p.stat().st_size for p in tmp_path.iterdir() if p.name not in ("alias.kwsrec", "hard.kwsrec")} == before
 
 
 def test_a_copy_through_replay_keeps_the_recorded_receive_times(tmp_path: Path) -> None:
@@ -64,9 +66,12 @@ def test_a_second_recorder_on_the_same_path_is_refused_and_the_first_untouched(
     second.on_trade(lambda _: None, exchange="X", symbol="BTCUSDT")
     with pytest.raises(ConfigurationError, match="^record: .*another recorder"):
         second.start()
-    # Not even a bare Recorder in this process gets the lock (flock is per open file).
-    with pytest.raises(RecordingLocked):
-        Recorder(path).open()
+    # Not even a bare Recorder in this process gets the lock (flock is per open file), nor by a symlink.
+    alias = tmp_path / "alias.kwsrec"
+    alias.symlink_to(path)
+    for other in (path, alias):
+        with pytest.raises(RecordingLocked):
+            Recorder(other).open()
     for i in range(200):
         server.publish([trade("BTCUSDT", i)])
     assert got.wait_for(200)
