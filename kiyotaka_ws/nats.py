@@ -867,10 +867,11 @@ class Relay:
                     if len(subjects) >= _SUBJECT_CACHE:
                         subjects.clear()
                     subject = subjects[key] = series_subject(prefix, series)
-            except (TypeError, KeyError, AttributeError):
+                data = _dumps(point)  # (orjson refuses some values the stdlib parser accepts)
+            except (TypeError, KeyError, AttributeError, ValueError):
                 self._invalid += 1
                 continue
-            items.append((family, subject, _dumps(point)))
+            items.append((family, subject, data))
         self._push(items)
 
     def _push(self, items: list[tuple[str, str, bytes]]) -> None:

@@ -481,3 +481,26 @@ def test_a_fault_on_the_consumers_nats_thread_fails_every_family_once(
     assert time.monotonic() - started < 5.0
     assert len(errors.items) == 1 and "a bug in the consumer" in str(errors.items[0])
     assert {f: s.state for f, s in consumer.stats().items()} == {"book": State.FAILED, "nonbook": State.FAILED}
+
+
+def test_a_recorder_in_another_process_owns_the_path(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "cap.kwsrec"
+    code = ("import sys; from kiyotaka_ws.recording import Recorder; r = Recorder(sys.argv[1]); "
+            "r.open(); print('open', flush=True); sys.stdin.read(); r.close(5)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        client = KiyotakaClient("k", record=path)
+        client.on_trade(lambda _: None, exchange="X", symbol="BTCUSDT")
+        with pytest.raises(ConfigurationError, match="^record: .*another recorder"):
+            client.start()  # refused before any connection is made
+        client.stop()
+    finally:
+        holder.communicate("", timeout=10)
+    mine = Recorder(path)  # the other process ended: free
+    mine.open()
+    assert mine.close(5)
