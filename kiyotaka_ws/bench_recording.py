@@ -135,7 +135,7 @@ def pacing(folder: str) -> None:
     payload = brotli.compress(json.dumps({"points": _points(1, 0, time.time_ns())}).encode())
     for gap in gaps:
         clock[0] += int(gap * 1e9)
-        tap(payload, True, 1)
+        tap(payload, True, 1, None)
     recorder.open()
     recorder.close()
     arrivals: list[float] = []

@@ -329,7 +329,7 @@ class KiyotakaClient:
         self._sources: _Sources = _LiveSources(self)
         self._recorder = recorder
         if recorder is not None:
-            recorder.on_error = self._recording_failed
+            recorder.on_error = self._helper_failed
         self._streams: weakref.WeakSet[EventStream[Any]] = weakref.WeakSet()
         self._stop_hooks: list[Callable[[float], bool]] = []  # stop() calls them with its deadline
         self._sink: Callable[[str, list[Any]], None] | None = None  # set by a NATS relay
@@ -613,6 +613,9 @@ class KiyotakaClient:
                 return
             self._sources.prepare()
             if self._recorder is not None:
+                check_record = getattr(self._sources, "check_record", None)  # a replay's own input
+                if check_record is not None:
+                    check_record(self._recorder.path)
                 try:
                     self._recorder.open()
                 except (OSError, RecordingError) as exc:
@@ -786,12 +789,18 @@ class KiyotakaClient:
         for stream in streams:
             stream._end(error)
 
-    def _recording_failed(self, error: KiyotakaError) -> None:
-        """From the recorder's thread: tell on_error through a dispatcher (the recording stops)."""
+    def _helper_failed(self, error: KiyotakaError, family: str | None = None) -> None:
+        """From a helper's thread (the recorder, the metrics server, a relay's NATS thread): tell
+        on_error once, through ``family``'s dispatcher (else any); the client carries on."""
         with self._lock:
-            families = list(self._families.values())
-        if families:
-            families[0].queue.put_control(error)
+            families = dict(self._families)
+        chosen = families.get(family) if family is not None else None
+        if chosen is None and families:
+            chosen = next(iter(families.values()))
+        if chosen is not None:
+            chosen.queue.put_control(error)
+        else:
+            log.error("%s", error)
 
     def _register(self, channel: Channel, handler: Callable[[Any], Any] | None, exchange: Any, symbol: Any,
                   category: Any, options: dict[str, Any] | None = None, conflate: bool = False) -> Any:

@@ -17,7 +17,7 @@ import threading
 import time
 from time import monotonic_ns as _monotonic_ns
 from time import time_ns as _time_ns
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from .channels import ChannelSpec
 from .errors import DecodeError, EventsDropped, HandlerError, KiyotakaError, ServerError
@@ -26,6 +26,9 @@ from .fastpath import FastPath
 from .latency import SLOT_NS, Window
 from .protocol import FrameDecoder, Kind, classify, error_details
 from .threads import join_by
+
+if TYPE_CHECKING:
+    from .recording import Tap
 
 log = logging.getLogger("kiyotaka_ws")
 
@@ -78,7 +81,8 @@ class EventQueue:
         self._drain_below = 0         # a source waits (wait_empty) for fewer frames than this
         self.dropped_total = 0
         # A sink beside the queue (the recorder): called with every frame offered, kept or not.
-        self.tap: Callable[[bytes, bool, int], None] | None = None
+        # Called with (payload, binary, connection, received_ns): a replay's copy keeps recorded times.
+        self.tap: Tap | None = None
 
     @property
     def depth(self) -> int:
@@ -98,7 +102,7 @@ class EventQueue:
             received_ns = _time_ns()
         tap = self.tap
         if tap is not None:
-            tap(payload, binary, connection)
+            tap(payload, binary, connection, received_ns)
         size = len(payload)
         waited = False
         with self._lock:
@@ -127,8 +131,8 @@ class EventQueue:
         waiting for room whatever the policy (for a source that must lose nothing, such as a replay)."""
         tap = self.tap
         if tap is not None:
-            for payload, binary, connection, _ in frames:
-                tap(payload, binary, connection)
+            for payload, binary, connection, received_ns in frames:
+                tap(payload, binary, connection, received_ns)
         with self._lock:
             items = self._items
             for item in frames:
@@ -467,6 +471,8 @@ class Dispatcher:
                     for handler in self.hooks.status:
                         self._invoke(handler, item.status)
                 else:
+                    if type(item) is DecodeError:  # a malformed message a source found (a bus's)
+                        self.decode_errors += 1
                     self._error(item)
             except Exception:  # a bug in one item must not end delivery
                 log.exception("%s: internal error while dispatching", self.family)

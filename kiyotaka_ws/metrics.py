@@ -18,16 +18,29 @@ the hot path for it. Metrics, each labelled with ``family`` (``book`` / ``nonboo
   ``kiyotaka_ws_handler_time_seconds``: quantiles 0.5, 0.9 and 0.99 and ``_count`` over the last
   minute (see ``ConnectionStats``; no ``_sum``: it is not kept), and the matching
   ``..._max_seconds`` gauges. Absent for a family before its first event.
+
+The HTTP server: one ``kiyotaka-ws-metrics`` thread accepts connections; each is served on its
+own ``kiyotaka-ws-metrics-scrape`` thread, at most ``MAX_SCRAPES`` at once (more are closed at
+once), each with a ``SCRAPE_TIMEOUT`` on every read and write of its socket: an idle connection
+or a slow scraper holds one slot for that long at most and never delays another scrape. ``stop()``
+(or ``client.stop()``) stops accepting, closes the connections still open and joins every thread
+by its deadline. A fault on the accepting thread is reported once to the client's ``on_error``
+and kept in ``error``; the client carries on without metrics.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import socket
+import socketserver
+import sys
 import threading
 import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 try:
     from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -41,7 +54,15 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("kiyotaka_ws.metrics needs prometheus-client: pip install 'kiyotaka-ws[metrics]'") from exc
 
 from .client import KiyotakaClient
+from .errors import KiyotakaError
 from .status import State
+from .threads import join_by
+
+log = logging.getLogger("kiyotaka_ws.metrics")
+
+MAX_SCRAPES = 8         # connections served at once
+SCRAPE_TIMEOUT = 5.0    # seconds a connection may wait on each read or write of its socket
+_POLL = 0.1             # the accepting thread checks for stop() this often
 
 _COUNTERS = (
     ("frames", "frames", "Data frames received"),
@@ -121,8 +142,57 @@ def register(client: KiyotakaClient, registry: Any = None) -> ClientCollector:
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = SCRAPE_TIMEOUT  # set on the connection's socket: an idle or slow peer times out
+
     def log_message(self, format: str, *args: Any) -> None:
         """No access log on stderr."""
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    """A WSGI server with one thread per connection, at most ``MAX_SCRAPES`` of them."""
+
+    daemon_threads = True
+    block_on_close = False  # stop() joins the connection threads itself, by its deadline
+    timeout = _POLL         # handle_request() returns this often with nothing to accept
+
+    def __init__(self, addr: tuple[str, int]) -> None:
+        family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+        self.address_family = family
+        super().__init__(addr, _QuietHandler)
+        self._slots = threading.BoundedSemaphore(MAX_SCRAPES)
+        self._guard = threading.Lock()
+        self._open: dict[socket.socket, threading.Thread] = {}
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):  # all slots taken: this one is refused
+            self.shutdown_request(request)
+            return
+        thread = threading.Thread(target=self.process_request_thread, args=(request, client_address),
+                                  name="kiyotaka-ws-metrics-scrape", daemon=True)
+        with self._guard:
+            self._open[request] = thread
+        thread.start()
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._guard:
+                self._open.pop(request, None)
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that timed out or broke: nothing on stderr."""
+        log.debug("metrics: a scrape from %s failed: %s", client_address, sys.exc_info()[1])
+
+    def close_connections(self) -> list[threading.Thread]:
+        """Close every connection still open (their threads then end); returns those threads."""
+        with self._guard:
+            items = list(self._open.items())
+        for sock, _ in items:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        return [thread for _, thread in items]
 
 
 class MetricsServer:
@@ -131,15 +201,17 @@ class MetricsServer:
     def __init__(self, client: KiyotakaClient, port: int, addr: str) -> None:
         registry = CollectorRegistry(auto_describe=False)
         register(client, registry)
-        self._server: WSGIServer = make_server(addr, port, make_wsgi_app(registry), handler_class=_QuietHandler)
+        self._server = _Server((addr, port))
+        self._server.set_app(make_wsgi_app(registry))
         self.port: int = self._server.server_port
         host = addr if ":" not in addr else f"[{addr}]"
         self.url = f"http://{host}:{self.port}/metrics"
         self._client = weakref.ref(client)
         self._lock = threading.Lock()
         self._stopped = False
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="kiyotaka-ws-metrics", daemon=True)
+        self._stopping = threading.Event()
+        self.error: str | None = None  # what ended the accepting thread, if not stop()
+        self._thread = threading.Thread(target=self._serve, name="kiyotaka-ws-metrics", daemon=True)
         self._thread.start()
         try:
             client._add_stop_hook(self._on_client_stop)
@@ -154,15 +226,27 @@ class MetricsServer:
             client._remove_stop_hook(self._on_client_stop)
         self._on_client_stop(time.monotonic() + timeout)
 
+    def _serve(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                self._server.handle_request()  # accepts one connection, or returns after _POLL
+        except BaseException as exc:  # anything at all: reported once, the client carries on
+            log.debug("the metrics server failed", exc_info=True)
+            self.error = f"{type(exc).__name__}: {exc}"
+            client = self._client()
+            if client is not None and not self._stopping.is_set():
+                client._helper_failed(KiyotakaError(f"metrics server at {self.url} stopped: {self.error}"))
+        finally:
+            self._server.server_close()
+
     def _on_client_stop(self, deadline: float) -> bool:
         with self._lock:
-            first, self._stopped = not self._stopped, True
-        if first:
-            self._server.shutdown()  # returns once serve_forever has ended
-            self._server.server_close()
-        if self._thread is not threading.current_thread():
-            self._thread.join(max(0.0, deadline - time.monotonic()))
-        return not self._thread.is_alive()
+            self._stopped = True
+        self._stopping.set()
+        joined = join_by(self._thread, deadline)  # within _POLL: then no connection is accepted
+        for thread in self._server.close_connections():
+            joined = join_by(thread, deadline) and joined
+        return joined
 
     def __enter__(self) -> MetricsServer:
         return self

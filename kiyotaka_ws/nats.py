@@ -24,6 +24,28 @@ while NATS is unreachable the buffer holds up to ``buffer_size`` points, then dr
 counts them and announces the count (and a DISCONNECTED -> READY pair) once NATS is back. The
 consumer puts the points it receives, wrapped as ``{"points": [...]}`` frames, into the family's
 ``EventQueue``: from there they take the live path (decode, route, filters, overflow, stats).
+
+Subscriptions. The consumer holds one NATS subscription per (family, channel type, symbol), on
+``<prefix>.<TYPE>.*.<SYMBOL>``, whatever the exchanges registered, and keeps the messages of the
+exchanges some registration wants (``exchange="*"``: all). Subscriptions never overlap, so each
+point arrives once and is delivered once per matching handler, as from the service (two NATS
+subscriptions matching one message would deliver it twice, and could not be told apart). The
+cost: the points of other exchanges for the same symbol cross the network and are discarded.
+
+Trust. The bus is trusted to say who published (secure the prefix with NATS permissions: anyone
+who may publish there can inject points), never to be well-formed: each message body is checked
+(one JSON object) before it joins a frame, so a malformed one costs only itself (its own frame:
+counted in ``decode_errors`` and reported as ``DecodeError``); a malformed status message is
+reported the same way. A frame holds at most ``MAX_BATCH`` points and ``MAX_BATCH_BYTES`` bytes
+(a body alone may be larger, up to the server's ``max_payload``; above ``max_frame_bytes`` it
+fails alone). The relay never publishes a point larger than the server's ``max_payload``: it is
+counted (``RelayStats.oversized``), reported as ``EventsDropped`` to ``on_error`` and announced to
+consumers as dropped; the relay goes on with the next.
+
+Failure. An unexpected exception on a ``kiyotaka-ws-nats`` thread is reported once through
+``on_error``: a consumer's families go FAILED (``stats()``, ``run_forever()`` raises it); a relay's
+``stats().state`` becomes FAILED and ``run_forever()`` raises it. ``stop()`` returns within its
+timeout either way.
 """
 
 from __future__ import annotations
@@ -48,6 +70,7 @@ from .dispatch import EventQueue
 from .errors import (
     ConfigurationError,
     ConnectionFailedError,
+    DecodeError,
     EventsDropped,
     KiyotakaError,
     SubscriptionError,
@@ -64,11 +87,14 @@ try:  # the relay re-serializes each point: orjson if installed (extra "fast")
     import orjson as _orjson
 
     _dumps: Callable[[Any], bytes] = _orjson.dumps
+    _loads: Callable[[bytes], Any] = _orjson.loads
 except ImportError:  # pragma: no cover - depends on the environment
     _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
     def _dumps(value: Any) -> bytes:
         return _encode(value).encode()
+
+    _loads = json.loads
 
 log = logging.getLogger("kiyotaka_ws.nats")
 
@@ -76,6 +102,7 @@ THREAD_NAME = "kiyotaka-ws-nats"
 INSTALL_HINT = 'NATS support needs nats-py: pip install "kiyotaka-ws[nats]"'
 STATUS_TOKEN = "_status"
 MAX_BATCH = 500           # points per frame handed to a consumer's queue
+MAX_BATCH_BYTES = 2**20   # bytes of points per frame (a larger point goes alone)
 PUBLISH_BATCH = 1000      # points the relay publishes per turn of its loop
 HEARTBEAT = 5.0           # seconds between the relay's status heartbeats
 _SUBJECT_CACHE = 100_000  # series -> subject entries kept by the relay
@@ -132,12 +159,6 @@ def series_subject(prefix: str, series: Mapping[str, Any]) -> str:
         symbol = series.get("coin")
     return (f"{prefix}.{escape_token(series.get('type'))}.{escape_token(series.get('exchange'))}."
             f"{escape_token(symbol)}")
-
-
-def spec_subject(prefix: str, spec: ChannelSpec) -> str:
-    """The subject (a wildcard for ``exchange="*"``) a consumer subscribes to for ``spec``."""
-    exchange = "*" if spec.exchange == "*" else escape_token(spec.exchange)
-    return f"{prefix}.{escape_token(spec.channel.value)}.{exchange}.{escape_token(spec.symbol)}"
 
 
 def status_subject(prefix: str, family: str) -> str:
@@ -315,6 +336,7 @@ class NatsSource(ExternalSource):
         self.upstream: str | None = None
         self.upstream_reason: str | None = None
         self._batch: list[bytes] = []
+        self._batch_bytes = 0
         self._batch_ns = 0  # time.time_ns() of the batch's first point
         self._flush_scheduled = False
         self._was_ready = False
@@ -347,9 +369,20 @@ class NatsSource(ExternalSource):
     def on_point(self, data: bytes, loop: asyncio.AbstractEventLoop) -> None:
         self.frames += 1
         self.bytes += len(data)
+        try:
+            whole = type(_loads(data)) is dict  # one JSON object: joining it keeps every neighbour whole
+        except ValueError:
+            whole = False
+        if not whole or len(data) > MAX_BATCH_BYTES:  # alone: a malformed one then fails alone, counted
+            self.flush()
+            self._put([data], time.time_ns())
+            return
+        if self._batch_bytes + len(data) > MAX_BATCH_BYTES:
+            self.flush()
         if not self._batch:
             self._batch_ns = time.time_ns()  # the events' received_ns: when the batch's first point came
         self._batch.append(data)
+        self._batch_bytes += len(data)
         if len(self._batch) >= MAX_BATCH:
             self.flush()
         elif not self._flush_scheduled:
@@ -358,12 +391,14 @@ class NatsSource(ExternalSource):
 
     def flush(self) -> None:
         self._flush_scheduled = False
-        batch, self._batch = self._batch, []
-        if not batch:
-            return
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        if batch:
+            self._put(batch, self._batch_ns)
+
+    def _put(self, bodies: list[bytes], received_ns: int) -> None:
         self.last_rx = time.monotonic()
         # May wait for room (overflow="block"): the loop then reads nothing, as a live reader.
-        self.queue.put_frame(b'{"points":[' + b",".join(batch) + b"]}", False, self._bus.connection, self._batch_ns)
+        self.queue.put_frame(b'{"points":[' + b",".join(bodies) + b"]}", False, self._bus.connection, received_ns)
 
 
 class NatsSources:
@@ -381,6 +416,7 @@ class NatsSources:
         self._stop_evt: asyncio.Event | None = None
         self.connection = 0
         self._nc: Any = None
+        self._dead: KiyotakaError | None = None  # what ended the NATS thread
 
     # -- the source factory the client uses ------------------------------------------------------------
 
@@ -403,12 +439,15 @@ class NatsSources:
 
     def start(self, source: NatsSource) -> None:
         with self._lock:
-            if self._stopping.is_set():
-                return
-            if self._loop is None:
+            dead, stopping = self._dead, self._stopping.is_set()
+            if dead is None and not stopping and self._loop is None:
                 self._loop = _Loop(self._main, self._crashed)
                 self._loop.start()
-        self.post(("start", source))
+        if dead is not None:  # the NATS thread died before this family started
+            source.fatal = dead
+            source.end(State.FAILED, str(dead))
+        elif not stopping:
+            self.post(("start", source))
 
     def post(self, op: tuple[Any, ...]) -> None:
         with self._lock:
@@ -434,9 +473,9 @@ class NatsSources:
     def _crashed(self, exc: BaseException) -> None:
         error = KiyotakaError(f"the NATS thread failed ({type(exc).__name__}: {exc})")
         with self._lock:
-            sources = list(self._sources.values())
-        for source in sources:
-            source.end_with(error)
+            self._dead = error  # a family starting later fails at once
+            sources = [s for s in self._sources.values() if s.started]
+        ExternalSource.end_all(sources, error)
         self._client._on_fatal(error)
 
     # -- the NATS thread ------------------------------------------------------------------------------
@@ -553,28 +592,33 @@ class NatsSources:
             source.update()
         elif kind == "add":
             wire: WireSub = op[2]
-            subject = spec_subject(prefix, wire.spec)
+            subject = _any_exchange(prefix, wire.spec)
             key = (source.family, subject)
             entry = subs.get(key)
             if entry is None:
+                wanted: set[str] = set()  # exchange tokens kept ("*": all); the callback reads it
                 try:
-                    sub = await self._subscribe(nc, subject, source, loop)
+                    sub = await self._subscribe(nc, subject, source, loop, wanted)
                 except Exception as exc:  # noqa: BLE001 - reported as a rejected subscription
                     err = SubscriptionError(f"cannot subscribe to {subject}: {type(exc).__name__}: {exc}",
                                             channel=wire.spec.wire(), server_message=str(exc))
                     wire.settle(WireSub.REJECTED, err)
                     source.queue.put_control(err)
                     return
-                entry = subs[key] = [sub, set()]
+                entry = subs[key] = [sub, set(), wanted]
+                _want(entry, wire.spec)
                 await self._flush(nc)  # settled once the server has it (a PING/PONG round trip)
-            entry[1].add(wire.spec)
+            else:
+                _want(entry, wire.spec)
             wire.settle(WireSub.ACTIVE)
         elif kind == "remove":
             spec: ChannelSpec = op[2]
-            key = (source.family, spec_subject(prefix, spec))
+            key = (source.family, _any_exchange(prefix, spec))
             entry = subs.get(key)
             if entry is not None:
                 entry[1].discard(spec)
+                entry[2].clear()
+                entry[2].update(_exchange_token(s) for s in entry[1])
                 if not entry[1]:
                     del subs[key]
                     try:
@@ -589,11 +633,13 @@ class NatsSources:
         except Exception:
             log.debug("flush", exc_info=True)
 
-    async def _subscribe(self, nc: Any, subject: str, source: NatsSource, loop: asyncio.AbstractEventLoop) -> Any:
+    async def _subscribe(self, nc: Any, subject: str, source: NatsSource, loop: asyncio.AbstractEventLoop,
+                         wanted: set[str]) -> Any:
         on_point = source.on_point
 
         async def on_msg(msg: Any) -> None:
-            on_point(msg.data, loop)
+            if "*" in wanted or msg.subject.rsplit(".", 2)[-2] in wanted:
+                on_point(msg.data, loop)
 
         if not self.settings.jetstream:
             return await nc.subscribe(subject, cb=on_msg)
@@ -608,21 +654,39 @@ class NatsSources:
 
     def _on_status(self, source: NatsSource, data: bytes) -> None:
         try:
-            message = json.loads(data)
+            message = _loads(data)
             kind = message["kind"]
-        except (ValueError, KeyError, TypeError):
-            log.debug("ignored a status message: %r", data[:200])
+            count = message.get("count", 0) if kind == "dropped" else 0
+            state, reason = message.get("state"), message.get("reason")
+            if type(count) is not int or count < 0 or not (state is None or isinstance(state, str)):
+                raise TypeError("bad fields")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # costs only itself: reported
+            source.flush()
+            source.queue.put_control(DecodeError(f"malformed relay status message on {source.family} "
+                                                 f"({type(exc).__name__})", excerpt=repr(data[:200])))
             return
         if kind == "dropped":
             source.flush()
-            source.queue.put_control(EventsDropped(int(message.get("count", 0)), family=source.family,
-                                                   reason=f"the relay dropped them ({message.get('reason')})"))
-        elif kind == "status":
-            state, reason = message.get("state"), message.get("reason")
-            if state != source.upstream:
-                source.flush()  # points received before the status are handled before it
-                source.upstream, source.upstream_reason = state, reason
-                source.update()
+            source.queue.put_control(EventsDropped(count, family=source.family,
+                                                   reason=f"the relay dropped them ({reason})"))
+        elif kind == "status" and state != source.upstream:
+            source.flush()  # points received before the status are handled before it
+            source.upstream, source.upstream_reason = state, reason
+            source.update()
+
+
+def _exchange_token(spec: ChannelSpec) -> str:
+    return "*" if spec.exchange == "*" else escape_token(spec.exchange)
+
+
+def _any_exchange(prefix: str, spec: ChannelSpec) -> str:
+    """The one subject a consumer subscribes to for every spec of this type and symbol."""
+    return f"{prefix}.{escape_token(spec.channel.value)}.*.{escape_token(spec.symbol)}"
+
+
+def _want(entry: list[Any], spec: ChannelSpec) -> None:
+    entry[1].add(spec)
+    entry[2].add(_exchange_token(spec))
 
 
 # -- the relay ---------------------------------------------------------------------------------------------
@@ -637,6 +701,7 @@ class RelayStats:
     buffered: int = 0             # points waiting for NATS
     reconnects: int = 0           # NATS reconnections
     invalid: int = 0              # points without a series object (not relayed)
+    oversized: int = 0            # points larger than the NATS server's max_payload (not relayed)
     upstream: dict[str, ConnectionStats] = attrs.Factory(dict)  # the upstream client's stats()
 
 
@@ -691,6 +756,7 @@ class Relay:
         self._published = 0
         self._dropped = 0
         self._invalid = 0
+        self._oversized = 0
         self._reconnects = 0
         self._nats_state = State.STOPPED
         self._loop: _Loop | None = None
@@ -784,7 +850,7 @@ class Relay:
             buffered = len(self._buffer)
         return RelayStats(state=self._nats_state, published=self._published, dropped=self._dropped,
                           buffered=buffered, reconnects=self._reconnects, invalid=self._invalid,
-                          upstream=self.client.stats())
+                          oversized=self._oversized, upstream=self.client.stats())
 
     # -- the upstream side (the client's dispatcher threads) ----------------------------------------
 
@@ -801,10 +867,11 @@ class Relay:
                     if len(subjects) >= _SUBJECT_CACHE:
                         subjects.clear()
                     subject = subjects[key] = series_subject(prefix, series)
-            except (TypeError, KeyError, AttributeError):
+                data = _dumps(point)  # (orjson refuses some values the stdlib parser accepts)
+            except (TypeError, KeyError, AttributeError, ValueError):
                 self._invalid += 1
                 continue
-            items.append((family, subject, _dumps(point)))
+            items.append((family, subject, data))
         self._push(items)
 
     def _push(self, items: list[tuple[str, str, bytes]]) -> None:
@@ -852,9 +919,23 @@ class Relay:
             self._stop_evt.set()
 
     def _crashed(self, exc: BaseException) -> None:
-        self._fatal = KiyotakaError(f"relay: the NATS thread failed ({type(exc).__name__}: {exc})")
-        log.error("%s", self._fatal)
+        """The NATS thread died: FAILED for good (nothing will publish), reported once to on_error."""
+        error = KiyotakaError(f"relay: the NATS thread failed ({type(exc).__name__}: {exc})")
+        self._fatal = error
+        with self._lock:
+            self._nats_state = State.FAILED
+            self._room.notify_all()  # a dispatcher waiting for room now drops instead
+        if not self._stopping.is_set():
+            log.error("%s", error)
+            self.client._helper_failed(error)  # to on_error from a dispatcher, as upstream errors
         self._done.set()
+
+    def _too_big(self, family: str, size: int, limit: int) -> None:
+        """A point the bus cannot carry: counted, reported (and so announced to consumers)."""
+        self._oversized += 1
+        self.client._helper_failed(EventsDropped(
+            1, family=family, reason=f"a point of {size} bytes is over the NATS server's max_payload ({limit})"),
+            family)
 
     def _take(self, count: int) -> list[tuple[str, str, bytes]]:
         with self._lock:
@@ -989,12 +1070,19 @@ class Relay:
                     await _sleep_or(self._wake, next_beat - now)
                 self._idle = False
                 continue
-            sent = 0
+            done = published = 0
             try:
-                for _, subject, data in batch:
-                    await nc.publish(subject, data)
-                    sent += 1
+                for family, subject, data in batch:
+                    if len(data) > nc.max_payload:
+                        self._too_big(family, len(data), nc.max_payload)
+                    else:
+                        try:
+                            await nc.publish(subject, data)
+                            published += 1
+                        except nats.errors.MaxPayloadError:  # (a server with a lower limit since)
+                            self._too_big(family, len(data), nc.max_payload)
+                    done += 1
             except (nats.errors.OutboundBufferLimitError, nats.errors.ConnectionReconnectingError,
                     nats.errors.ConnectionClosedError):
-                self._unshift(batch[sent:])
-            self._published += sent
+                self._unshift(batch[done:])
+            self._published += published

@@ -28,12 +28,30 @@ on the next ``sync`` word whose CRC holds). Nothing is ever rewritten.
 Rotation (``rotate_bytes`` / ``rotate_seconds``): the live file always has the given path; a full
 segment is renamed ``<path>.1``, ``<path>.2``, ... (oldest first) and a new ``<path>`` begins.
 Readers given ``<path>`` read ``<path>.1 ... <path>.N`` then ``<path>``. Segments are never deleted.
+
+Ownership. A recorder holds an exclusive lock on ``<path>.lock`` (a sidecar covering ``<path>``
+and its rotated segments) from ``open()`` to ``close()``: a second recorder on the same path, in
+this process or another, is refused (``RecordingLocked``). The lock is ``fcntl.flock`` on POSIX
+(per open file: two recorders in one process exclude each other too) and ``msvcrt.locking`` on
+Windows; the lock file is left in place (removing it would let a third recorder lock a new file
+while the second still holds the old one). A lock on a network file system is only as good as
+the file system's ``flock``.
+
+Reading a live recording. ``RecordingReader`` reads a consistent snapshot: it opens ``<path>``
+first, then lists the rotated segments; if ``<path>`` was rotated meanwhile, the open file is the
+newest segment and the new ``<path>`` is left out. So a reader sees a prefix of the recording (up
+to the moment it started, plus whatever was appended to the file it holds), never a recording
+with a hole: rotated segments are never renamed again. What it cannot read (a record torn at the
+end while the writer is mid-write, damage, a segment deleted under it) is yielded as a ``DAMAGED``
+record by ``raw(damage=True)`` (the replay reports it as ``EventsDropped``).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import heapq
+import logging
 import operator
 import os
 import struct
@@ -41,7 +59,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from typing import Any, Callable, NamedTuple, Union
+from typing import Any, Callable, NamedTuple, Protocol, Union
 
 import attrs
 import brotli  # type: ignore[import-untyped]
@@ -58,6 +76,7 @@ __all__ = [
     "RecorderStats",
     "RecordingError",
     "RecordingInfo",
+    "RecordingLocked",
     "RecordingReader",
     "inspect_recording",
     "recording_files",
@@ -72,7 +91,7 @@ SYNC = b"\x1eKWR"
 _HEADER = struct.Struct("<4sIIqIBBBB")
 _HEAD, _TAIL = struct.Struct("<4sII"), struct.Struct("<qIBBBB")  # the header in two: the CRC covers _TAIL
 HEADER_SIZE = _HEADER.size  # 28
-FRAME, GAP = 0, 1
+FRAME, GAP, DAMAGED = 0, 1, 2  # DAMAGED: only from raw(damage=True), never in a file
 _BINARY, _RECOMPRESSED = 1, 2
 FAMILY_CODES = {BOOK: 0, NONBOOK: 1}
 FAMILY_NAMES = {code: name for name, code in FAMILY_CODES.items()}
@@ -85,10 +104,50 @@ _CHUNK = 1 << 20
 _WRITE_RECORDS = 256             # records per write() while writing a batch
 _CLOSED, _FAILED = 1, 2
 _TIME = operator.itemgetter(1)
+log = logging.getLogger("kiyotaka_ws.recording")
 
 
 class RecordingError(KiyotakaError, ValueError):
     """A file that is not a recording of a version this library reads."""
+
+
+class Tap(Protocol):
+    """What a family's reader calls with each frame it receives (``Recorder.tap``)."""
+
+    def __call__(self, payload: bytes, binary: bool, connection: int, received_ns: int | None = None) -> None: ...
+
+
+class RecordingLocked(RecordingError):
+    """Another recorder (in this process or another) owns the recording."""
+
+
+class _PathLock:
+    """An exclusive, non-blocking lock on ``<path>.lock``, held while the file stays open."""
+
+    def __init__(self, path: str) -> None:
+        self.name = path + ".lock"
+        self._file: Any = None
+
+    def acquire(self) -> None:
+        file = open(self.name, "a+b")  # noqa: SIM115 - held until release()
+        try:
+            if os.name == "nt":  # pragma: no cover - Windows
+                import msvcrt
+                file.seek(0)
+                msvcrt.locking(file.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+            else:
+                import fcntl
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            file.close()
+            raise RecordingLocked(f"{self.name[:-5]}: another recorder is writing this recording") from None
+        self._file = file
+
+    def release(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()  # closing the file releases the lock (both flock and msvcrt)
 
 
 class Record(NamedTuple):
@@ -170,9 +229,10 @@ class Recorder:
     compresses: when the buffer is full (the disk cannot keep up) the frame is dropped and counted,
     and a GAP record marks the place in the file. The recorder's thread wakes every
     ``FLUSH_INTERVAL`` seconds (or when a buffer is half full), merges the families' frames in
-    receive-time order, encodes them, writes them and flushes them to the OS. A write error ends
-    the recording (reported once through ``on_error``; later frames count as dropped); the client
-    carries on.
+    receive-time order, encodes them, writes them and flushes them to the OS. Any exception on
+    that thread (a write error or anything unexpected) ends the recording: reported once through
+    ``on_error``, kept in ``stats.error``; what was buffered and later frames count as dropped;
+    the client carries on. ``open()`` takes the recording's lock (see the module doc).
     """
 
     def __init__(self, path: PathLike, *, rotate_bytes: int | None = None, rotate_seconds: float | None = None,
@@ -195,6 +255,7 @@ class Recorder:
         self._file: Any = None
         self._segment_bytes = 0
         self._segment_started = 0.0
+        self._lock = _PathLock(os.path.realpath(self.path))  # one lock whatever the alias (symlinks)
 
     @property
     def stats(self) -> RecorderStats:
@@ -216,20 +277,28 @@ class Recorder:
                 _check_header(f.read(_FILE_HEADER.size), base)
 
     def open(self) -> None:
-        """Open (or create) the file and start the thread. Raises ``OSError`` / ``RecordingError``."""
+        """Lock the recording, open (or create) the file and start the thread. Raises ``OSError`` /
+        ``RecordingError`` (``RecordingLocked`` when another recorder owns the path)."""
         if self._thread is not None:
             return
-        self._open_segment()
+        self._lock.acquire()
+        try:
+            self._open_segment()
+        except BaseException:
+            self._lock.release()
+            raise
         self._thread = threading.Thread(target=self._run, name="kiyotaka-ws-recorder", daemon=True)
         self._thread.start()
 
-    def tap(self, family: str) -> Callable[[bytes, bool, int], None]:
-        """The function a family's reader calls with each frame: ``put(payload, binary, connection)``."""
+    def tap(self, family: str) -> Tap:
+        """The function a family's reader calls with each frame: ``put(payload, binary, connection,
+        received_ns)``; ``received_ns`` (the frame's receive time: recorded, in a replay) defaults to
+        ``clock()``."""
         lane = self._lanes[family]
         code, append, clock, wake = lane.code, lane.items.append, self.clock, self._wake
         max_frames, max_bytes, half = self.max_buffer_frames, self.max_buffer_bytes, self.max_buffer_bytes // 2
 
-        def put(payload: bytes, binary: bool, connection: int) -> None:
+        def put(payload: bytes, binary: bool, connection: int, received_ns: int | None = None) -> None:
             if self._refuse:
                 if self._refuse == _FAILED:
                     lane.dropped += 1
@@ -239,7 +308,7 @@ class Recorder:
                 lane.gap += 1
                 lane.dropped += 1
                 return
-            now = clock()
+            now = clock() if received_ns is None else received_ns
             if lane.gap:
                 append((GAP, now, code, connection, False, lane.gap))
                 lane.gap = 0
@@ -275,13 +344,29 @@ class Recorder:
                 self._write_batch()
                 if stopping:
                     break
+        except BaseException as exc:  # anything at all: the recording ends, reported once
+            log.debug("the recorder failed", exc_info=True)
+            self._fail(exc)
+            self._discard()
         finally:
             file, self._file = self._file, None
             if file is not None:
                 try:
                     file.close()
-                except OSError as exc:
+                except Exception as exc:  # noqa: BLE001 - reported; the lock is released all the same
                     self._fail(exc)
+            self._lock.release()
+
+    def _discard(self) -> None:
+        """After a failure: count what is buffered as lost and free it."""
+        for lane in self._lanes.values():
+            items = lane.items
+            for _ in range(len(items)):
+                item = items.popleft()
+                if item[0] == FRAME:
+                    self._stats.lost += 1
+                    lane.removed_frames += 1
+                    lane.removed_bytes += len(item[5])
 
     def _write_batch(self) -> None:
         parts: list[tuple[_Lane, list[tuple[Any, ...]]]] = []
@@ -299,7 +384,7 @@ class Recorder:
         if not self._failed:
             try:
                 self._write(batch)
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001 - a disk error or a bug: either ends the recording
                 self._fail(exc)
         if self._failed:  # (this batch may be in the file in part; counted as lost all the same)
             self._stats.lost += sum(1 for item in batch if item[0] == FRAME)
@@ -402,9 +487,12 @@ class RecordingReader:
     Damage never ends a read: a record torn by a crash (at the end of a file) or damaged in the
     middle is skipped, counted in ``torn`` and ``skipped_bytes``. A file whose header is not a
     recording's raises ``RecordingError``; a missing recording raises ``FileNotFoundError``.
+    Each iteration reads a consistent snapshot of a recording still being written (module doc);
+    ``files`` lists the files found when the reader was made.
     """
 
     def __init__(self, path: PathLike) -> None:
+        self.path = os.fspath(path)
         self.files = recording_files(path)
         if not self.files:
             raise FileNotFoundError(f"no recording at {os.fspath(path)!r}")
@@ -415,20 +503,60 @@ class RecordingReader:
                 _check_header(head, name)
         self.torn = 0
         self.skipped_bytes = 0
+        self.missing = 0  # rotated segments deleted before they could be read
 
     def __iter__(self) -> Iterator[Record]:
         make = Record._make
         for item in self.raw():
             yield make(item)
 
-    def raw(self) -> Iterator[tuple[int, int, str, int, bool, bytes, int]]:
-        """The records as plain tuples (the fields of ``Record``): the replay's fast path."""
-        for name in self.files:
-            yield from self._read_file(name)
+    def raw(self, damage: bool = False) -> Iterator[tuple[int, int, str, int, bool, bytes, int]]:
+        """The records as plain tuples (the fields of ``Record``): the replay's fast path. With
+        ``damage=True``, each stretch that could not be read (torn, damaged, a segment deleted
+        meanwhile) is a ``DAMAGED`` record (family and time: those of the record before it;
+        ``dropped``: 1, as at least one frame is lost there)."""
+        last: list[Any] = [0, NONBOOK]  # time_ns and family of the last record read
+        for name, opened in self._snapshot():
+            if opened is None:
+                self.missing += 1
+                if damage:
+                    yield DAMAGED, last[0], last[1], 0, False, b"", 1
+                continue
+            yield from self._read_file(name, opened, damage, last)
 
-    def _read_file(self, name: str) -> Iterator[tuple[int, int, str, int, bool, bytes, int]]:
+    def _snapshot(self) -> Iterator[tuple[str, Any]]:
+        """The files to read, oldest first, opened in turn: ``<path>`` first of all, then the rotated
+        segments listed; a segment that is the file opened as ``<path>`` (rotated meanwhile) takes
+        its place, and the newer ``<path>`` is left out (a later reader gets it)."""
+        live: Any = None
+        with contextlib.suppress(FileNotFoundError):
+            live = open(self.path, "rb")  # noqa: SIM115 - handed to _read_file, which closes it
+        try:
+            live_id = None if live is None else _identity(os.fstat(live.fileno()))
+            for name in recording_files(self.path):
+                if name == self.path:
+                    continue
+                try:
+                    if live is not None and _identity(os.stat(name)) == live_id:
+                        opened, live = live, None
+                        yield name, opened
+                        return  # anything newer than the file held was rotated after this read began
+                    opened = open(name, "rb")  # noqa: SIM115 - closed by _read_file
+                except FileNotFoundError:
+                    yield name, None
+                    continue
+                yield name, opened
+            if live is not None:
+                opened, live = live, None
+                yield self.path, opened
+        finally:
+            if live is not None:
+                live.close()
+
+    def _read_file(self, name: str, file: Any, damage: bool,
+                   last: list[Any]) -> Iterator[tuple[int, int, str, int, bool, bytes, int]]:
         unpack, crc32, size, families = _HEADER.unpack_from, zlib.crc32, HEADER_SIZE, FAMILY_NAMES
-        with open(name, "rb") as f:
+        with file as f:
             if len(f.read(_FILE_HEADER.size)) < _FILE_HEADER.size:
                 return  # empty, or a header torn by a crash: nothing in it
             buf = b""
@@ -458,6 +586,8 @@ class RecordingReader:
                     if not damaged:
                         self.torn += 1
                         damaged = True
+                        if damage:
+                            yield DAMAGED, last[0], last[1], 0, False, b"", 1
                     found = buf.find(SYNC, pos + 1)
                     if found < 0:  # keep the last bytes: a sync word may straddle the next read
                         found = max(pos + 1, len(buf) - len(SYNC) + 1)
@@ -466,6 +596,7 @@ class RecordingReader:
                     continue
                 damaged = False
                 pos = end
+                last[0], last[1] = time_ns, families[code]
                 if kind == GAP:
                     count = struct.unpack("<Q", payload)[0] if length == 8 else 0
                     yield GAP, time_ns, families[code], conn, False, b"", count
@@ -475,11 +606,15 @@ class RecordingReader:
                         payload = brotli.decompress(payload)
                     except brotli.error:
                         self.torn += 1
+                        if damage:
+                            yield DAMAGED, time_ns, families[code], conn, False, b"", 1
                         continue
                 yield FRAME, time_ns, families[code], conn, flags & _BINARY == _BINARY, payload, 0
             if len(buf) > pos:  # bytes that make no whole record: torn
                 if not damaged:
                     self.torn += 1
+                    if damage:
+                        yield DAMAGED, last[0], last[1], 0, False, b"", 1
                 self.skipped_bytes += len(buf) - pos
 
     @staticmethod
@@ -494,6 +629,10 @@ class RecordingReader:
             parts.append(chunk)
             have += len(chunk)
         return b"".join(parts), False
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
 
 
 # -- inspecting ------------------------------------------------------------------------------------

@@ -16,25 +16,48 @@ Pace. ``speed=None``: as fast as the handlers take it, and the queue never drops
 ``overflow``). ``speed=1.0``: the recorded gaps between frames, ``speed=10.0`` ten times shorter;
 the queue's overflow policy then applies as live. A gap longer than the recording's own clock
 allows (the wall clock stepped back) counts as none.
+
+Gaps. Every frame not replayed is reported as ``EventsDropped`` to ``on_error``, as a frame
+dropped live: the recorder's GAP records, and what the reader could not read (a torn or damaged
+record, a segment deleted meanwhile). A recording still being written is read as a consistent
+snapshot (``RecordingReader``): the replay ends where the file stood, never with a hole.
+
+Output. ``replay(path, record=out)`` copies what it replays, with the recorded receive times;
+``out`` may not be the recording replayed or one of its segments (``ConfigurationError`` naming
+``record`` at ``start()``): the copy would read its own output for ever.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable
-from typing import Callable
+from typing import Any, Callable
 
 from .dispatch import BATCH_FRAMES as BATCH
 from .dispatch import BLOCK, EventQueue
-from .errors import EventsDropped, KiyotakaError
-from .recording import GAP, PathLike, RecordingReader
+from .errors import ConfigurationError, EventsDropped, KiyotakaError
+from .recording import DAMAGED, FRAME, GAP, PathLike, RecordingReader, recording_files
 from .source import ExternalSource
 from .status import State
 from .threads import join_by
 
 log = logging.getLogger("kiyotaka_ws.replay")
+
+
+def _identities(names: list[str]) -> set[Any]:
+    """What tells files apart: the real path, and (st_dev, st_ino) of those that exist (hard links)."""
+    found: set[Any] = set()
+    for name in names:
+        found.add(os.path.realpath(name))
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue
+        found.add((st.st_dev, st.st_ino))
+    return found
 
 
 class ReplaySource(ExternalSource):
@@ -64,6 +87,13 @@ class Player:
 
     def prepare(self) -> None:
         """Called by ``start()``: nothing to check (no key, the files were checked at ``replay()``)."""
+
+    def check_record(self, path: str) -> None:
+        """Refuse to record onto the recording being replayed (or one of its segments)."""
+        mine = _identities([*recording_files(self.reader.path), self.reader.path])
+        if mine & _identities([*recording_files(path), path]):
+            raise ConfigurationError(f"record: {path!r} is the recording being replayed (or part of it); "
+                                     "record the copy to another path")
 
     def queue_policy(self, overflow: str) -> str:
         """As fast as possible loses nothing; a paced replay keeps the client's policy."""
@@ -110,14 +140,14 @@ class Player:
 
     def _run(self) -> None:
         try:
-            self._play(self.reader.raw())
-        except BaseException as exc:
+            self._play(self.reader.raw(damage=True))
+        except BaseException as exc:  # anything at all: reported once, every family FAILED
             log.debug("replay failed", exc_info=True)
-            error = KiyotakaError(f"replay of {self.reader.files[-1]} failed ({type(exc).__name__}: {exc})")
+            error = KiyotakaError(f"replay of {self.reader.path} failed ({type(exc).__name__}: {exc})")
             with self._lock:
+                self.finished = True
                 sources = list(self._sources.values())
-            for source in sources:
-                source.end_with(error)
+            ExternalSource.end_all(sources, error)
             self._on_fatal(error)
             return
         ended = not self._stopping.is_set()
@@ -145,11 +175,13 @@ class Player:
         size = 0
         for kind, time_ns, family, connection, binary, payload, dropped in records:
             source = sources.get(family)
+            if kind == DAMAGED and (source is None or not source._started):  # a guess: tell someone
+                source = next((s for s in sources.values() if s._started), None)
             if source is None or not source._started:
                 self.skipped += 1
                 continue
             if speed is None:
-                if source is previous and kind != GAP:
+                if source is previous and kind == FRAME:
                     pending.append((payload, binary, connection, time_ns))
                     size += len(payload)
                     if len(pending) >= BATCH:
@@ -177,9 +209,11 @@ class Player:
                 previous = source
             if stopping.is_set():
                 return
-            if kind == GAP:
+            if kind != FRAME:
                 source.queue.put_control(EventsDropped(
-                    dropped, family=family, reason="the recorder dropped them (disk too slow)"))
+                    dropped, family=source.family,
+                    reason="the recorder dropped them (disk too slow)" if kind == GAP else
+                    "a torn or damaged record in the recording (at least one frame), or a segment deleted"))
                 continue
             if speed is None:
                 pending.append((payload, binary, connection, time_ns))

@@ -83,6 +83,17 @@ class ExternalSource:
         self.queue.put_control(error)
         self.end(State.FAILED, str(error))
 
+    @staticmethod
+    def end_all(sources: list[Any], error: KiyotakaError) -> None:
+        """A driver's thread died: every source FAILED with ``error`` as ``fatal``, reported to
+        ``on_error`` once (by the first one's dispatcher), not once per family."""
+        for n, source in enumerate(sources):
+            if n == 0:
+                source.end_with(error)
+            else:
+                source.fatal = error
+                source.end(State.FAILED, str(error))
+
     def stop(self) -> None:
         self._driver.stop()
 
