@@ -19,8 +19,9 @@ from typing import Any, Callable, NoReturn, TextIO
 
 import attrs
 
+from ._arguments import REGIONS
 from .channels import WIRE_NAMES, Channel, make_spec
-from .client import REGIONS, KiyotakaClient
+from .client import KiyotakaClient
 from .errors import (
     AuthenticationError,
     ConfigurationError,
