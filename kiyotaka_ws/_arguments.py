@@ -59,6 +59,8 @@ class Check:
     def __call__(self, name: str, value: Any) -> Any:
         try:
             good = self.accepts(value)
+        except ConfigurationError:  # the check's own, more precise message (a ValueError too)
+            raise
         except (TypeError, ValueError, OverflowError):
             good = False
         if not good:
@@ -129,6 +131,8 @@ def _url_shown(value: Any) -> str:
 def _ws_url(value: Any) -> bool:
     from urllib.parse import urlsplit
 
+    if not isinstance(value, str):
+        return False
     parts = urlsplit(value)
     return parts.scheme in ("ws", "wss") and bool(parts.netloc)
 
@@ -243,7 +247,7 @@ CLIENT = Table("KiyotakaClient", {
     "overflow": one_of(*OVERFLOW_POLICIES),
     "max_frame_bytes": whole(1024),
     "sslopt": optional(Check("a dict of ssl options", lambda v: isinstance(v, Mapping)), "for the defaults"),
-    "proxy": optional(Check("a proxy URL", _proxy, Proxy.parse), "for a direct connection"),
+    "proxy": optional(Check("a proxy URL", _proxy, Proxy.parse, show=_url_shown), "for a direct connection"),
     "max_retries": optional(whole(0), "to retry for ever"),
     "max_queue_bytes": whole(1024),
     "connect_timeout": seconds(),

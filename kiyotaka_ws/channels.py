@@ -220,8 +220,9 @@ def make_spec(channel: str | Channel, *, exchange: Any, symbol: Any, category: A
               extra_params: Mapping[str, Any] | None = None) -> ChannelSpec:
     """Validate the arguments of an ``on_*``/``subscribe``/``events`` call and build its spec.
 
-    ``options`` holds keyword arguments (``block_size=...``), ``params`` the channel's parameters
-    by wire (``blockSize``) or keyword name, each checked for this channel; ``extra_params`` wire
+    ``options`` (keyword arguments, named as the user wrote them) and ``params`` (a dict) hold the
+    channel's parameters by keyword (``block_size``) or wire name (``blockSize``), each checked for
+    this channel; ``extra_params`` wire
     fields this version does not know, sent as given. ``None`` values are left out;
     ``ConfigurationError`` names any bad argument.
     """
@@ -231,7 +232,7 @@ def make_spec(channel: str | Channel, *, exchange: Any, symbol: Any, category: A
         option = param_option(chan, name, label=name, escape=_escape(name))
         if value is None:
             continue
-        if option == "group_by_coin":  # the keyword argument: a bool, False leaves the field out
+        if name == "group_by_coin":  # the keyword argument: a bool, False leaves the field out
             if not isinstance(value, bool):
                 raise ConfigurationError(f"group_by_coin: expected True or False, got {value!r}")
             if value:
@@ -259,8 +260,8 @@ def make_spec(channel: str | Channel, *, exchange: Any, symbol: Any, category: A
                                          "type, exchange, symbol and category, which are arguments)")
             known = key if key in WIRE_NAMES else _OPTION_NAMES.get(key)
             if known is not None and known in CHANNEL_PARAMS[chan.value]:
-                raise ConfigurationError(f"{label}: a parameter of {chan.value} this version knows; pass it "
-                                         f"in params (or as {known}=...), where it is checked")
+                raise ConfigurationError(f"{label}: a parameter of {chan.value} this version knows and checks: "
+                                         f"pass it as {known} ({WIRE_NAMES[known]}), not as an extra field")
             if value is not None:
                 extras[key] = wire_value(label, value)
     if chan is Channel.BLOCK_BOOK_SNAPSHOT and "blockSize" not in extras:

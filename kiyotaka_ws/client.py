@@ -32,7 +32,6 @@ from .channels import (
     BOOK,
     FAMILIES,
     NONBOOK,
-    WIRE_NAMES,
     Channel,
     ChannelSpec,
     make_spec,
@@ -513,10 +512,8 @@ class KiyotakaClient:
         for name in EVENTS_REFUSED:
             if name in params:
                 raise ConfigurationError(f"{name}: {EVENTS_REFUSED[name]}")
-        options = {name: value for name, value in params.items() if name in WIRE_NAMES}
-        wire = {name: value for name, value in params.items() if name not in WIRE_NAMES}
-        spec = make_spec(channel, exchange=exchange, symbol=symbol, category=category, options=options,
-                         params=wire, extra_params=extra_params)
+        spec = make_spec(channel, exchange=exchange, symbol=symbol, category=category, options=params,
+                         extra_params=extra_params)
         stream: EventStream[Any] = EventStream(maxsize, self._sources.queue_policy(self._overflow))
         stream.subscription = self._register_spec(spec, stream._put)
         with self._lock:

@@ -52,6 +52,7 @@ from .errors import (
     EventsDropped,
     KiyotakaError,
     SubscriptionError,
+    gave_up,
 )
 from .session import WireSub
 from .source import ExternalSource
@@ -451,7 +452,7 @@ class NatsSources:
             for source in self._started_sources():
                 source._set_state(State.DISCONNECTED, reason, attempt)
             if options.max_retries is not None and attempt > options.max_retries:
-                error = ConnectionFailedError(f"gave up after {attempt} attempts: {reason}",
+                error = ConnectionFailedError(f"nats: {gave_up(attempt, options.max_retries, reason)}",
                                               family="nats", url=self.settings.servers[0])
                 for source in self._started_sources():
                     source.end_with(error)
