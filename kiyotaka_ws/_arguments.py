@@ -30,6 +30,10 @@ from .errors import ConfigurationError, _safe_url
 
 REGIONS = {"singapore": "wss://ap-sin3.ws.api.kiyotaka.ai", "europe": "wss://eu-de3.ws.api.kiyotaka.ai"}
 _SHOWN = 80  # characters of a bad value's repr shown in a message
+# Longest duration any argument takes (~3 years): every wait on it stays far below
+# threading.TIMEOUT_MAX, so a huge value is refused here rather than crash a thread later.
+MAX_SECONDS = 1e8
+_MAX_TEXT = "1e8"
 
 
 def _same(value: Any) -> Any:
@@ -64,7 +68,7 @@ class Check:
         except (TypeError, ValueError, OverflowError):
             good = False
         if not good:
-            got = f"a {type(value).__name__}" if self.secret else self.show(value)
+            got = f"a value of type {type(value).__name__}" if self.secret else self.show(value)
             raise ConfigurationError(f"{name}: expected {self.expected}, got {got}")
         return self.convert(value)
 
@@ -74,10 +78,10 @@ def _is_number(value: Any) -> bool:
 
 
 def seconds(zero: bool = False, what: str = "number of seconds") -> Check:
-    """A finite number > 0 (``zero``: >= 0), as a float."""
+    """A number > 0 (``zero``: >= 0) and at most ``MAX_SECONDS``, as a float."""
     if zero:
-        return Check(f"a {what} >= 0", lambda v: _is_number(v) and v >= 0, float)
-    return Check(f"a positive {what}", lambda v: _is_number(v) and v > 0, float)
+        return Check(f"a {what} from 0 to {_MAX_TEXT}", lambda v: _is_number(v) and 0 <= v <= MAX_SECONDS, float)
+    return Check(f"a positive {what} up to {_MAX_TEXT}", lambda v: _is_number(v) and 0 < v <= MAX_SECONDS, float)
 
 
 def whole(minimum: int, maximum: int | None = None, *, also: int | None = None, also_means: str = "") -> Check:
@@ -149,7 +153,10 @@ def _proxy(value: Any) -> bool:
 def _epoch_or_datetime(value: Any) -> bool:
     if isinstance(value, datetime.datetime):
         return True
-    return _is_number(value) and value >= 0 and _as_utc(value) is not None
+    try:
+        return _is_number(value) and value >= 0 and _as_utc(value) is not None
+    except OSError:  # out of the platform's range
+        return False
 
 
 def _as_utc(value: Any) -> datetime.datetime:
@@ -303,7 +310,8 @@ EVENTS_REFUSED = {  # keyword arguments of the on_* methods that events() does n
                 "(on_book(..., conflate=True) and the like)",
 }
 
+_BOUNDED = seconds(zero=True)
 STOP = Table("stop", {
     # None is refused, not "for ever": stop() promises to end within its timeout in every state.
-    "timeout": seconds(zero=True, what="number of seconds (stop() always ends in a bounded time)"),
+    "timeout": attrs.evolve(_BOUNDED, expected=f"{_BOUNDED.expected} (stop() always ends in a bounded time)"),
 })

@@ -196,6 +196,11 @@ def test_rules_between_arguments_and_forwarded_options() -> None:
         KiyotakaClient.from_nats("nats://h:1", api_key="k")
     with pytest.raises(ConfigurationError, match="^overflow: expected one of block, drop_oldest, drop_newest"):
         KiyotakaClient.from_nats("nats://h:1", overflow="lose")
+    # A duration no wait can take (threading.TIMEOUT_MAX) is refused here, not by a crashed thread later.
+    with pytest.raises(ConfigurationError, match="^ping_interval: expected a positive number of seconds up to 1e8"):
+        KiyotakaClient("k", ping_interval=1e300)
+    with pytest.raises(ConfigurationError, match="^speed: "):
+        KiyotakaClient.replay("x.kwsrec", speed=1e300)
 
 
 def test_good_arguments_still_pass_and_are_kept(recording: str) -> None:
