@@ -1,7 +1,15 @@
-"""Channels, their endpoint families, and the validated subscription spec with its wire form."""
+"""Channels, their endpoint families, and the validated subscription spec with its wire form.
+
+Each channel takes its own parameters (``CHANNEL_PARAMS``, from the protocol notes §3.2-3.3);
+a name a channel does not take, misspelt or foreign (``blockSize`` on ``TRADE``), is a
+``ConfigurationError`` naming it, suggesting the closest valid name and listing the valid ones.
+A field this version does not know yet goes, explicitly, in ``extra_params``: sent as given
+(as a string), checked only against the channel's own and the reserved names.
+"""
 
 from __future__ import annotations
 
+import difflib
 import enum
 import math
 import re
@@ -57,6 +65,17 @@ WIRE_NAMES: dict[str, str] = {
     "update_frequency": "updateFrequency",
     "quote": "quote",
     "group_by_coin": "groupByType",
+}
+# The parameters each channel takes, by keyword name. Protocol notes §3.3; ``quote`` is in the
+# common table (§3.2) but its row is cut off, and it was only seen on books and volume profiles.
+CHANNEL_PARAMS: dict[str, tuple[str, ...]] = {
+    "TRADE": (),
+    "TRADE_AGG": ("batch_interval",),
+    "BLOCK_BOOK_SNAPSHOT": ("block_size", "max_depth", "update_frequency", "quote", "group_by_coin"),
+    "LIQUIDATION": (),
+    "FUNDING_RATE": (),
+    "OPEN_INTEREST": (),
+    "VOLUME_PROFILE_AGG": ("quote", "update_frequency", "group_by_coin"),
 }
 _RESERVED = frozenset({"type", "exchange", "symbol", "category"})
 _DURATION = re.compile(r"^\d+(\.\d+)?(ms|s|m|h)$")
@@ -128,6 +147,27 @@ _CHECKS = {
 _OPTION_NAMES = {wire: option for option, wire in WIRE_NAMES.items()}
 
 
+def param_option(channel: Channel, name: str, *, label: str, escape: str) -> str:
+    """The keyword name (``max_depth``) of ``channel``'s parameter ``name``, given in either form
+    (``max_depth`` or ``maxDepth``). Otherwise ``ConfigurationError`` starting with ``label``,
+    suggesting the closest valid name, listing the valid ones and saying how to send a field this
+    version does not know (``escape``)."""
+    option = name if name in WIRE_NAMES else _OPTION_NAMES.get(name)
+    known = CHANNEL_PARAMS[channel.value]
+    if option is not None and option in known:
+        return option
+    forms = [form for known_name in known for form in (known_name, WIRE_NAMES[known_name])]
+    close = difflib.get_close_matches(name, forms, n=1)
+    guess = f"did you mean {_OPTION_NAMES.get(close[0], close[0])}? " if close else ""
+    takes = ", ".join(k if WIRE_NAMES[k] == k else f"{k} ({WIRE_NAMES[k]})" for k in known) or "no parameters"
+    raise ConfigurationError(f"{label}: not a parameter of {channel.value}; {guess}{channel.value} takes "
+                             f"{takes}. A field this version does not know yet goes in {escape}")
+
+
+def _escape(name: Any) -> str:
+    return f"extra_params={{{name!r}: ...}}"
+
+
 def _group_flag(name: str, value: Any) -> str:
     text = wire_value(name, value)
     if text not in ("0", "1"):
@@ -176,25 +216,29 @@ class ChannelSpec:
 
 
 def make_spec(channel: str | Channel, *, exchange: Any, symbol: Any, category: Any = "*",
-              options: Mapping[str, Any] | None = None,
-              params: Mapping[str, Any] | None = None) -> ChannelSpec:
-    """Validate the arguments of an ``on_*``/``subscribe`` call and build its spec.
+              options: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None,
+              extra_params: Mapping[str, Any] | None = None) -> ChannelSpec:
+    """Validate the arguments of an ``on_*``/``subscribe``/``events`` call and build its spec.
 
-    ``options`` holds the typed keyword arguments (``block_size=...``), ``params`` raw extra wire
-    fields. ``None`` values are left out; ``ConfigurationError`` names any bad argument.
+    ``options`` (keyword arguments, named as the user wrote them) and ``params`` (a dict) hold the
+    channel's parameters by keyword (``block_size``) or wire name (``blockSize``), each checked for
+    this channel; ``extra_params`` wire
+    fields this version does not know, sent as given. ``None`` values are left out;
+    ``ConfigurationError`` names any bad argument.
     """
     chan = parse_channel(channel)
     extras: dict[str, str] = {}
     for name, value in (options or {}).items():
+        option = param_option(chan, name, label=name, escape=_escape(name))
         if value is None:
             continue
-        if name == "group_by_coin":
+        if name == "group_by_coin":  # the keyword argument: a bool, False leaves the field out
             if not isinstance(value, bool):
                 raise ConfigurationError(f"group_by_coin: expected True or False, got {value!r}")
             if value:
                 extras["groupByType"] = "1"
             continue
-        extras[WIRE_NAMES[name]] = _CHECKS[name](name, value)
+        extras[WIRE_NAMES[option]] = _checked(option, name, value)
     if params is not None:
         if not isinstance(params, Mapping):
             raise ConfigurationError(f"params: expected a dict of wire fields, got {type(params).__name__}")
@@ -202,16 +246,32 @@ def make_spec(channel: str | Channel, *, exchange: Any, symbol: Any, category: A
             if not isinstance(key, str) or not key or key in _RESERVED:
                 raise ConfigurationError(f"params: {key!r} is not an allowed extra wire field "
                                          f"(type, exchange, symbol and category are arguments)")
-            if value is None:
-                continue
-            option = _OPTION_NAMES.get(key)
-            if option == "group_by_coin":
-                extras[key] = _group_flag(f"params[{key!r}]", value)
-            elif option is not None:  # a known field: the same check as its typed argument
-                extras[key] = _CHECKS[option](f"params[{key!r}]", value)
-            else:
-                extras[key] = wire_value(f"params[{key!r}]", value)
+            option = param_option(chan, key, label=f"params[{key!r}]", escape=_escape(key))
+            if value is not None:
+                extras[WIRE_NAMES[option]] = _checked(option, f"params[{key!r}]", value)
+    if extra_params is not None:
+        if not isinstance(extra_params, Mapping):
+            raise ConfigurationError(f"extra_params: expected a dict of wire fields, got "
+                                     f"{type(extra_params).__name__}")
+        for key, value in extra_params.items():
+            label = f"extra_params[{key!r}]"
+            if not isinstance(key, str) or not key.strip() or key in _RESERVED:
+                raise ConfigurationError(f"{label}: not an allowed wire field (a non-empty name other than "
+                                         "type, exchange, symbol and category, which are arguments)")
+            known = key if key in WIRE_NAMES else _OPTION_NAMES.get(key)
+            if known is not None and known in CHANNEL_PARAMS[chan.value]:
+                raise ConfigurationError(f"{label}: a parameter of {chan.value} this version knows and checks: "
+                                         f"pass it as {known} ({WIRE_NAMES[known]}), not as an extra field")
+            if value is not None:
+                extras[key] = wire_value(label, value)
     if chan is Channel.BLOCK_BOOK_SNAPSHOT and "blockSize" not in extras:
         raise ConfigurationError("block_size: required for BLOCK_BOOK_SNAPSHOT (see GET /v1/block-sizes)")
     return ChannelSpec(chan, _nonempty("exchange", exchange), _nonempty("symbol", symbol),
                        _nonempty("category", category), tuple(sorted(extras.items())))
+
+
+def _checked(option: str, label: str, value: Any) -> str:
+    """The wire value of parameter ``option``, given under ``label``, checked like its keyword argument."""
+    if option == "group_by_coin":
+        return _group_flag(label, value)
+    return _CHECKS[option](label, value)

@@ -15,12 +15,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, Callable, NoReturn, TextIO
+from typing import Any, Callable, NamedTuple, NoReturn, TextIO
 
 import attrs
 
-from .channels import WIRE_NAMES, Channel, make_spec
-from .client import REGIONS, KiyotakaClient
+from ._arguments import REGIONS
+from .channels import WIRE_NAMES, Channel, make_spec, param_option
+from .client import KiyotakaClient
 from .errors import (
     AuthenticationError,
     ConfigurationError,
@@ -50,14 +51,14 @@ EXIT_CODES = f"""exit codes:
   {EXIT_USAGE}    usage error: a bad channel, --param, --category, --region or --url (all checked
        before the key), no key, or the server rejected the subscription (e.g. an unknown symbol)
   {EXIT_NO_CONNECTION}    could not connect: never READY within --seconds, or the client gave up
-       (a wrong URL answered 400/404/410, or --retries attempts failed)
+       (a wrong URL answered 400/404/410, or the --retries N retries failed too)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
 Every error is one line on stderr."""
 
 # The service's documented market classes (protocol notes 3.2 / 3.5); "*" means all.
 CATEGORIES = ("*", "SPOT", "PERPETUAL")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-_OPTION_NAMES = {wire: option for option, wire in WIRE_NAMES.items()}
+EXTRA_PREFIX = "extra."  # --param extra.NAME=VALUE: a field this version does not know (extra_params)
 _PROG = "kiyotaka-ws"
 
 
@@ -130,41 +131,47 @@ def _one_line(text: object, limit: int = 240) -> str:
 
 
 def stream_params(channel: Channel, exchange: str, symbol: str, category: str,
-                  items: Sequence[str]) -> dict[str, str]:
-    """Validate ``--param NAME=VALUE`` items for ``channel`` and return them as wire fields.
+                  items: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Validate ``--param NAME=VALUE`` items for ``channel``: (checked parameters, extra fields), wire-named.
 
-    Names are the Python (``block_size``) or the wire names (``blockSize``); known parameters are
-    checked like the ``on_*`` keyword arguments. Raises ``UsageError`` naming the parameter.
+    Names are the Python (``block_size``) or the wire names (``blockSize``) of the channel's own
+    parameters, checked like the ``on_*`` keyword arguments; ``extra.NAME=VALUE`` sends a field this
+    version does not know as given (``extra_params``). Raises ``UsageError`` naming the parameter.
     """
     options: dict[str, Any] = {}
-    params: dict[str, str] = {}
+    extra: dict[str, str] = {}
     typed: dict[str, str] = {}  # keyword-argument name -> the name as the user wrote it
     for item in items:
         name, sep, value = item.partition("=")
         name = name.strip()
         if not sep or not name:
             raise UsageError(f"--param: expected NAME=VALUE, got {item!r}")
-        option = name if name in WIRE_NAMES else _OPTION_NAMES.get(name)
-        if option is not None:
-            typed[option] = name
+        if name.startswith(EXTRA_PREFIX):
+            extra[name[len(EXTRA_PREFIX):]] = value
+            typed[f"extra_params[{name[len(EXTRA_PREFIX):]!r}]"] = name
+            continue
+        try:
+            option = param_option(channel, name, label=f"--param {name}", escape=f"--param {EXTRA_PREFIX}{name}=VALUE")
+        except ConfigurationError as exc:
+            raise UsageError(str(exc)) from None
+        typed[option] = name
         if option == "group_by_coin":
             if value.strip().lower() not in _TRUE + _FALSE:
                 raise UsageError(f"--param {name}: expected 1 or 0, got {value!r}")
             options[option] = value.strip().lower() in _TRUE
-        elif option is not None:
-            options[option] = value
         else:
-            params[name] = value
+            options[option] = value
     try:
         spec = make_spec(channel, exchange=exchange, symbol=symbol, category=category, options=options,
-                         params=params)
+                         extra_params=extra)
     except ConfigurationError as exc:
         message = str(exc)
         named, _, rest = message.partition(":")
-        if named in WIRE_NAMES or named.startswith("params["):
-            message = f"--param {typed.get(named, named)}:{rest}"
+        if named in typed:
+            message = f"--param {typed[named]}:{rest}"
         raise UsageError(message) from None
-    return dict(spec.extras)
+    checked = {WIRE_NAMES[option] for option in options}
+    return ({k: v for k, v in spec.extras if k in checked}, {k: v for k, v in spec.extras if k not in checked})
 
 
 def _category(text: str) -> str:
@@ -307,7 +314,7 @@ def cmd_stream(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``kiyotaka-ws stream``: usage checks, then the key, then stream until --seconds or Ctrl-C."""
     channel = Channel(args.channel)
     category = _category(args.category)
-    params = stream_params(channel, args.exchange, args.symbol, category, args.param)
+    params, extra = stream_params(channel, args.exchange, args.symbol, category, args.param)
     options: dict[str, Any] = {"region": args.region}
     if args.url:
         options["book_url" if channel.family == "book" else "nonbook_url"] = args.url
@@ -326,7 +333,7 @@ def cmd_stream(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     output = _Output(out, lambda: threading.Thread(target=client.stop, name="kiyotaka-ws-cli-stop").start())
     render = event_to_json if args.json else format_event
     client.subscribe(channel, lambda ev: output.write(render(ev)), exchange=args.exchange,
-                           symbol=args.symbol, category=category, params=params)
+                     symbol=args.symbol, category=category, params=params, extra_params=extra)
     client.on_status(report.on_status)
 
     @client.on_error
@@ -381,8 +388,26 @@ def _report_stats(client: KiyotakaClient, family: str, interval: float, report: 
         before, since = now, at
 
 
-def parse_sub(text: str) -> tuple[Channel, str, str, str, dict[str, str]]:
-    """``CHANNEL:EXCHANGE:SYMBOL[:NAME=VALUE...]`` -> (channel, exchange, symbol, category, wire params).
+class Sub(NamedTuple):
+    """One ``--sub`` (or ``CHANNEL --exchange --symbol --param``) subscription, ready for ``subscribe``."""
+
+    channel: Channel
+    exchange: str
+    symbol: str
+    category: str
+    params: dict[str, str]
+    extra_params: dict[str, str]
+
+    def subscribe(self, client: Any, handler: Callable[[Any], Any] | None = None) -> Any:
+        """``client.subscribe(...)`` (or a ``Relay``'s, without a handler) with this subscription."""
+        args = {"exchange": self.exchange, "symbol": self.symbol, "category": self.category,
+                "params": self.params, "extra_params": self.extra_params}
+        return client.subscribe(self.channel, **args) if handler is None else client.subscribe(
+            self.channel, handler, **args)
+
+
+def parse_sub(text: str) -> Sub:
+    """``CHANNEL:EXCHANGE:SYMBOL[:NAME=VALUE...]`` -> the subscription.
 
     ``category=SPOT`` among the parameters is the category; the others are checked as ``--param``.
     """
@@ -402,7 +427,7 @@ def parse_sub(text: str) -> tuple[Channel, str, str, str, dict[str, str]]:
             category = _category(value)
         else:
             items.append(item)
-    return channel, parts[1], parts[2], category, stream_params(channel, parts[1], parts[2], category, items)
+    return Sub(channel, parts[1], parts[2], category, *stream_params(channel, parts[1], parts[2], category, items))
 
 
 def _recording_path(text: str) -> str:
@@ -418,14 +443,14 @@ def _recording_path(text: str) -> str:
 
 def cmd_record(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``kiyotaka-ws record``: subscribe, append every frame to --out until --seconds or Ctrl-C."""
-    subs: list[tuple[Channel, str, str, str, dict[str, str]]] = []
+    subs: list[Sub] = []
     if args.channel is not None:
         if not args.exchange or not args.symbol:
             raise UsageError("CHANNEL needs --exchange and --symbol (or use --sub CHANNEL:EXCHANGE:SYMBOL)")
         channel = Channel(args.channel)
         category = _category(args.category)
-        subs.append((channel, args.exchange, args.symbol, category,
-                     stream_params(channel, args.exchange, args.symbol, category, args.param)))
+        subs.append(Sub(channel, args.exchange, args.symbol, category,
+                        *stream_params(channel, args.exchange, args.symbol, category, args.param)))
     elif args.exchange or args.symbol or args.param:
         raise UsageError("--exchange, --symbol and --param go with a CHANNEL; or use --sub")
     subs.extend(parse_sub(text) for text in args.sub)
@@ -451,7 +476,7 @@ def cmd_record(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not api_key:
         raise UsageError("no API key: pass --api-key or set KIYOTAKA_API_KEY")
 
-    first = subs[0][0]
+    first = subs[0].channel
     url = endpoint_url(first, args.region, args.book_url if first.family == "book" else args.nonbook_url)
     report = _StreamReport(err, url, args.verbose, args.seconds)
     events = [0]
@@ -459,8 +484,8 @@ def cmd_record(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     def count(_: Any) -> None:
         events[0] += 1
 
-    for channel, exchange, symbol, category, params in subs:
-        client.subscribe(channel, count, exchange=exchange, symbol=symbol, category=category, params=params)
+    for sub in subs:
+        sub.subscribe(client, count)
     client.on_status(report.on_status)
 
     @client.on_error
@@ -502,9 +527,9 @@ def cmd_relay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise UsageError("no API key: pass --api-key or set KIYOTAKA_API_KEY")
     relay = Relay(args.nats, subject_prefix=args.prefix, jetstream=args.jetstream, stream=args.stream,
                   max_age=args.max_age, buffer_size=args.buffer, api_key=api_key, **options)
-    for channel, exchange, symbol, category, params in subs:
-        relay.subscribe(channel, exchange=exchange, symbol=symbol, category=category, params=params)
-    first = subs[0][0]
+    for sub in subs:
+        sub.subscribe(relay)
+    first = subs[0].channel
     url = endpoint_url(first, args.region, args.book_url if first.family == "book" else args.nonbook_url)
     report = _StreamReport(err, url, args.verbose, args.seconds)
     relay.on_status(report.on_status)
@@ -579,8 +604,8 @@ def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         output.write(render(event))
 
     if subs:
-        for channel, exchange, symbol, category, params in subs:
-            client.subscribe(channel, show, exchange=exchange, symbol=symbol, category=category, params=params)
+        for sub in subs:
+            sub.subscribe(client, show)
     else:  # everything in the file: one registration per series found (a first pass over the file)
         for wire in _open_recording(args.path).channels:
             extra = {k: v for k, v in wire.items() if k not in ("type", "exchange", "symbol")}
@@ -672,7 +697,8 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--category", default="*", metavar="C",
                         help=f"market class: {', '.join(CATEGORIES)} (default *: all)")
     stream.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="channel parameter, e.g. block_size=25 or batchInterval=1s (repeatable)")
+                        help="channel parameter, e.g. block_size=25 or batchInterval=1s (repeatable); "
+                             f"{EXTRA_PREFIX}NAME=VALUE sends a field this version does not know, as given")
     stream.add_argument("--region", default="singapore", choices=sorted(REGIONS))
     stream.add_argument("--url", help="endpoint URL override (e.g. a FakeKiyotakaServer)")
     stream.add_argument("--api-key", help="API key (default: $KIYOTAKA_API_KEY)")
@@ -681,9 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--stats", type=_positive_float, metavar="SECONDS",
                         help="every SECONDS, one line to stderr: event and frame rates, feed latency and "
                              "queue delay p50/p99, drops, reconnects")
-    stream.add_argument("--retries", type=_whole_number, metavar="N",
-                        help="give up (exit 3) after N consecutive failed connection attempts "
-                             "(default: keep trying)")
+    stream.add_argument("--retries", type=_whole_number, metavar="N", help=_retries_help("connection"))
     stream.add_argument("-v", "--verbose", action="store_true",
                         help="show every connection state change and the library's log lines")
 
@@ -698,7 +722,8 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--symbol", help="symbol of CHANNEL")
     record.add_argument("--category", default="*", metavar="C", help="market class of CHANNEL (default *)")
     record.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="parameter of CHANNEL (repeatable)")
+                        help=f"parameter of CHANNEL (repeatable; {EXTRA_PREFIX}NAME=VALUE: a field this "
+                             "version does not know, as given)")
     record.add_argument("--sub", action="append", default=[], metavar="CHANNEL:EXCHANGE:SYMBOL[:NAME=VALUE...]",
                         help="one more subscription, e.g. BLOCK_BOOK_SNAPSHOT:BINANCE_FUTURES:BTCUSDT:block_size=25 "
                              "(repeatable)")
@@ -783,9 +808,14 @@ def _add_upstream_arguments(parser: argparse.ArgumentParser, attempts: str) -> N
     parser.add_argument("--book-url", help="book endpoint URL override")
     parser.add_argument("--nonbook-url", help="nonbook endpoint URL override")
     parser.add_argument("--api-key", help="API key (default: $KIYOTAKA_API_KEY)")
-    parser.add_argument("--retries", type=_whole_number, metavar="N",
-                        help=f"give up (exit 3) after N consecutive failed {attempts} attempts")
+    parser.add_argument("--retries", type=_whole_number, metavar="N", help=_retries_help(attempts))
     parser.add_argument("-v", "--verbose", action="store_true", help="show every state change and log line")
+
+
+def _retries_help(attempts: str) -> str:
+    """``--retries``, said the same way by every command (it is ``max_retries``)."""
+    return (f"after a failed {attempts} attempt, retry at most N times in a row, then give up (exit 3): "
+            f"N+1 failed attempts, 0 = no retry (max_retries; default: keep trying)")
 
 
 def _positive_float(text: str) -> float:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
-import math
 import os
 import random
 import threading
@@ -28,19 +27,18 @@ from typing import (
 )
 from urllib.parse import urlsplit
 
+from ._arguments import CLIENT, EVENTS, EVENTS_REFUSED, FROM_NATS, REGIONS, REPLAY, STOP
 from .channels import (
     BOOK,
     FAMILIES,
     NONBOOK,
-    WIRE_NAMES,
     Channel,
     ChannelSpec,
     make_spec,
 )
-from .dial import Proxy, ssl_context
+from .dial import ssl_context
 from .dispatch import (
     CONFLATABLE,
-    OVERFLOW_POLICIES,
     Conflated,
     Dispatcher,
     EventQueue,
@@ -70,7 +68,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kiyotaka_ws")
 
-REGIONS = {"singapore": "wss://ap-sin3.ws.api.kiyotaka.ai", "europe": "wss://eu-de3.ws.api.kiyotaka.ai"}
 _PATHS = {BOOK: "/ws", NONBOOK: "/nonbook/ws"}
 _RUN_FOREVER_STOP_TIMEOUT = 1.5  # Ctrl-C in run_forever() returns within 2 s in every state
 
@@ -266,37 +263,8 @@ class KiyotakaClient:
         record_rotate_bytes: int | None = None,
         record_rotate_seconds: float | None = None,
     ) -> None:
-        if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
-            raise ConfigurationError("api_key: expected a non-empty string, or None to read KIYOTAKA_API_KEY")
-        if region not in REGIONS:
-            raise ConfigurationError(f"region: expected 'singapore' or 'europe', got {region!r}")
-        if compression not in ("brotli", None):
-            raise ConfigurationError(f"compression: expected 'brotli' or None, got {compression!r}")
-        if not isinstance(reconnect, bool):
-            raise ConfigurationError(f"reconnect: expected True or False, got {reconnect!r}")
-        _positive("backoff_initial", backoff_initial)
-        _positive("backoff_max", backoff_max)
-        if backoff_max < backoff_initial:
-            raise ConfigurationError(f"backoff_max: must be >= backoff_initial ({backoff_initial}), got {backoff_max}")
-        for name, value in (("ping_interval", ping_interval), ("ping_timeout", ping_timeout),
-                            ("stale_timeout", stale_timeout)):
-            if value is not None:
-                _positive(name, value, "or None to turn it off")
-        _positive("auth_timeout", auth_timeout, allow_zero=True)
-        _positive("subscribe_timeout", subscribe_timeout)
-        _positive("connect_timeout", connect_timeout)
-        _positive("send_timeout", send_timeout)
-        _whole("queue_size", queue_size, 1)
-        if overflow not in OVERFLOW_POLICIES:
-            raise ConfigurationError(f"overflow: expected one of {', '.join(OVERFLOW_POLICIES)}, got {overflow!r}")
-        _whole("max_frame_bytes", max_frame_bytes, 1024)
-        _whole("max_queue_bytes", max_queue_bytes, 1024)
-        if max_retries is not None:
-            _whole("max_retries", max_retries, 0, "or None to retry for ever")
-        if sslopt is not None and not isinstance(sslopt, Mapping):
-            raise ConfigurationError(f"sslopt: expected a dict of ssl options, got {type(sslopt).__name__}")
-        urls = {BOOK: _endpoint("book_url", book_url, region, BOOK),
-                NONBOOK: _endpoint("nonbook_url", nonbook_url, region, NONBOOK)}
+        args = CLIENT.check(locals())  # ConfigurationError naming the first bad argument
+        urls = {BOOK: _endpoint(book_url, region, BOOK), NONBOOK: _endpoint(nonbook_url, region, NONBOOK)}
         recorder = _recorder(record, record_rotate_bytes, record_rotate_seconds)
 
         self._api_key = Secret(api_key) if api_key is not None else None
@@ -312,7 +280,7 @@ class KiyotakaClient:
             stale_timeout=stale_timeout, auth_timeout=float(auth_timeout),
             subscribe_timeout=float(subscribe_timeout), connect_timeout=float(connect_timeout),
             send_timeout=float(send_timeout), max_frame_bytes=max_frame_bytes, max_retries=max_retries,
-            sslopt=_tls(sslopt, urls), proxy=Proxy.parse(proxy) if proxy is not None else None)
+            sslopt=_tls(sslopt, urls), proxy=args["proxy"])
         self._hooks = Hooks()
         self._ids = itertools.count(1)  # request ids: never reused in this client's lifetime
         self._lock = threading.Lock()   # guards the registry below; never held around user code or I/O
@@ -448,22 +416,29 @@ class KiyotakaClient:
 
     @overload
     def subscribe(self, channel: str | Channel, handler: None = None, *, exchange: str, symbol: str,
-                  category: str = "*", params: Mapping[str, Any] | None = None, conflate: bool = False) -> Callable[[_EventH], _EventH]: ...
+                  category: str = "*", params: Mapping[str, Any] | None = None, conflate: bool = False,
+                  extra_params: Mapping[str, Any] | None = None) -> Callable[[_EventH], _EventH]: ...
     @overload
     def subscribe(self, channel: str | Channel, handler: Callable[[Any], Any], *, exchange: str, symbol: str,
-                  category: str = "*", params: Mapping[str, Any] | None = None, conflate: bool = False) -> Subscription: ...
+                  category: str = "*", params: Mapping[str, Any] | None = None, conflate: bool = False,
+                  extra_params: Mapping[str, Any] | None = None) -> Subscription: ...
 
     def subscribe(self, channel: str | Channel, handler: Callable[[Any], Any] | None = None, *,
                   exchange: str, symbol: str, category: str = "*",
-                  params: Mapping[str, Any] | None = None, conflate: bool = False) -> Any:
-        """Any channel by name, with ``params`` as extra wire fields (``{"batchInterval": "1s"}``).
+                  params: Mapping[str, Any] | None = None, conflate: bool = False,
+                  extra_params: Mapping[str, Any] | None = None) -> Any:
+        """Any channel by name, with ``params``: the channel's parameters (``{"batchInterval": "1s"}``).
 
+        ``params`` take wire names (``batchInterval``) or keyword names (``batch_interval``), each
+        checked for this channel: a name the channel does not take is a ``ConfigurationError``.
+        ``extra_params`` are wire fields this version does not know yet, sent as given (as strings).
         The handler gets the channel's event class (``Trade``, ``BookSnapshot``, ...); it is typed
         ``Any`` here because the channel is only known at run time. ``conflate=True`` (snapshot
         channels only: ``ConfigurationError`` for trades, aggregated trades and liquidations) as for
         ``on_book``.
         """
-        spec = make_spec(channel, exchange=exchange, symbol=symbol, category=category, params=params)
+        spec = make_spec(channel, exchange=exchange, symbol=symbol, category=category, params=params,
+                         extra_params=extra_params)
         return self._register_spec(spec, handler, conflate)
 
     def on_error(self, handler: _ErrorH) -> _ErrorH:
@@ -492,35 +467,36 @@ class KiyotakaClient:
 
     @overload
     def events(self, channel: Literal[Channel.TRADE, "TRADE"], *, exchange: str, symbol: str, category: str = "*",
-               maxsize: int = 10_000, **params: Any) -> EventStream[Trade]: ...
+               maxsize: int = 10_000, extra_params: Mapping[str, Any] | None = None, **params: Any) -> EventStream[Trade]: ...
     @overload
     def events(self, channel: Literal[Channel.TRADE_AGG, "TRADE_AGG"], *, exchange: str, symbol: str, category: str = "*",
-               maxsize: int = 10_000, **params: Any) -> EventStream[TradeAggregation]: ...
+               maxsize: int = 10_000, extra_params: Mapping[str, Any] | None = None, **params: Any) -> EventStream[TradeAggregation]: ...
     @overload
     def events(self, channel: Literal[Channel.BLOCK_BOOK_SNAPSHOT, "BLOCK_BOOK_SNAPSHOT"], *, exchange: str, symbol: str, category: str = "*",
-               maxsize: int = 10_000, **params: Any) -> EventStream[BookSnapshot]: ...
+               maxsize: int = 10_000, extra_params: Mapping[str, Any] | None = None, **params: Any) -> EventStream[BookSnapshot]: ...
     @overload
     def events(self, channel: Literal[Channel.LIQUIDATION, "LIQUIDATION"], *, exchange: str, symbol: str, category: str = "*",
-               maxsize: int = 10_000, **params: Any) -> EventStream[Liquidation]: ...
+               maxsize: int = 10_000, extra_params: Mapping[str, Any] | None = None, **params: Any) -> EventStream[Liquidation]: ...
     @overload
     def events(self, channel: Literal[Channel.FUNDING_RATE, "FUNDING_RATE"], *, exchange: str, symbol: str, category: str = "*",
-               maxsize: int = 10_000, **params: Any) -> EventStream[FundingRate]: ...
+               maxsize: int = 10_000, extra_params: Mapping[str, Any] | None = None, **params: Any) -> EventStream[FundingRate]: ...
     @overload
     def events(self, channel: Literal[Channel.OPEN_INTEREST, "OPEN_INTEREST"], *, exchange: str, symbol: str, category: str = "*",
-               maxsize: int = 10_000, **params: Any) -> EventStream[OpenInterest]: ...
+               maxsize: int = 10_000, extra_params: Mapping[str, Any] | None = None, **params: Any) -> EventStream[OpenInterest]: ...
     @overload
     def events(self, channel: Literal[Channel.VOLUME_PROFILE_AGG, "VOLUME_PROFILE_AGG"], *, exchange: str, symbol: str, category: str = "*",
-               maxsize: int = 10_000, **params: Any) -> EventStream[VolumeProfile]: ...
+               maxsize: int = 10_000, extra_params: Mapping[str, Any] | None = None, **params: Any) -> EventStream[VolumeProfile]: ...
     @overload
     def events(self, channel: str | Channel, *, exchange: str, symbol: str, category: str = "*",
-               maxsize: int = 10_000, **params: Any) -> EventStream[Event]: ...
+               maxsize: int = 10_000, extra_params: Mapping[str, Any] | None = None, **params: Any) -> EventStream[Event]: ...
 
     def events(self, channel: str | Channel, *, exchange: str, symbol: str, category: str = "*",
-               maxsize: int = 10_000, **params: Any) -> EventStream[Any]:
+               maxsize: int = 10_000, extra_params: Mapping[str, Any] | None = None, **params: Any) -> EventStream[Any]:
         """Subscribe and return an ``EventStream`` to pull the events from, instead of a handler.
 
         ``params`` are the channel's parameters by keyword name (``block_size=25``,
-        ``update_frequency="1s"``, ``group_by_coin=True``) or as wire fields (``blockSize="25"``).
+        ``update_frequency="1s"``, ``group_by_coin=True``) or as wire fields (``blockSize="25"``),
+        checked for this channel; ``extra_params`` as for ``subscribe``.
         At most ``maxsize`` events wait in the stream; when it is full the client's ``overflow``
         policy applies (``"block"`` holds up the whole family, like a slow handler). Leaving the
         ``with`` block (or ``close()``) unsubscribes; iteration ends when the client stops or its
@@ -532,11 +508,12 @@ class KiyotakaClient:
                 ...
         ```
         """
-        _whole("maxsize", maxsize, 1)
-        options = {name: value for name, value in params.items() if name in WIRE_NAMES}
-        wire = {name: value for name, value in params.items() if name not in WIRE_NAMES}
-        spec = make_spec(channel, exchange=exchange, symbol=symbol, category=category, options=options,
-                         params=wire)
+        EVENTS.check({"maxsize": maxsize})
+        for name in EVENTS_REFUSED:
+            if name in params:
+                raise ConfigurationError(f"{name}: {EVENTS_REFUSED[name]}")
+        spec = make_spec(channel, exchange=exchange, symbol=symbol, category=category, options=params,
+                         extra_params=extra_params)
         stream: EventStream[Any] = EventStream(maxsize, self._sources.queue_policy(self._overflow))
         stream.subscription = self._register_spec(spec, stream._put)
         with self._lock:
@@ -562,10 +539,7 @@ class KiyotakaClient:
         """
         from .replay import Player
 
-        if speed is not None:
-            _positive("speed", speed, "or None for as fast as possible")
-        if "api_key" in options:
-            raise ConfigurationError("api_key: a replay needs no key")
+        REPLAY.check({"path": path, "speed": speed}, options)
         client = cls("replay", **options)
         client._api_key = None
         try:
@@ -591,12 +565,12 @@ class KiyotakaClient:
         Needs the ``nats`` extra: ``pip install "kiyotaka-ws[nats]"``. See the README,
         "Fan-out through NATS".
         """
-        from .nats import NatsSources, check_available, nats_settings
+        from .nats import NatsSettings, NatsSources, check_available
 
         check_available()
-        if "api_key" in options:
-            raise ConfigurationError("api_key: a NATS consumer needs no key")
-        settings = nats_settings(servers, subject_prefix, jetstream, start_time)
+        args = FROM_NATS.check({"servers": servers, "subject_prefix": subject_prefix, "jetstream": jetstream,
+                                "start_time": start_time}, options)
+        settings = NatsSettings(args["servers"], subject_prefix, jetstream, args["start_time"])
         client = cls("nats", **options)
         client._api_key = None
         client._sources = NatsSources(client, settings)
@@ -671,8 +645,10 @@ class KiyotakaClient:
 
         Idempotent; safe from any thread, handlers included. No handler starts after it returns;
         events not yet handled are discarded. Called from a handler, the calling dispatcher thread
-        ends as soon as the handler returns.
+        ends as soon as the handler returns. ``timeout`` is a number of seconds >= 0 (``None`` is a
+        ``ConfigurationError``: there is no stop without a time limit).
         """
+        STOP.check({"timeout": timeout})
         deadline = time.monotonic() + timeout
         with self._lock:
             first = not self._stopping
@@ -867,18 +843,11 @@ class KiyotakaClient:
             family.dispatcher.routes = routes
 
 
-def _recorder(record: Any, rotate_bytes: Any, rotate_seconds: Any) -> Recorder | None:
-    """Check the ``record*`` arguments now; the file is opened by ``start()``."""
+def _recorder(record: Any, rotate_bytes: int | None, rotate_seconds: float | None) -> Recorder | None:
+    """The recorder for ``record`` (types checked by the table), its folder and file checked now;
+    the file is opened by ``start()``."""
     if record is None:
-        if rotate_bytes is not None or rotate_seconds is not None:
-            raise ConfigurationError("record_rotate_bytes, record_rotate_seconds: need record=PATH")
         return None
-    if not isinstance(record, (str, os.PathLike)) or not os.fspath(record):
-        raise ConfigurationError(f"record: expected a file path, got {record!r}")
-    if rotate_bytes is not None:
-        _whole("record_rotate_bytes", rotate_bytes, 1024, "or None")
-    if rotate_seconds is not None:
-        _positive("record_rotate_seconds", rotate_seconds, "or None")
     try:
         Recorder.check(record)
     except (OSError, RecordingError) as exc:
@@ -906,25 +875,11 @@ def _check_handler(handler: Any) -> None:
         raise ConfigurationError(f"handler: expected a callable, got {type(handler).__name__}")
 
 
-def _positive(name: str, value: Any, hint: str = "", allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        what = "a number >= 0" if allow_zero else "a positive number of seconds"
-        raise ConfigurationError(f"{name}: expected {what}{' ' + hint if hint else ''}, got {value!r}")
-
-
-def _whole(name: str, value: Any, minimum: int, hint: str = "") -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigurationError(f"{name}: expected a whole number >= {minimum}{' ' + hint if hint else ''}, "
-                                 f"got {value!r}")
-
-
-def _endpoint(name: str, url: str | None, region: str, family: str) -> str:
+def _endpoint(url: str | None, region: str, family: str) -> str:
+    """The family's endpoint: the region's, or ``url`` (checked by the table) with ``encoding=json``."""
     if url is None:
         return f"{REGIONS[region]}{_PATHS[family]}?encoding=json"
-    parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("ws", "wss") or not parts.netloc:
-        raise ConfigurationError(f"{name}: expected a ws:// or wss:// URL, got {url!r}")
+    parts = urlsplit(url)
     query = parts.query.split("&") if parts.query else []
     if not any(q.split("=", 1)[0] == "encoding" for q in query):
         url = f"{url}{'&' if parts.query else '?'}encoding=json"

@@ -89,8 +89,9 @@ class ConnectionFailedError(KiyotakaError):
     """An endpoint family gave up for good.
 
     Raised (and passed to ``on_error``) when the server answered the WebSocket upgrade with HTTP
-    400, 404 or 410 (a wrong URL), when ``max_retries`` consecutive attempts failed, or when the
-    connection was lost with ``reconnect=False``. ``family`` is ``"book"`` or ``"nonbook"``,
+    400, 404 or 410 (a wrong URL), when the ``max_retries`` retries after a failed attempt failed
+    too (``max_retries + 1`` failed attempts in a row, see ``gave_up``), or when the connection
+    was lost with ``reconnect=False``. ``family`` is ``"book"`` or ``"nonbook"``,
     ``status`` the HTTP status of the answer (or None), and ``url`` the endpoint without any
     credentials or query string (it never holds the key).
     """
@@ -101,6 +102,16 @@ class ConnectionFailedError(KiyotakaError):
         self.status = status
         self.url = _safe_url(url)
         super().__init__(message)
+
+
+def gave_up(failures: int, max_retries: int, last: str | None) -> str:
+    """How a give-up after ``max_retries`` reads, everywhere: ``max_retries=N`` retries N times
+    after a failed attempt, so the family gives up at the (N+1)th failed attempt in a row::
+
+        gave up after 3 failed attempts in a row (max_retries=2); last: connection refused
+    """
+    attempts = "1 failed attempt" if failures == 1 else f"{failures} failed attempts in a row"
+    return f"gave up after {attempts} (max_retries={max_retries}); last: {last}"
 
 
 class ClientStoppedError(KiyotakaError):

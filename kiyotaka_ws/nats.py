@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
 
+from ._arguments import RELAY, STOP
 from .channels import ChannelSpec
 from .dispatch import EventQueue
 from .errors import (
@@ -74,6 +75,7 @@ from .errors import (
     EventsDropped,
     KiyotakaError,
     SubscriptionError,
+    gave_up,
 )
 from .session import WireSub
 from .source import ExternalSource
@@ -173,33 +175,6 @@ class NatsSettings:
     prefix: str
     jetstream: bool
     start_time: datetime.datetime | None = None
-
-
-def nats_settings(servers: Any, subject_prefix: Any, jetstream: Any, start_time: Any = None) -> NatsSettings:
-    """Check the NATS arguments now (``ConfigurationError`` names the bad one)."""
-    urls = [servers] if isinstance(servers, str) else servers
-    if not isinstance(urls, (list, tuple)) or not urls:
-        raise ConfigurationError(f"servers: expected a nats:// URL or a list of them, got {servers!r}")
-    for url in urls:
-        if not isinstance(url, str) or "://" not in url or url.split("://", 1)[0] not in ("nats", "tls", "ws", "wss"):
-            raise ConfigurationError(f"servers: expected nats://host:port URLs, got {url!r}")
-    tokens = subject_prefix.split(".") if isinstance(subject_prefix, str) else [""]
-    if not all(t and t not in ("*", ">") and not any(c.isspace() for c in t) for t in tokens):
-        raise ConfigurationError(f"subject_prefix: expected dot-separated tokens without wildcards or "
-                                 f"whitespace, e.g. 'kiyotaka', got {subject_prefix!r}")
-    if not isinstance(jetstream, bool):
-        raise ConfigurationError(f"jetstream: expected True or False, got {jetstream!r}")
-    when: datetime.datetime | None = None
-    if start_time is not None:
-        if not jetstream:
-            raise ConfigurationError("start_time: needs jetstream=True (core NATS keeps no history)")
-        if isinstance(start_time, datetime.datetime):
-            when = start_time if start_time.tzinfo else start_time.replace(tzinfo=datetime.timezone.utc)
-        elif isinstance(start_time, (int, float)) and not isinstance(start_time, bool):
-            when = datetime.datetime.fromtimestamp(float(start_time), tz=datetime.timezone.utc)
-        else:
-            raise ConfigurationError(f"start_time: expected a datetime or seconds since the epoch, got {start_time!r}")
-    return NatsSettings(tuple(urls), subject_prefix, jetstream, when)
 
 
 # -- the private asyncio thread -------------------------------------------------------------------------
@@ -516,7 +491,7 @@ class NatsSources:
             for source in self._started_sources():
                 source._set_state(State.DISCONNECTED, reason, attempt)
             if options.max_retries is not None and attempt > options.max_retries:
-                error = ConnectionFailedError(f"gave up after {attempt} attempts: {reason}",
+                error = ConnectionFailedError(f"nats: {gave_up(attempt, options.max_retries, reason)}",
                                               family="nats", url=self.settings.servers[0])
                 for source in self._started_sources():
                     source.end_with(error)
@@ -726,15 +701,10 @@ class Relay:
         from .client import KiyotakaClient
 
         check_available()
-        self.settings = nats_settings(servers, subject_prefix, jetstream)
-        if not isinstance(buffer_size, int) or isinstance(buffer_size, bool) or buffer_size < 1:
-            raise ConfigurationError(f"buffer_size: expected a whole number >= 1, got {buffer_size!r}")
-        if not isinstance(stream, str) or not stream or any(c in stream for c in ".*> \t"):
-            raise ConfigurationError(f"stream: expected a stream name (no '.', '*', '>' or spaces), got {stream!r}")
-        if not isinstance(max_age, (int, float)) or isinstance(max_age, bool) or max_age <= 0:
-            raise ConfigurationError(f"max_age: expected a positive number of seconds, got {max_age!r}")
-        if not isinstance(heartbeat, (int, float)) or isinstance(heartbeat, bool) or heartbeat <= 0:
-            raise ConfigurationError(f"heartbeat: expected a positive number of seconds, got {heartbeat!r}")
+        args = RELAY.check({"servers": servers, "subject_prefix": subject_prefix, "jetstream": jetstream,
+                            "stream": stream, "max_age": max_age, "max_bytes": max_bytes,
+                            "buffer_size": buffer_size, "heartbeat": heartbeat}, options)
+        self.settings = NatsSettings(args["servers"], subject_prefix, jetstream)
         self.stream = stream
         self.max_age = float(max_age)
         self.max_bytes = int(max_bytes)
@@ -770,10 +740,11 @@ class Relay:
     # -- public API ------------------------------------------------------------------------------------------
 
     def subscribe(self, channel: Any, *, exchange: str, symbol: str, category: str = "*",
-                  params: Mapping[str, Any] | None = None) -> Subscription:
+                  params: Mapping[str, Any] | None = None,
+                  extra_params: Mapping[str, Any] | None = None) -> Subscription:
         """Relay one series (as ``KiyotakaClient.subscribe``; ``exchange="*"``: every exchange)."""
         sub: Subscription = self.client.subscribe(channel, _relayed, exchange=exchange, symbol=symbol,
-                                                  category=category, params=params)
+                                                  category=category, params=params, extra_params=extra_params)
         return sub
 
     def on_error(self, handler: Callable[[KiyotakaError], Any]) -> Callable[[KiyotakaError], Any]:
@@ -826,7 +797,9 @@ class Relay:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop upstream, publish what is buffered (while NATS is connected, within ``timeout``),
-        close NATS and join the ``kiyotaka-ws-nats`` thread. Idempotent."""
+        close NATS and join the ``kiyotaka-ws-nats`` thread. Idempotent. ``timeout`` as for
+        ``KiyotakaClient.stop``."""
+        STOP.check({"timeout": timeout})
         deadline = time.monotonic() + timeout
         self.client.stop(timeout=timeout / 2)  # no point enters the buffer after this
         self._stopping.set()

@@ -42,6 +42,7 @@ from .errors import (
     ConnectionFailedError,
     KiyotakaError,
     SubscriptionError,
+    gave_up,
 )
 from .status import ConnectionStatus, State
 from .threads import join_by
@@ -365,7 +366,7 @@ class Session:
                     family=self.family, url=self.url))
             if options.max_retries is not None and failures > options.max_retries:
                 raise _GiveUp(ConnectionFailedError(
-                    f"{self.family}: gave up after {failures} failed attempts (last: {reason})",
+                    f"{self.family}: {gave_up(failures, options.max_retries, reason)}",
                     family=self.family, url=self.url))
             if up_for >= min(options.backoff_max, 10.0):
                 attempt = 0

@@ -161,7 +161,10 @@ def test_raw_wire_params_are_validated_by_the_library():
     with pytest.raises(ConfigurationError, match="groupByType"):
         client.subscribe("BLOCK_BOOK_SNAPSHOT", print, exchange="X", symbol="Y",
                          params={"blockSize": "5", "groupByType": "yes"})
-    sub = client.subscribe("TRADE_AGG", print, exchange="X", symbol="Y", params={"batchInterval": "1s", "x": 2})
+    with pytest.raises(ConfigurationError, match=r"^params\['x'\]: not a parameter of TRADE_AGG"):
+        client.subscribe("TRADE_AGG", print, exchange="X", symbol="Y", params={"batchInterval": "1s", "x": 2})
+    sub = client.subscribe("TRADE_AGG", print, exchange="X", symbol="Y", params={"batchInterval": "1s"},
+                           extra_params={"x": 2})
     assert sub.params["batchInterval"] == "1s" and sub.params["x"] == "2"
 
 

@@ -318,7 +318,7 @@ def test_consumer_started_before_nats_is_up_connects_later(tmp_path: Path, stop_
 def test_max_retries_fails_the_consumer(tmp_path: Path) -> None:
     consumer = KiyotakaClient.from_nats(f"nats://127.0.0.1:{_free_port()}", max_retries=1, **FAST)
     consumer.on_trade(lambda _: None, exchange="BINANCE", symbol="BTCUSDT")
-    with pytest.raises(Exception, match="gave up after 2 attempts"):
+    with pytest.raises(Exception, match="gave up after 2 failed attempts in a row"):
         consumer.run_forever()
     assert consumer.stats()["nonbook"].state is State.FAILED
 

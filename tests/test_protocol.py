@@ -166,13 +166,13 @@ def test_spec_validation_names_the_argument():
 def test_wire_values_are_strings():
     spec = make_spec("BLOCK_BOOK_SNAPSHOT", exchange="X", symbol="Y",
                      options={"block_size": 0.5, "max_depth": "500", "update_frequency": "1s"},
-                     params={"flag": True, "n": 3, "f": 25.0})
+                     extra_params={"flag": True, "n": 3, "f": 25.0})
     wire = spec.wire()
     assert wire["blockSize"] == "0.5" and wire["maxDepth"] == "500" and wire["updateFrequency"] == "1s"
     assert (wire["flag"], wire["n"], wire["f"]) == ("1", "3", "25")
     same = make_spec("BLOCK_BOOK_SNAPSHOT", exchange="X", symbol="Y",
                      options={"block_size": "0.5", "max_depth": 500, "update_frequency": "1s"},
-                     params={"f": 25, "n": "3", "flag": "1"})
+                     extra_params={"f": 25, "n": "3", "flag": "1"})
     assert spec == same and hash(spec) == hash(same)  # identical specs share one wire subscription
     assert Channel.BLOCK_BOOK_SNAPSHOT.family == "book" and Channel.TRADE.family == "nonbook"
 
