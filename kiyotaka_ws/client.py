@@ -28,6 +28,7 @@ from typing import (
 )
 from urllib.parse import urlsplit
 
+from ._transport import BadArgument, Proxy, ssl_context
 from .channels import (
     BOOK,
     FAMILIES,
@@ -37,7 +38,6 @@ from .channels import (
     ChannelSpec,
     make_spec,
 )
-from .dial import Proxy, ssl_context
 from .dispatch import (
     CONFLATABLE,
     OVERFLOW_POLICIES,
@@ -312,7 +312,7 @@ class KiyotakaClient:
             stale_timeout=stale_timeout, auth_timeout=float(auth_timeout),
             subscribe_timeout=float(subscribe_timeout), connect_timeout=float(connect_timeout),
             send_timeout=float(send_timeout), max_frame_bytes=max_frame_bytes, max_retries=max_retries,
-            sslopt=_tls(sslopt, urls), proxy=Proxy.parse(proxy) if proxy is not None else None)
+            sslopt=_tls(sslopt, urls), proxy=_proxy(proxy))
         self._hooks = Hooks()
         self._ids = itertools.count(1)  # request ids: never reused in this client's lifetime
         self._lock = threading.Lock()   # guards the registry below; never held around user code or I/O
@@ -882,7 +882,18 @@ def _tls(sslopt: Mapping[str, Any] | None, urls: dict[str, str]) -> dict[str, An
     and build the TLS context once for every connect."""
     if not sslopt and not any(url.startswith("wss:") for url in urls.values()):
         return None
-    return {"context": ssl_context(dict(sslopt or {}))}
+    try:
+        return {"context": ssl_context(dict(sslopt or {}))}
+    except BadArgument as exc:  # the transport's "sslopt: ..." message, as a ConfigurationError
+        raise ConfigurationError(str(exc)) from exc.__cause__
+
+
+def _proxy(url: str | None) -> Proxy | None:
+    """The ``proxy`` argument parsed; a bad one is a ConfigurationError naming ``proxy``."""
+    try:
+        return Proxy.parse(url) if url is not None else None
+    except BadArgument as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def _conflict(spec: ChannelSpec, other: ChannelSpec) -> str:
