@@ -6,8 +6,12 @@ read**: the bytes that follow (a proxy's tunnelled TLS, the server's first WebSo
 the socket for the next reader. Checked against websocket-client 1.6.0 and 1.9.2, and by
 ``tests/test_dial.py::test_dial_returns_bytes_read_past_the_101``.
 
-Cost, measured on loopback (Python 3.11): a 129-byte 101 answer takes 0.2 ms to read this way;
-the 64 KiB bound is reached in about 0.3 s, so a hostile endless head costs at most that much.
+Cost, measured (Python 3.11, 300 plain ``ws://`` dials on loopback to a server answering a
+129-byte 101, a shared 2-core machine): one recv per byte makes the whole dial 1.8 ms (median)
+instead of 0.6 ms with the former hand-written reader that read in blocks, about 10 µs per answer
+byte, negligible beside one network round trip and paid once per connection. A hostile endless
+head reaches the 64 KiB bound in 0.24 s (0.006 s before): still bounded, so websocket-client's
+reader is kept. Reading in blocks would over-read past the head and hand bytes to the caller.
 """
 
 from __future__ import annotations
