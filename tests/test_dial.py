@@ -35,6 +35,7 @@ from kiyotaka_ws._transport import (
     ProxyError,
     TLSFailed,
     dial,
+    redact_url,
 )
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -495,6 +496,9 @@ def good_101(request: bytes, extra: bytes = b"", accept: str | None = None) -> b
     (lambda r: good_101(r, b"Sec-WebSocket-Protocol: chat\r\n"), "subprotocol"),
     (lambda r: good_101(r).replace(b"Upgrade: websocket", b"Upgrade: h2c"), "Upgrade"),
     (lambda r: b"SSH-2.0-OpenSSH\r\n\r\n", "status line"),
+    (lambda r: b"\r\n\r\n", "status line"),
+    (lambda r: good_101(r, b"X-Bad: \xff\r\n"), "malformed header line"),
+    (lambda r: good_101(r, b"no colon here\r\n"), "malformed header line"),
 ])
 def test_invalid_101_answers(answer: Callable[[bytes], bytes], needle: str) -> None:
     def handle(conn: socket.socket) -> None:
@@ -745,6 +749,17 @@ def test_proxy_parse_rejects(url: str) -> None:
         Proxy.parse(url)
     assert str(info.value).startswith("proxy:")
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", [
+    "http://u:hunter2@h:1", "http://u:hunter2/x@h:1/p", "http://u:hun?ter2@h:1", "http://u:hun#ter2@h:1",
+    "socks5://u:p@ss:hunter2@h:1", "ws://h:1/path?apikey=hunter2", "ws://h:1/p#hunter2", "hunter2",
+])
+def test_the_one_url_redactor_never_shows_a_secret(url: str) -> None:
+    shown = redact_url(url)
+    assert "hunter2" not in shown
+    if "@" in url:
+        assert "***@" in shown
 
 
 def test_proxy_repr_hides_password() -> None:
