@@ -14,7 +14,8 @@ Who does what:
 
 Why not python-socks: its public sync API (3.2.1) always opens its own TCP connection
 (``SyncProxy.connect`` calls ``connect_tcp``: blocking, not cancellable by ``stop()``); the
-socket-owning ``_socket=`` argument of 2.x is gone, and its connectors are private. It also
+socket-owning ``_socket=`` argument was deprecated in 2.8 and removed in 3.0, and its connectors
+(which could run over our stream) are private. It also
 encodes credentials as ASCII and skips authentication when the password is empty.
 """
 
