@@ -24,7 +24,7 @@ from typing import Any, Callable, NoReturn
 
 import attrs
 
-from .dial import Proxy
+from ._transport import BadArgument, Proxy
 from .dispatch import OVERFLOW_POLICIES
 from .errors import ConfigurationError, _safe_url
 
@@ -146,8 +146,16 @@ def _path(value: Any) -> bool:
 
 
 def _proxy(value: Any) -> bool:
-    Proxy.parse(value)  # its ConfigurationError names proxy and never shows the password
+    _parse_proxy(value)
     return True
+
+
+def _parse_proxy(value: Any) -> Proxy:
+    """The transport's "proxy: ..." message (it never shows the password) as a ConfigurationError."""
+    try:
+        return Proxy.parse(value)
+    except BadArgument as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def _epoch_or_datetime(value: Any) -> bool:
@@ -254,7 +262,7 @@ CLIENT = Table("KiyotakaClient", {
     "overflow": one_of(*OVERFLOW_POLICIES),
     "max_frame_bytes": whole(1024),
     "sslopt": optional(Check("a dict of ssl options", lambda v: isinstance(v, Mapping)), "for the defaults"),
-    "proxy": optional(Check("a proxy URL", _proxy, Proxy.parse, show=_url_shown), "for a direct connection"),
+    "proxy": optional(Check("a proxy URL", _proxy, _parse_proxy, show=_url_shown), "for a direct connection"),
     "max_retries": optional(whole(0), "to retry for ever"),
     "max_queue_bytes": whole(1024),
     "connect_timeout": seconds(),

@@ -28,6 +28,7 @@ from typing import (
 from urllib.parse import urlsplit
 
 from ._arguments import CLIENT, EVENTS, EVENTS_REFUSED, FROM_NATS, REGIONS, REPLAY, STOP
+from ._transport import BadArgument, ssl_context
 from .channels import (
     BOOK,
     FAMILIES,
@@ -36,7 +37,6 @@ from .channels import (
     ChannelSpec,
     make_spec,
 )
-from .dial import ssl_context
 from .dispatch import (
     CONFLATABLE,
     Conflated,
@@ -860,7 +860,10 @@ def _tls(sslopt: Mapping[str, Any] | None, urls: dict[str, str]) -> dict[str, An
     and build the TLS context once for every connect."""
     if not sslopt and not any(url.startswith("wss:") for url in urls.values()):
         return None
-    return {"context": ssl_context(dict(sslopt or {}))}
+    try:
+        return {"context": ssl_context(dict(sslopt or {}))}
+    except BadArgument as exc:  # the transport's "sslopt: ..." message, as a ConfigurationError
+        raise ConfigurationError(str(exc)) from exc.__cause__
 
 
 def _conflict(spec: ChannelSpec, other: ChannelSpec) -> str:

@@ -34,8 +34,9 @@ from typing import Any, Callable, NamedTuple
 import attrs
 
 from . import protocol, wire
+from ._transport import Cancel, DialCancelled, DialError, HandshakeRejected, Proxy, dial
+from ._version import __version__
 from .channels import ChannelSpec
-from .dial import Cancel, DialCancelled, DialError, HandshakeRejected, Proxy, dial
 from .dispatch import EventQueue
 from .errors import (
     AuthenticationError,
@@ -52,6 +53,7 @@ log = logging.getLogger("kiyotaka_ws.session")
 MAX_PENDING = 10_000        # requests awaiting an answer; the oldest are forgotten past this
 MAX_INBOX_ANSWERS = 10_000  # answers waiting for the session; a flood beyond this is dropped
 MAX_RETRY_AFTER = 3600.0    # a server's Retry-After is honoured up to an hour
+_USER_AGENT = f"kiyotaka-ws/{__version__}"
 _REJECTED_KEY_CLOSE_CODES = frozenset({1008, 3000})  # plus 4000-4999: "a close that rejects the key"
 
 
@@ -396,7 +398,7 @@ class Session:
             return None
         log.info("%s: connecting to %s", self.family, _safe_url(self.url))
         sock, leftover = dial(self.url, timeout=options.connect_timeout, cancel=cancel,
-                              sslopt=options.sslopt, proxy=options.proxy)
+                              sslopt=options.sslopt, proxy=options.proxy, user_agent=_USER_AGENT)
         ws = wire.WebSocket(sock, max_message_bytes=options.max_frame_bytes, send_timeout=options.send_timeout,
                             leftover=leftover, clock=self._clock)
         link = _Link(next(self._link_numbers), ws, self._clock())

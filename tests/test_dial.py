@@ -1,4 +1,4 @@
-"""``kiyotaka_ws.dial``: real sockets on 127.0.0.1 only (servers, proxies and TLS made here), no mocks."""
+"""``kiyotaka_ws._transport``: real sockets on 127.0.0.1 only (servers, proxies and TLS made here), no mocks."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from typing import Any, Callable
 import pytest
 from websockets.sync.server import ServerConnection, serve
 
-from kiyotaka_ws.dial import (
+from kiyotaka_ws._transport import (
+    BadArgument,
     BadHandshake,
     Cancel,
     ConnectFailed,
@@ -34,8 +35,8 @@ from kiyotaka_ws.dial import (
     ProxyError,
     TLSFailed,
     dial,
+    redact_url,
 )
-from kiyotaka_ws.errors import ConfigurationError
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CANCEL_LATENCY = 0.3  # the brief's bound for the tests; the dial itself aims at < 0.1 s
@@ -495,6 +496,9 @@ def good_101(request: bytes, extra: bytes = b"", accept: str | None = None) -> b
     (lambda r: good_101(r, b"Sec-WebSocket-Protocol: chat\r\n"), "subprotocol"),
     (lambda r: good_101(r).replace(b"Upgrade: websocket", b"Upgrade: h2c"), "Upgrade"),
     (lambda r: b"SSH-2.0-OpenSSH\r\n\r\n", "status line"),
+    (lambda r: b"\r\n\r\n", "status line"),
+    (lambda r: good_101(r, b"X-Bad: \xff\r\n"), "malformed header line"),
+    (lambda r: good_101(r, b"no colon here\r\n"), "malformed header line"),
 ])
 def test_invalid_101_answers(answer: Callable[[bytes], bytes], needle: str) -> None:
     def handle(conn: socket.socket) -> None:
@@ -572,7 +576,7 @@ def test_http_proxy_password_never_shows() -> None:
                 dial(url, timeout=5, cancel=Cancel(), proxy=p)
             assert info.value.status == status
             texts += [str(info.value), repr(info.value), repr(info.value.__cause__)]
-        with pytest.raises(ConfigurationError) as bad:
+        with pytest.raises(BadArgument) as bad:
             Proxy.parse("http://user:secret@127.0.0.1:notaport")
         texts.append(str(bad.value))
     assert not [t for t in texts if "secret" in t], texts
@@ -714,7 +718,7 @@ def test_cancel_during_tls_handshake_and_timeout() -> None:
 
 
 def test_unknown_sslopt_key_is_a_configuration_error() -> None:
-    with pytest.raises(ConfigurationError, match="sslopt"):
+    with pytest.raises(BadArgument, match="sslopt"):
         dial("wss://127.0.0.1:9/", timeout=1, cancel=Cancel(), sslopt={"ssl_version": 2})
 
 
@@ -741,10 +745,21 @@ def test_proxy_parse(url: str, expected: tuple[Any, ...]) -> None:
     "http://u:hunter2/x@h:1",
 ])
 def test_proxy_parse_rejects(url: str) -> None:
-    with pytest.raises(ConfigurationError) as info:
+    with pytest.raises(BadArgument) as info:
         Proxy.parse(url)
     assert str(info.value).startswith("proxy:")
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", [
+    "http://u:hunter2@h:1", "http://u:hunter2/x@h:1/p", "http://u:hun?ter2@h:1", "http://u:hun#ter2@h:1",
+    "socks5://u:p@ss:hunter2@h:1", "ws://h:1/path?apikey=hunter2", "ws://h:1/p#hunter2", "hunter2",
+])
+def test_the_one_url_redactor_never_shows_a_secret(url: str) -> None:
+    shown = redact_url(url)
+    assert "hunter2" not in shown
+    if "@" in url:
+        assert "***@" in shown
 
 
 def test_proxy_repr_hides_password() -> None:
@@ -764,7 +779,7 @@ def test_proxy_repr_hides_password() -> None:
 ])
 def test_bad_arguments(kwargs: dict[str, Any], name: str) -> None:
     args: dict[str, Any] = {"url": "ws://127.0.0.1:9/", "timeout": 1, "cancel": Cancel(), **kwargs}
-    with pytest.raises(ConfigurationError, match=f"^{name}:"):
+    with pytest.raises(BadArgument, match=f"^{name}:"):
         dial(**args)
 
 
@@ -773,7 +788,8 @@ def test_error_hierarchy() -> None:
 
     for cls in (ConnectFailed, DialTimeout, TLSFailed, BadHandshake, HandshakeRejected, ProxyError, DialCancelled):
         assert issubclass(cls, DialError)
-    assert issubclass(DialError, KiyotakaError)
+    # The transport knows nothing of Kiyotaka: the session maps its failures, the client its bad arguments.
+    assert not issubclass(DialError, KiyotakaError) and issubclass(BadArgument, ValueError)
     exc = HandshakeRejected("a\nb", url="ws://h/", status=503, reason="x", retry_after=None)
     assert str(exc) == "a b" and exc.retryable and exc.url == "ws://h/"
 

@@ -1,26 +1,25 @@
 """Autobahn|Testsuite echo client on kiyotaka_ws.wire.WebSocket (run by run.sh, not by pytest).
 
-websocket-client does the HTTP upgrade (it reads the response headers byte by byte, so nothing past
-them is buffered); the upgraded socket is then handed to wire.WebSocket, which echoes text as text
-and binary as binary, one message for one message.
+The client's own transport (``kiyotaka_ws._transport.dial``: the cancellable connect, then
+websocket-client's upgrade over that socket, reading the answer byte by byte so nothing past it is
+buffered) opens the connection; the upgraded socket is then handed to wire.WebSocket, which echoes
+text as text and binary as binary, one message for one message.
 """
 
 from __future__ import annotations
 
 import sys
 
-import websocket
-
+from kiyotaka_ws._transport import Cancel, dial
 from kiyotaka_ws.wire import TEXT, WebSocket, WireError
 
 AGENT = "kiyotaka-ws-wire"
 
 
 def connect(url: str) -> WebSocket:
-    handshake = websocket.create_connection(url, timeout=30, suppress_origin=True)
-    # 9.* sends 16 MiB messages, 9.3.1 a 4 MiB one in 64-byte fragments. The socket object outlives
-    # the handshake object (websocket-client closes nothing on garbage collection).
-    return WebSocket(handshake.sock, max_message_bytes=32 << 20, max_fragments=1 << 17, send_timeout=30.0)
+    sock, leftover = dial(url, timeout=30, cancel=Cancel())
+    # 9.* sends 16 MiB messages, 9.3.1 a 4 MiB one in 64-byte fragments.
+    return WebSocket(sock, max_message_bytes=32 << 20, max_fragments=1 << 17, send_timeout=30.0, leftover=leftover)
 
 
 def run_case(base: str, case: int) -> None:
