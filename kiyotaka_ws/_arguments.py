@@ -11,6 +11,7 @@ A secret argument (``api_key``) shows only its type; URLs show neither credentia
 Checks between arguments (``backoff_max >= backoff_initial``) are the tables' rules. Channel
 parameters are checked per channel in ``channels.py``; what touches the file system (``record``,
 ``replay``'s path) is checked by the recording module after the table has checked the types.
+``Options`` holds the checked connection settings a family's session works with.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from typing import Any, Callable, NoReturn
 
 import attrs
 
-from ._transport import BadArgument, Proxy
+from ._transport import BadArgument, Proxy, redact_url
 from .dispatch import OVERFLOW_POLICIES
-from .errors import ConfigurationError, _safe_url
+from .errors import ConfigurationError
 
 REGIONS = {"singapore": "wss://ap-sin3.ws.api.kiyotaka.ai", "europe": "wss://eu-de3.ws.api.kiyotaka.ai"}
 _SHOWN = 80  # characters of a bad value's repr shown in a message
@@ -34,6 +35,28 @@ _SHOWN = 80  # characters of a bad value's repr shown in a message
 # threading.TIMEOUT_MAX, so a huge value is refused here rather than crash a thread later.
 MAX_SECONDS = 1e8
 _MAX_TEXT = "1e8"
+
+
+@attrs.frozen
+class Options:
+    """The connection settings of ``KiyotakaClient``, checked by ``CLIENT``: what each family's
+    ``Session`` (and a NATS consumer's connection) works with."""
+
+    compression: str | None = "brotli"
+    reconnect: bool = True
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 10.0
+    stale_timeout: float | None = None
+    auth_timeout: float = 5.0
+    subscribe_timeout: float = 10.0
+    connect_timeout: float = 10.0
+    send_timeout: float = 10.0
+    max_frame_bytes: int = 16 * 2**20
+    max_retries: int | None = None
+    sslopt: dict[str, Any] | None = None
+    proxy: Proxy | None = None
 
 
 def _same(value: Any) -> Any:
@@ -126,7 +149,7 @@ def optional(check: Check, meaning: str) -> Check:
 def _url_shown(value: Any) -> str:
     """A URL without credentials or query (where a key could hide); anything else as ``shown``."""
     if isinstance(value, str):
-        return shown(_safe_url(value))
+        return shown(redact_url(value))
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_url_shown(v) for v in value[:3]) + (", ...]" if len(value) > 3 else "]")
     return shown(value)

@@ -122,7 +122,7 @@ def replay_vs_live(folder: str, points: int, per_frame: int, rounds: int) -> Non
           f"(x{rl / lv:.2f})")
     print(f"3. {points:,} TRADE points, {per_frame}/frame, brotli ({os.path.getsize(path) / 2**20:.1f} MiB recorded), "
           f"medians of {rounds} alternating rounds: live client {lv:,.0f} points/s, replay {rv:,.0f} points/s "
-          f"(x{rv / lv:.2f}; parser: {getattr(protocol._loads, '__module__', None) or 'orjson'})")
+          f"(x{rv / lv:.2f}; parser: {protocol.json_parser()})")
 
 
 def pacing(folder: str) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Callable, NamedTuple, NoReturn, TextIO
 import attrs
 
 from ._arguments import REGIONS
+from ._transport import one_line, redact_url
 from .channels import WIRE_NAMES, Channel, make_spec, param_option
 from .client import KiyotakaClient
 from .errors import (
@@ -28,7 +29,6 @@ from .errors import (
     ConnectionFailedError,
     KiyotakaError,
     SubscriptionError,
-    _safe_url,
 )
 from .events import (
     BookSnapshot,
@@ -123,13 +123,6 @@ class _Output:
             self.on_closed()
 
 
-def _one_line(text: object, limit: int = 240) -> str:
-    """The first line of a message, without websocket-client's header dumps, at most ``limit`` chars."""
-    line = str(text).strip().splitlines()[0] if str(text).strip() else ""
-    line = line.split(" -+-+- ", 1)[0].strip()
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def stream_params(channel: Channel, exchange: str, symbol: str, category: str,
                   items: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
     """Validate ``--param NAME=VALUE`` items for ``channel``: (checked parameters, extra fields), wire-named.
@@ -185,7 +178,7 @@ def endpoint_url(channel: Channel, region: str, url: str | None) -> str:
     """The endpoint ``stream`` connects to, as shown to the user: no credentials, no query string."""
     if url is None:
         url = REGIONS[region] + ("/ws" if channel.family == "book" else "/nonbook/ws")
-    return _safe_url(url) or url
+    return redact_url(url)
 
 
 def run_for(client: KiyotakaClient, seconds: float | None) -> bool:
@@ -276,7 +269,7 @@ class _StreamReport:
                 self._write(text)
 
     def on_status(self, status: ConnectionStatus) -> None:
-        reason = _one_line(status.reason) if status.reason else None
+        reason = one_line(status.reason) if status.reason else None
         if reason and status.state in (State.DISCONNECTED, State.FAILED, State.CONNECTING):
             self.last_reason = reason
         if self.verbose:
@@ -307,7 +300,7 @@ class _StreamReport:
             if self.rejected is None:
                 self.rejected = error
             return
-        self.line(f"{_PROG}: {type(error).__name__}: {_one_line(error)}")
+        self.line(f"{_PROG}: {type(error).__name__}: {one_line(error)}")
 
 
 def cmd_stream(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -324,7 +317,7 @@ def cmd_stream(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:  # checks the URL and the other arguments; the key is only needed at start()
         client = KiyotakaClient(api_key or None, **options)
     except ConfigurationError as exc:
-        raise UsageError(_one_line(exc)) from None
+        raise UsageError(one_line(exc)) from None
     if not api_key:
         raise UsageError("no API key: pass --api-key or set KIYOTAKA_API_KEY")
 
@@ -472,7 +465,7 @@ def cmd_record(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         client = KiyotakaClient(api_key or None, **options)
     except ConfigurationError as exc:
-        raise UsageError(_one_line(exc)) from None
+        raise UsageError(one_line(exc)) from None
     if not api_key:
         raise UsageError("no API key: pass --api-key or set KIYOTAKA_API_KEY")
 
@@ -501,8 +494,7 @@ def cmd_record(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except KiyotakaError as exc:
         fatal, timed_out = exc, False
     fatal = fatal or report.fatal
-    recorder = client._recorder
-    stats = recorder.stats if recorder is not None else None
+    stats = client.recording_stats()
     summary = (f"{_PROG}: recorded {stats.frames} frames ({stats.bytes:,} bytes, {events[0]} events, "
                f"{stats.dropped} dropped) to {path}") if stats is not None else None
     return _finish(report, fatal, url, args.seconds if timed_out else None, "a subscription", summary)
@@ -534,7 +526,7 @@ def cmd_relay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     report = _StreamReport(err, url, args.verbose, args.seconds)
     relay.on_status(report.on_status)
     relay.on_error(report.on_error)
-    servers = ", ".join(_safe_url(u) or u for u in args.nats)
+    servers = ", ".join(redact_url(u) for u in args.nats)
     report.line(f"{_PROG}: relaying {len(subs)} subscription(s) from {url} to NATS {servers} "
                 f"(subjects {args.prefix}.<TYPE>.<EXCHANGE>.<SYMBOL>{', JetStream ' + args.stream if args.jetstream else ''})")
     deadline = None if args.seconds is None else time.monotonic() + args.seconds
@@ -542,7 +534,7 @@ def cmd_relay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     relay.start()
     try:
         while deadline is None or time.monotonic() < deadline:
-            if relay.client._done.is_set() or report.fatal is not None:
+            if relay.client.done or report.fatal is not None:
                 break
             time.sleep(0.1)
             if next_stats is not None and time.monotonic() >= next_stats:
@@ -555,23 +547,23 @@ def cmd_relay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     st = relay.stats()
     summary = (f"{_PROG}: relayed {st.published} messages ({st.dropped} dropped while NATS was unreachable, "
                f"{st.reconnects} NATS reconnects)")
-    return _finish(report, report.fatal or relay.client._fatal, url, None, "a subscription", summary)
+    return _finish(report, report.fatal or relay.client.fatal, url, None, "a subscription", summary)
 
 
 def _finish(report: _StreamReport, fatal: KiyotakaError | None, url: str, timed_out_after: float | None,
             subscription: str, summary: str | None = None) -> int:
     """The exit code of a streaming command (stream, record, relay) and its one closing line."""
     if isinstance(fatal, AuthenticationError):
-        report.finish(f"{_PROG}: error: the API key was rejected ({_one_line(fatal)})")
+        report.finish(f"{_PROG}: error: the API key was rejected ({one_line(fatal)})")
         return EXIT_REJECTED
     if isinstance(fatal, ConnectionFailedError):
-        report.finish(f"{_PROG}: error: could not connect to {url}: {_one_line(fatal)}")
+        report.finish(f"{_PROG}: error: could not connect to {url}: {one_line(fatal)}")
         return EXIT_NO_CONNECTION
     if fatal is not None:
-        report.finish(f"{_PROG}: error: {type(fatal).__name__}: {_one_line(fatal)}")
+        report.finish(f"{_PROG}: error: {type(fatal).__name__}: {one_line(fatal)}")
         return EXIT_REJECTED
     if report.rejected is not None:
-        report.finish(f"{_PROG}: error: the server rejected {subscription}: {_one_line(report.rejected)}")
+        report.finish(f"{_PROG}: error: the server rejected {subscription}: {one_line(report.rejected)}")
         return EXIT_USAGE
     if timed_out_after is not None and not report.ready.is_set():
         reason = f" (last error: {report.last_reason})" if report.last_reason else ""
@@ -596,7 +588,7 @@ def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         client = KiyotakaClient.replay(args.path, speed=args.speed)
     except ConfigurationError as exc:
-        raise UsageError(f"cannot read the recording {args.path!r}: {_one_line(exc).split(': ', 2)[-1]}") from None
+        raise UsageError(f"cannot read the recording {args.path!r}: {one_line(exc).split(': ', 2)[-1]}") from None
     output = _Output(out, lambda: threading.Thread(target=client.stop, name="kiyotaka-ws-cli-stop").start())
     render = event_to_json if args.json else format_event
 
@@ -617,12 +609,12 @@ def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     @client.on_error
     def _error(error: KiyotakaError) -> None:
         with contextlib.suppress(ValueError, OSError):
-            err.write(f"{_PROG}: {type(error).__name__}: {_one_line(error)}\n")
+            err.write(f"{_PROG}: {type(error).__name__}: {one_line(error)}\n")
 
     try:
         run_for(client, None)
     except KiyotakaError as exc:
-        err.write(f"{_PROG}: error: {type(exc).__name__}: {_one_line(exc)}\n")
+        err.write(f"{_PROG}: error: {type(exc).__name__}: {one_line(exc)}\n")
         return EXIT_REJECTED
     return EXIT_OK
 
@@ -911,7 +903,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         err.write(f"{_PROG}: error: {exc}\n")
         return EXIT_USAGE
     except ConfigurationError as exc:
-        err.write(f"{_PROG}: error: {_one_line(exc)}\n")
+        err.write(f"{_PROG}: error: {one_line(exc)}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -27,7 +27,16 @@ from typing import (
 )
 from urllib.parse import urlsplit
 
-from ._arguments import CLIENT, EVENTS, EVENTS_REFUSED, FROM_NATS, REGIONS, REPLAY, STOP
+from ._arguments import (
+    CLIENT,
+    EVENTS,
+    EVENTS_REFUSED,
+    FROM_NATS,
+    REGIONS,
+    REPLAY,
+    STOP,
+    Options,
+)
 from ._transport import BadArgument, ssl_context
 from .channels import (
     BOOK,
@@ -59,14 +68,15 @@ from .events import (
 )
 from .protocol import FrameDecoder
 from .recording import Recorder, RecordingError
-from .session import Options, Secret, Session, WireSub
-from .status import ConnectionStats, ConnectionStatus, State
-from .streams import EventStream
+from .session import Secret, Session
+from .source import Sink, Source, WireSub
+from .status import ConnectionStats, ConnectionStatus, RecorderStats
+from .streams import EventStream, StreamFeed
 
 if TYPE_CHECKING:
     from .replay import Player
 
-log = logging.getLogger("kiyotaka_ws")
+log = logging.getLogger(__name__)
 
 _PATHS = {BOOK: "/ws", NONBOOK: "/nonbook/ws"}
 _RUN_FOREVER_STOP_TIMEOUT = 1.5  # Ctrl-C in run_forever() returns within 2 s in every state
@@ -89,9 +99,9 @@ _StatusH = TypeVar("_StatusH", bound=Callable[[ConnectionStatus], Any])
 class Subscription:
     """A handler registered for one channel spec. Returned by every ``on_*`` method."""
 
-    def __init__(self, client: KiyotakaClient, spec: ChannelSpec, handler: Callable[[Any], Any],
-                 wire: WireSub, conflate: bool = False) -> None:
-        self._client = client
+    def __init__(self, spec: ChannelSpec, handler: Callable[[Any], Any], wire: WireSub, conflate: bool,
+                 unregister: Callable[[Subscription, ChannelSpec], None]) -> None:
+        self._unregister = unregister  # the client's: forgets this handler
         self._spec = spec
         self._wire = wire
         self.handler = handler
@@ -121,38 +131,11 @@ class Subscription:
 
     def unsubscribe(self) -> None:
         """Stop calling the handler; the last handler of a spec sends ``public/unsubscribe``. Idempotent."""
-        self._client._unregister(self)
+        self._unregister(self, self._spec)
 
     def __repr__(self) -> str:
         state = self._wire.state if self.active else "unsubscribed"
         return f"<Subscription {self._spec} {state}>"
-
-
-class Source(Protocol):
-    """What feeds one family's queue: a live ``Session``, a recording's ``ReplaySource`` or a ``nats.NatsSource``.
-
-    The client only starts and stops it, tells it about wire subscriptions, hands it answers and
-    reads these counters; the source puts frames, statuses and errors into the family's queue.
-    """
-
-    ready: threading.Event
-    state: State
-    fatal: KiyotakaError | None
-    reconnects: int
-    frames: int
-    bytes: int
-
-    @property
-    def started(self) -> bool: ...
-    @property
-    def last_frame_age(self) -> float | None: ...
-    def start(self) -> None: ...
-    def add(self, sub: WireSub) -> None: ...
-    def remove(self, spec: ChannelSpec) -> None: ...
-    def answer(self, conn: int, message: dict[str, Any]) -> None: ...
-    def fail(self, error: KiyotakaError) -> None: ...
-    def stop(self) -> None: ...
-    def join(self, deadline: float) -> bool: ...
 
 
 class _Sources(Protocol):
@@ -160,6 +143,7 @@ class _Sources(Protocol):
     or a NATS relay's subjects (``nats.NatsSources``)."""
 
     def prepare(self) -> None: ...
+    def check_record(self, path: str) -> None: ...
     def queue_policy(self, overflow: str) -> str: ...
     def make(self, family: str, queue: EventQueue) -> Source: ...
     def all_started(self) -> None: ...
@@ -168,11 +152,21 @@ class _Sources(Protocol):
 class _LiveSources:
     """The Kiyotaka service: one ``Session`` per family."""
 
-    def __init__(self, client: KiyotakaClient) -> None:
-        self._client = client
+    def __init__(self, urls: dict[str, str], resolve_key: Callable[[], Secret], options: Options,
+                 ids: itertools.count[int], on_fatal: Callable[[KiyotakaError], None],
+                 rng: Callable[[], float]) -> None:
+        self._urls = urls
+        self._resolve_key = resolve_key
+        self._options = options
+        self._ids = ids
+        self._on_fatal = on_fatal
+        self._rng = rng
 
     def prepare(self) -> None:
-        self._client._resolve_key()  # no key: ConfigurationError from start()
+        self._resolve_key()  # no key: ConfigurationError from start()
+
+    def check_record(self, path: str) -> None:
+        """Any path will do: nothing is read from a file."""
 
     def queue_policy(self, overflow: str) -> str:
         return overflow
@@ -181,9 +175,8 @@ class _LiveSources:
         """Each session runs by itself."""
 
     def make(self, family: str, queue: EventQueue) -> Session:
-        client = self._client
-        return Session(family, client._urls[family], client._resolve_key(), client._options, queue, client._ids,
-                       client._on_fatal, client._rng)
+        return Session(family, self._urls[family], self._resolve_key(), self._options, queue, self._ids,
+                       self._on_fatal, self._rng)
 
 
 class _Family:
@@ -217,9 +210,8 @@ _running: weakref.WeakSet[KiyotakaClient] = weakref.WeakSet()
 def _stop_running_clients() -> None:
     """At interpreter exit, stop every client still running, so a script that ends without
     ``stop()`` leaves cleanly (its threads are daemons: nothing keeps the process alive)."""
-    for client in list(_running):
-        if not client._stopping:
-            client.stop(timeout=2.0)
+    for client in list(_running):  # stop() takes a client out of the set as it begins
+        client.stop(timeout=2.0)
 
 
 class KiyotakaClient:
@@ -285,6 +277,7 @@ class KiyotakaClient:
         self._ids = itertools.count(1)  # request ids: never reused in this client's lifetime
         self._lock = threading.Lock()   # guards the registry below; never held around user code or I/O
         self._registry: dict[ChannelSpec, list[Subscription]] = {}
+        self._wires: dict[ChannelSpec, WireSub] = {}  # the same keys: the server's view of each spec
         self._data_keys: dict[tuple[Any, ...], ChannelSpec] = {}
         self._routes: dict[str, RouteTable] = {name: RouteTable() for name in FAMILIES}
         self._families: dict[str, _Family] = {}
@@ -294,13 +287,14 @@ class KiyotakaClient:
         self._stopped = threading.Event()  # set when stop() has finished
         self._fatal: KiyotakaError | None = None
         self._final_stats: dict[str, ConnectionStats] | None = None
-        self._sources: _Sources = _LiveSources(self)
+        self._sources: _Sources = _LiveSources(urls, self._resolve_key, self._options, self._ids, self._on_fatal,
+                                               self._rng)
         self._recorder = recorder
         if recorder is not None:
-            recorder.on_error = self._helper_failed
-        self._streams: weakref.WeakSet[EventStream[Any]] = weakref.WeakSet()
+            recorder.on_error = self.report_error
+        self._streams: weakref.WeakSet[StreamFeed[Any]] = weakref.WeakSet()
         self._stop_hooks: list[Callable[[float], bool]] = []  # stop() calls them with its deadline
-        self._sink: Callable[[str, list[Any]], None] | None = None  # set by a NATS relay
+        self._sink: Sink | None = None  # set by a NATS relay
 
     # -- registering handlers -------------------------------------------------------------------
     #
@@ -514,12 +508,12 @@ class KiyotakaClient:
                 raise ConfigurationError(f"{name}: {EVENTS_REFUSED[name]}")
         spec = make_spec(channel, exchange=exchange, symbol=symbol, category=category, options=params,
                          extra_params=extra_params)
-        stream: EventStream[Any] = EventStream(maxsize, self._sources.queue_policy(self._overflow))
-        stream.subscription = self._register_spec(spec, stream._put)
+        feed: StreamFeed[Any] = StreamFeed(maxsize, self._sources.queue_policy(self._overflow))
+        stream: EventStream[Any] = EventStream(feed, self._register_spec(spec, feed.put))
         with self._lock:
-            self._streams.add(stream)
+            self._streams.add(feed)
             if self._done.is_set():  # stopped, failed or replayed to the end meanwhile
-                stream._end(self._fatal)
+                feed.end(self._fatal)
         return stream
 
     # -- replaying a recording ------------------------------------------------------------------
@@ -540,8 +534,7 @@ class KiyotakaClient:
         from .replay import Player
 
         REPLAY.check({"path": path, "speed": speed}, options)
-        client = cls("replay", **options)
-        client._api_key = None
+        client = cls(None, **options)  # no key: nothing asks for one
         try:
             player: Player = Player(path, speed, on_end=client._on_end, on_fatal=client._on_fatal)
         except (OSError, RecordingError) as exc:
@@ -565,15 +558,14 @@ class KiyotakaClient:
         Needs the ``nats`` extra: ``pip install "kiyotaka-ws[nats]"``. See the README,
         "Fan-out through NATS".
         """
-        from .nats import NatsSettings, NatsSources, check_available
+        from ._nats.consumer import NatsSettings, NatsSources, check_available
 
         check_available()
         args = FROM_NATS.check({"servers": servers, "subject_prefix": subject_prefix, "jetstream": jetstream,
                                 "start_time": start_time}, options)
         settings = NatsSettings(args["servers"], subject_prefix, jetstream, args["start_time"])
-        client = cls("nats", **options)
-        client._api_key = None
-        client._sources = NatsSources(client, settings)
+        client = cls(None, **options)  # no key: nothing asks for one
+        client._sources = NatsSources(settings, client._options, client._on_fatal)
         return client
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -587,9 +579,7 @@ class KiyotakaClient:
                 return
             self._sources.prepare()
             if self._recorder is not None:
-                check_record = getattr(self._sources, "check_record", None)  # a replay's own input
-                if check_record is not None:
-                    check_record(self._recorder.path)
+                self._sources.check_record(self._recorder.path)  # a replay's own input is refused
                 try:
                     self._recorder.open()
                 except (OSError, RecordingError) as exc:
@@ -598,7 +588,7 @@ class KiyotakaClient:
             _running.add(self)
             for spec in self._registry:
                 family = self._family(spec.family)
-                family.session.add(self._registry[spec][0]._wire)
+                family.session.add(self._wires[spec])
             for family in self._families.values():
                 family.start()
         self._sources.all_started()
@@ -654,7 +644,7 @@ class KiyotakaClient:
             first = not self._stopping
             self._stopping = True
             families = list(self._families.values())
-            wires = [subs[0]._wire for subs in self._registry.values() if subs]
+            wires = list(self._wires.values())
             streams = list(self._streams)
             hooks, self._stop_hooks = self._stop_hooks, []
         if not first:
@@ -667,8 +657,8 @@ class KiyotakaClient:
             family.dispatcher.closing = True
             family.queue.close_data()
             family.session.stop()
-        for stream in streams:  # a dispatcher waiting for room in a stream wakes up
-            stream._end(self._fatal)
+        for feed in streams:  # a dispatcher waiting for room in a stream wakes up
+            feed.end(self._fatal)
         joined = True
         for family in families:  # every join runs, whatever the others did
             joined = family.session.join(deadline) and joined
@@ -712,9 +702,37 @@ class KiyotakaClient:
         key = "'***'" if self._api_key is not None else "None"
         return f"KiyotakaClient(region={self._region!r}, api_key={key}, {states})"
 
-    # -- internals ------------------------------------------------------------------------------
+    # -- for what is built on a client: the extras and tools (``source.Host``) --------------------
 
-    def _add_stop_hook(self, hook: Callable[[float], bool]) -> None:
+    @property
+    def done(self) -> bool:
+        """True once ``stop()`` was called, a fatal error ended the client or its replay ended
+        (when ``run_forever()`` returns)."""
+        return self._done.is_set()
+
+    @property
+    def fatal(self) -> KiyotakaError | None:
+        """The error that ended the client (what ``run_forever()`` raises), or None."""
+        return self._fatal
+
+    def recording_stats(self) -> RecorderStats | None:
+        """What the recorder (``record=``) wrote and dropped so far, or None without one."""
+        return None if self._recorder is None else self._recorder.stats
+
+    def report_error(self, error: KiyotakaError, family: str | None = None) -> None:
+        """Report a helper's failure (the recorder, the metrics server, a relay's NATS thread) to
+        ``on_error`` once, through ``family``'s dispatcher (else any); the client carries on."""
+        with self._lock:
+            families = dict(self._families)
+        chosen = families.get(family) if family is not None else None
+        if chosen is None and families:
+            chosen = next(iter(families.values()))
+        if chosen is not None:
+            chosen.queue.put_control(error)
+        else:
+            log.error("%s", error)
+
+    def add_stop_hook(self, hook: Callable[[float], bool]) -> None:
         """Have ``stop()`` call ``hook(deadline)`` (True: its threads are joined); raises
         ``ClientStoppedError`` when the client is already stopped."""
         with self._lock:
@@ -722,10 +740,21 @@ class KiyotakaClient:
                 raise ClientStoppedError("this client was stopped; create a new KiyotakaClient")
             self._stop_hooks.append(hook)
 
-    def _remove_stop_hook(self, hook: Callable[[float], bool]) -> None:
+    def remove_stop_hook(self, hook: Callable[[float], bool]) -> None:
+        """Forget a hook given to ``add_stop_hook`` (no error if it is not there)."""
         with self._lock:
             if hook in self._stop_hooks:
                 self._stop_hooks.remove(hook)
+
+    def set_sink(self, sink: Sink | None) -> None:
+        """Hand every data frame's points to ``sink(family, points)`` on the dispatcher threads,
+        in place of delivery (the NATS relay); None: deliver again."""
+        with self._lock:
+            self._sink = sink
+            for family in self._families.values():
+                family.dispatcher.sink = sink
+
+    # -- internals ------------------------------------------------------------------------------
 
     def _resolve_key(self) -> Secret:
         if self._api_key is None:
@@ -762,21 +791,8 @@ class KiyotakaClient:
     def _end_streams(self, error: KiyotakaError | None) -> None:
         with self._lock:
             streams = list(self._streams)
-        for stream in streams:
-            stream._end(error)
-
-    def _helper_failed(self, error: KiyotakaError, family: str | None = None) -> None:
-        """From a helper's thread (the recorder, the metrics server, a relay's NATS thread): tell
-        on_error once, through ``family``'s dispatcher (else any); the client carries on."""
-        with self._lock:
-            families = dict(self._families)
-        chosen = families.get(family) if family is not None else None
-        if chosen is None and families:
-            chosen = next(iter(families.values()))
-        if chosen is not None:
-            chosen.queue.put_control(error)
-        else:
-            log.error("%s", error)
+        for feed in streams:
+            feed.end(error)
 
     def _register(self, channel: Channel, handler: Callable[[Any], Any] | None, exchange: Any, symbol: Any,
                   category: Any, options: dict[str, Any] | None = None, conflate: bool = False) -> Any:
@@ -805,7 +821,8 @@ class KiyotakaClient:
                 raise ConfigurationError(_conflict(spec, other))
             subs = self._registry.setdefault(spec, [])
             new_wire = not subs
-            sub = Subscription(self, spec, handler, WireSub(spec) if new_wire else subs[0]._wire, conflate)
+            wire = self._wires[spec] = WireSub(spec) if new_wire else self._wires[spec]
+            sub = Subscription(spec, handler, wire, conflate, self._unregister)
             subs.append(sub)
             self._data_keys[key] = spec
             self._set_routes(spec, subs)  # routes first: the first point after the ack is delivered
@@ -813,22 +830,22 @@ class KiyotakaClient:
                 family = self._family(spec.family)
                 if new_wire:
                     if family.session.fatal is not None:
-                        sub._wire.end(family.session.fatal)
-                    family.session.add(sub._wire)
+                        wire.end(family.session.fatal)
+                    family.session.add(wire)
                 if not family.session.started:
                     family.start()
         return sub
 
-    def _unregister(self, sub: Subscription) -> None:
+    def _unregister(self, sub: Subscription, spec: ChannelSpec) -> None:
         with self._lock:
             if not sub.active:
                 return
             sub.active = False
-            spec = sub._spec
             subs = self._registry.get(spec, [])
             subs[:] = [s for s in subs if s is not sub]
             if not subs:
                 del self._registry[spec]
+                del self._wires[spec]
                 self._data_keys.pop(data_key(spec), None)
                 family = self._families.get(spec.family)
                 if family is not None:

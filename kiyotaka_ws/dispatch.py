@@ -30,7 +30,7 @@ from .threads import join_by
 if TYPE_CHECKING:
     from .recording import Tap
 
-log = logging.getLogger("kiyotaka_ws")
+log = logging.getLogger(__name__)
 
 BLOCK, DROP_OLDEST, DROP_NEWEST = "block", "drop_oldest", "drop_newest"
 OVERFLOW_POLICIES = (BLOCK, DROP_OLDEST, DROP_NEWEST)
@@ -291,21 +291,20 @@ class RouteTable:
     handlers on a running client stays linear.
     """
 
-    def __init__(self) -> None:
-        self._by_symbol: dict[tuple[Any, Any], tuple[_Route, ...]] = {}
-        self._by_coin: dict[tuple[Any, Any], tuple[_Route, ...]] = {}
-        self.conflating = 0  # how many ``Conflated`` handlers the table holds
+    def __init__(self, by_symbol: dict[tuple[Any, Any], tuple[_Route, ...]] | None = None,
+                 by_coin: dict[tuple[Any, Any], tuple[_Route, ...]] | None = None, conflating: int = 0) -> None:
+        self._by_symbol = by_symbol if by_symbol is not None else {}
+        self._by_coin = by_coin if by_coin is not None else {}
+        self.conflating = conflating  # how many ``Conflated`` handlers the table holds
 
     def updated(self, spec: ChannelSpec, handlers: tuple[Handler, ...]) -> RouteTable:
         """A copy where ``spec`` routes to ``handlers`` (none: the spec is gone)."""
-        new = RouteTable()
-        new._by_symbol, new._by_coin = self._by_symbol, self._by_coin
         table = dict(self._by_coin if spec.grouped else self._by_symbol)
         key = (spec.channel.value, spec.symbol)
         old = table.get(key, ())
         routes = tuple(r for r in old if r.spec != spec)
-        new.conflating = (self.conflating + _conflated(handlers)
-                          - sum(_conflated(r.handlers) for r in old if r.spec == spec))
+        conflating = (self.conflating + _conflated(handlers)
+                      - sum(_conflated(r.handlers) for r in old if r.spec == spec))
         if handlers:
             block = spec.param("blockSize")
             routes += (_Route(spec, spec.exchange, spec.category, float(block) if block else None, handlers),)
@@ -314,10 +313,8 @@ class RouteTable:
         else:
             table.pop(key, None)
         if spec.grouped:
-            new._by_coin = table
-        else:
-            new._by_symbol = table
-        return new
+            return RouteTable(self._by_symbol, table, conflating)
+        return RouteTable(table, self._by_coin, conflating)
 
     def handlers_for(self, series: dict[str, Any]) -> tuple[Handler, ...]:
         symbol = series.get("symbol")

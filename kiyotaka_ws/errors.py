@@ -68,23 +68,6 @@ class EventsDropped(KiyotakaError):
         self.family = family
 
 
-def _safe_url(url: str | None) -> str | None:
-    """``url`` without credentials or query string, so it can go into messages and logs."""
-    if not url:
-        return url
-    from urllib.parse import urlsplit, urlunsplit
-
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if ":" in host:  # IPv6 literal
-            host = f"[{host}]"
-        netloc = f"{host}:{parts.port}" if parts.port else host
-    except ValueError:
-        return "<unparseable url>"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
 class ConnectionFailedError(KiyotakaError):
     """An endpoint family gave up for good.
 
@@ -92,15 +75,17 @@ class ConnectionFailedError(KiyotakaError):
     400, 404 or 410 (a wrong URL), when the ``max_retries`` retries after a failed attempt failed
     too (``max_retries + 1`` failed attempts in a row, see ``gave_up``), or when the connection
     was lost with ``reconnect=False``. ``family`` is ``"book"`` or ``"nonbook"``,
-    ``status`` the HTTP status of the answer (or None), and ``url`` the endpoint without any
-    credentials or query string (it never holds the key).
+    ``status`` the HTTP status of the answer (or None), and ``url`` the endpoint without its query
+    string, credentials shown as ``***@`` (it never holds the key): the library redacts it where it
+    raises the error (``redact_url``), since this module, the vocabulary, imports nothing of the
+    transport that knows URLs.
     """
 
     def __init__(self, message: str, *, family: str = "", status: int | None = None,
                  url: str | None = None) -> None:
         self.family = family
         self.status = status
-        self.url = _safe_url(url)
+        self.url = url
         super().__init__(message)
 
 

@@ -58,7 +58,7 @@ from .errors import KiyotakaError
 from .status import State
 from .threads import join_by
 
-log = logging.getLogger("kiyotaka_ws.metrics")
+log = logging.getLogger(__name__)
 
 MAX_SCRAPES = 8         # connections served at once
 SCRAPE_TIMEOUT = 5.0    # seconds a connection may wait on each read or write of its socket
@@ -214,7 +214,7 @@ class MetricsServer:
         self._thread = threading.Thread(target=self._serve, name="kiyotaka-ws-metrics", daemon=True)
         self._thread.start()
         try:
-            client._add_stop_hook(self._on_client_stop)
+            client.add_stop_hook(self._on_client_stop)
         except BaseException:
             self._on_client_stop(time.monotonic() + 5.0)
             raise
@@ -223,7 +223,7 @@ class MetricsServer:
         """Stop serving and join the thread. Idempotent."""
         client = self._client()
         if client is not None:
-            client._remove_stop_hook(self._on_client_stop)
+            client.remove_stop_hook(self._on_client_stop)
         self._on_client_stop(time.monotonic() + timeout)
 
     def _serve(self) -> None:
@@ -235,7 +235,7 @@ class MetricsServer:
             self.error = f"{type(exc).__name__}: {exc}"
             client = self._client()
             if client is not None and not self._stopping.is_set():
-                client._helper_failed(KiyotakaError(f"metrics server at {self.url} stopped: {self.error}"))
+                client.report_error(KiyotakaError(f"metrics server at {self.url} stopped: {self.error}"))
         finally:
             self._server.server_close()
 

@@ -66,6 +66,7 @@ import brotli  # type: ignore[import-untyped]
 
 from .channels import BOOK, NONBOOK
 from .errors import KiyotakaError
+from .status import RecorderStats
 
 __all__ = [
     "FORMAT_VERSION",
@@ -104,7 +105,7 @@ _CHUNK = 1 << 20
 _WRITE_RECORDS = 256             # records per write() while writing a batch
 _CLOSED, _FAILED = 1, 2
 _TIME = operator.itemgetter(1)
-log = logging.getLogger("kiyotaka_ws.recording")
+log = logging.getLogger(__name__)
 
 
 class RecordingError(KiyotakaError, ValueError):
@@ -189,18 +190,6 @@ def _check_header(head: bytes, path: str) -> None:
 
 
 # -- writing ---------------------------------------------------------------------------------------
-
-@attrs.define
-class RecorderStats:
-    """What a recorder did: frames and bytes written, frames dropped, files written to."""
-
-    frames: int = 0
-    bytes: int = 0
-    dropped: int = 0
-    files: int = 0
-    error: str | None = None
-    lost: int = 0  # frames buffered when a write failed (part of ``dropped``)
-
 
 class _Lane:
     """One family's buffer in a recorder. Each counter has one writer, so no lock is needed: the

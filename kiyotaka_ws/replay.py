@@ -39,12 +39,12 @@ from typing import Any, Callable
 from .dispatch import BATCH_FRAMES as BATCH
 from .dispatch import BLOCK, EventQueue
 from .errors import ConfigurationError, EventsDropped, KiyotakaError
+from .external import ExternalSource
 from .recording import DAMAGED, FRAME, GAP, PathLike, RecordingReader, recording_files
-from .source import ExternalSource
 from .status import State
 from .threads import join_by
 
-log = logging.getLogger("kiyotaka_ws.replay")
+log = logging.getLogger(__name__)
 
 
 def _identities(names: list[str]) -> set[Any]:
@@ -175,9 +175,9 @@ class Player:
         size = 0
         for kind, time_ns, family, connection, binary, payload, dropped in records:
             source = sources.get(family)
-            if kind == DAMAGED and (source is None or not source._started):  # a guess: tell someone
-                source = next((s for s in sources.values() if s._started), None)
-            if source is None or not source._started:
+            if kind == DAMAGED and (source is None or not source.started):  # a guess: tell someone
+                source = next((s for s in sources.values() if s.started), None)
+            if source is None or not source.started:
                 self.skipped += 1
                 continue
             if speed is None:

@@ -31,10 +31,16 @@ import threading
 import time
 from typing import Any, Callable, NamedTuple
 
-import attrs
-
 from . import protocol, wire
-from ._transport import Cancel, DialCancelled, DialError, HandshakeRejected, Proxy, dial
+from ._arguments import Options
+from ._transport import (
+    Cancel,
+    DialCancelled,
+    DialError,
+    HandshakeRejected,
+    dial,
+    redact_url,
+)
 from ._version import __version__
 from .channels import ChannelSpec
 from .dispatch import EventQueue
@@ -45,10 +51,11 @@ from .errors import (
     SubscriptionError,
     gave_up,
 )
+from .source import WireSub
 from .status import ConnectionStatus, State
 from .threads import join_by
 
-log = logging.getLogger("kiyotaka_ws.session")
+log = logging.getLogger(__name__)
 
 MAX_PENDING = 10_000        # requests awaiting an answer; the oldest are forgotten past this
 MAX_INBOX_ANSWERS = 10_000  # answers waiting for the session; a flood beyond this is dropped
@@ -74,27 +81,6 @@ class Secret:
     __str__ = __repr__
 
 
-@attrs.frozen
-class Options:
-    """The connection settings of ``KiyotakaClient`` (validated there)."""
-
-    compression: str | None = "brotli"
-    reconnect: bool = True
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
-    ping_interval: float | None = 20.0
-    ping_timeout: float | None = 10.0
-    stale_timeout: float | None = None
-    auth_timeout: float = 5.0
-    subscribe_timeout: float = 10.0
-    connect_timeout: float = 10.0
-    send_timeout: float = 10.0
-    max_frame_bytes: int = 16 * 2**20
-    max_retries: int | None = None
-    sslopt: dict[str, Any] | None = None
-    proxy: Proxy | None = None
-
-
 class Backoff:
     """Exponential backoff with full jitter inside [initial, min(maximum, initial * 2**attempt)]."""
 
@@ -106,40 +92,6 @@ class Backoff:
     def delay(self, attempt: int) -> float:
         cap = min(self.maximum, self.initial * 2.0 ** min(attempt, 60))
         return self.initial + self.rng() * (cap - self.initial)
-
-
-class WireSub:
-    """The server's view of one channel spec: pending, active, assumed, rejected, or ended.
-
-    Written only by its family's session (and by the client at stop); ``wait`` is for any thread.
-    """
-
-    PENDING, ACTIVE, ASSUMED, REJECTED = "pending", "active", "assumed", "rejected"
-
-    def __init__(self, spec: ChannelSpec) -> None:
-        self.spec = spec
-        self.state = self.PENDING
-        self.error: KiyotakaError | None = None  # the rejection, or why waiting is over for good
-        self._cond = threading.Condition()
-
-    def settle(self, state: str, error: KiyotakaError | None = None) -> None:
-        with self._cond:
-            self.state, self.error = state, error
-            self._cond.notify_all()
-
-    def end(self, error: KiyotakaError) -> None:
-        """No answer will ever come (client stopped, family failed): ``wait`` raises ``error``."""
-        with self._cond:
-            if self.state != self.REJECTED:
-                self.error = error
-            self._cond.notify_all()
-
-    def wait(self, timeout: float | None) -> None:
-        with self._cond:
-            if not self._cond.wait_for(lambda: self.state != self.PENDING or self.error is not None, timeout):
-                raise TimeoutError(f"no answer to the subscription {self.spec} within {timeout}s")
-            if self.error is not None:
-                raise self.error
 
 
 # -- messages to the session ----------------------------------------------------------------------
@@ -357,7 +309,7 @@ class Session:
                 if not exc.retryable:  # a proxy refusing our credentials, an untrusted certificate
                     raise _GiveUp(ConnectionFailedError(
                         f"{self.family}: {exc}", family=self.family, status=getattr(exc, "status", None),
-                        url=self.url)) from None
+                        url=redact_url(self.url))) from None
                 reason, reached_ready = str(exc), False
             if self._stopping.is_set():
                 return
@@ -365,11 +317,11 @@ class Session:
             if not options.reconnect:
                 raise _GiveUp(ConnectionFailedError(
                     f"{self.family} connection lost ({reason}) and reconnect=False",
-                    family=self.family, url=self.url))
+                    family=self.family, url=redact_url(self.url)))
             if options.max_retries is not None and failures > options.max_retries:
                 raise _GiveUp(ConnectionFailedError(
                     f"{self.family}: {gave_up(failures, options.max_retries, reason)}",
-                    family=self.family, url=self.url))
+                    family=self.family, url=redact_url(self.url)))
             if up_for >= min(options.backoff_max, 10.0):
                 attempt = 0
             delay = max(self._backoff.delay(attempt), retry_after)
@@ -383,11 +335,11 @@ class Session:
     def _classify_rejection(self, exc: HandshakeRejected) -> str:
         """Raise ``_GiveUp`` for a permanent HTTP answer to the upgrade; the reason otherwise."""
         if exc.status in (401, 403):
-            raise _GiveUp(AuthenticationError(f"API key rejected: HTTP {exc.status} from {_safe_url(self.url)}"))
+            raise _GiveUp(AuthenticationError(f"API key rejected: HTTP {exc.status} from {redact_url(self.url)}"))
         if exc.status in (400, 404, 410):
             raise _GiveUp(ConnectionFailedError(
-                f"HTTP {exc.status} from {_safe_url(self.url)}: wrong URL?",
-                family=self.family, status=exc.status, url=self.url))
+                f"HTTP {exc.status} from {redact_url(self.url)}: wrong URL?",
+                family=self.family, status=exc.status, url=redact_url(self.url)))
         return f"HTTP {exc.status} {exc.reason}".rstrip()
 
     def _connect(self) -> _Link | None:
@@ -396,7 +348,7 @@ class Session:
         self._cancel = cancel
         if self._stopping.is_set():  # stop() may have missed this Cancel: look again after storing it
             return None
-        log.info("%s: connecting to %s", self.family, _safe_url(self.url))
+        log.info("%s: connecting to %s", self.family, redact_url(self.url))
         sock, leftover = dial(self.url, timeout=options.connect_timeout, cancel=cancel,
                               sslopt=options.sslopt, proxy=options.proxy, user_agent=_USER_AGENT)
         ws = wire.WebSocket(sock, max_message_bytes=options.max_frame_bytes, send_timeout=options.send_timeout,
@@ -700,7 +652,3 @@ def _rejects_key(code: int | None) -> bool:
     """A close code that, during authentication, means the key was refused."""
     return code is not None and (code in _REJECTED_KEY_CLOSE_CODES or 4000 <= code <= 4999)
 
-
-def _safe_url(url: str) -> str:
-    """The URL without its query (which could carry credentials in a proxy setup)."""
-    return url.split("?", 1)[0]

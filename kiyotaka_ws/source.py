@@ -1,124 +1,107 @@
-"""What a family fed by something other than a Kiyotaka socket (a recording, NATS) offers the client.
+"""The seam: what feeds a client (``Source``), what a subscription is on the wire (``WireSub``) and
+what a client offers the extras and tools built on it (``Host``).
 
-The client drives every family's source through the same small interface as a live ``Session``:
-``start``, ``started``, ``add``, ``remove``, ``answer``, ``fail``, ``stop``, ``join``, and the
-read-only ``ready``, ``state``, ``fatal``, ``reconnects``, ``frames``, ``bytes``,
-``last_frame_age``. ``ExternalSource`` holds the part of it that every non-socket source shares;
-its ``driver`` (the replay's player, the NATS connection) owns the thread that feeds the queue.
+The client drives every family's source through ``Source``: a live ``Session`` (session.py), a
+recording's ``ReplaySource`` (replay.py) or a NATS consumer's ``NatsSource`` (_nats/consumer.py),
+the last two built on ``ExternalSource`` (external.py). A source puts frames, statuses and
+errors into its family's queue; the client only starts and stops it, tells it about wire
+subscriptions, hands it answers and reads its counters.
+
+``Host`` is the client's side of the seam for what is built on a client rather than inside it
+(the metrics server, the NATS relay, the command line): named, public methods instead of
+private fields. ``KiyotakaClient`` implements it.
+
+This module imports only the vocabulary (errors, channels, status), so any layer may use it.
 """
 
 from __future__ import annotations
 
 import threading
-import time
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from .channels import ChannelSpec
-from .dispatch import EventQueue
 from .errors import KiyotakaError
-from .session import WireSub
-from .status import ConnectionStatus, State
+from .status import RecorderStats, State
+
+__all__ = ["Host", "Sink", "Source", "WireSub"]
+
+# Takes every data frame's points (family, points) in place of delivery: the NATS relay.
+Sink = Callable[[str, list[Any]], None]
 
 
-class Driver(Protocol):
-    """The thread behind one or more sources."""
+class WireSub:
+    """The server's view of one channel spec: pending, active, assumed, rejected, or ended.
 
-    def start(self, source: Any) -> None: ...
+    Written only by its family's source (and by the client at stop); ``wait`` is for any thread.
+    """
+
+    PENDING, ACTIVE, ASSUMED, REJECTED = "pending", "active", "assumed", "rejected"
+
+    def __init__(self, spec: ChannelSpec) -> None:
+        self.spec = spec
+        self.state = self.PENDING
+        self.error: KiyotakaError | None = None  # the rejection, or why waiting is over for good
+        self._cond = threading.Condition()
+
+    def settle(self, state: str, error: KiyotakaError | None = None) -> None:
+        with self._cond:
+            self.state, self.error = state, error
+            self._cond.notify_all()
+
+    def end(self, error: KiyotakaError) -> None:
+        """No answer will ever come (client stopped, family failed): ``wait`` raises ``error``."""
+        with self._cond:
+            if self.state != self.REJECTED:
+                self.error = error
+            self._cond.notify_all()
+
+    def wait(self, timeout: float | None) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.state != self.PENDING or self.error is not None, timeout):
+                raise TimeoutError(f"no answer to the subscription {self.spec} within {timeout}s")
+            if self.error is not None:
+                raise self.error
+
+
+class Source(Protocol):
+    """What feeds one family's queue: a live ``Session``, a recording's ``ReplaySource`` or a NATS
+    consumer's ``NatsSource``. Counters and ``state`` have one writer each (the source's thread)."""
+
+    ready: threading.Event
+    state: State
+    fatal: KiyotakaError | None
+    reconnects: int
+    frames: int
+    bytes: int
+
+    @property
+    def started(self) -> bool: ...
+    @property
+    def last_frame_age(self) -> float | None: ...
+    def start(self) -> None: ...
+    def add(self, sub: WireSub) -> None: ...
+    def remove(self, spec: ChannelSpec) -> None: ...
+    def answer(self, conn: int, message: dict[str, Any]) -> None: ...
+    def fail(self, error: KiyotakaError) -> None: ...
     def stop(self) -> None: ...
     def join(self, deadline: float) -> bool: ...
-    def fatal(self, error: KiyotakaError) -> None: ...
 
 
-class ExternalSource:
-    """One family's source when nothing is negotiated with a server. Subclasses say which state it
-    starts in and what ``add``/``remove`` mean."""
-
-    first_state = State.READY
-
-    def __init__(self, family: str, queue: EventQueue, driver: Driver) -> None:
-        self.family = family
-        self.queue = queue
-        self._driver = driver
-        self._started = False
-        self._ended = False
-        self._lock = threading.Lock()
-        self.ready = threading.Event()
-        self.state = State.STOPPED
-        self.fatal: KiyotakaError | None = None
-        self.reconnects = 0
-        self.frames = 0
-        self.bytes = 0
-        self.last_rx: float | None = None  # time.monotonic() of the last frame
+class Host(Protocol):
+    """What a client offers the extras and tools bound to it (``KiyotakaClient`` implements it)."""
 
     @property
-    def started(self) -> bool:
-        return self._started
-
-    def start(self) -> None:
-        with self._lock:
-            if self._started:
-                return
-            self._started = True
-        self._set_state(self.first_state)
-        self._driver.start(self)
-
-    def add(self, sub: WireSub) -> None:
-        """No server to ask: a subscription is active at once (routing filters what arrives)."""
-        sub.settle(WireSub.ACTIVE)
-
-    def remove(self, spec: ChannelSpec) -> None:
-        """Nothing to tell a server: the dispatcher's routes already forgot the spec."""
-
-    def answer(self, conn: int, message: dict[str, Any]) -> None:
-        """No requests are sent from here: nothing is answered."""
-
-    def fail(self, error: KiyotakaError) -> None:
-        """An internal thread died: the family fails, as a live one would."""
-        self.end_with(error)
-        self._driver.fatal(error)
-
-    def end_with(self, error: KiyotakaError) -> None:
-        """FAILED, with ``error`` reported to ``on_error`` and kept as ``fatal``."""
-        self.fatal = error
-        self.queue.put_control(error)
-        self.end(State.FAILED, str(error))
-
-    @staticmethod
-    def end_all(sources: list[Any], error: KiyotakaError) -> None:
-        """A driver's thread died: every source FAILED with ``error`` as ``fatal``, reported to
-        ``on_error`` once (by the first one's dispatcher), not once per family."""
-        for n, source in enumerate(sources):
-            if n == 0:
-                source.end_with(error)
-            else:
-                source.fatal = error
-                source.end(State.FAILED, str(error))
-
-    def stop(self) -> None:
-        self._driver.stop()
-
-    def join(self, deadline: float) -> bool:
-        ok = self._driver.join(deadline)
-        self.end(State.STOPPED)
-        return ok
-
+    def done(self) -> bool:
+        """True once ``stop()`` was called, a fatal error ended the client or its replay ended."""
     @property
-    def last_frame_age(self) -> float | None:
-        last = self.last_rx
-        return None if last is None else max(0.0, time.monotonic() - last)
-
-    def end(self, state: State, reason: str | None = None) -> None:
-        """STOPPED (the end, or stop()) or FAILED, once."""
-        with self._lock:
-            if self._ended or not self._started:
-                return
-            self._ended = True
-        self._set_state(state, reason)
-
-    def _set_state(self, state: State, reason: str | None = None, attempt: int = 0) -> None:
-        self.state = state
-        if state is State.READY:
-            self.ready.set()
-        else:
-            self.ready.clear()
-        self.queue.put_status(ConnectionStatus(self.family, state, attempt, reason))
+    def fatal(self) -> KiyotakaError | None:
+        """The error that ended the client (what ``run_forever()`` raises), or None."""
+    def report_error(self, error: KiyotakaError, family: str | None = None) -> None:
+        """A helper's failure: to ``on_error`` once, through ``family``'s dispatcher (else any)."""
+    def add_stop_hook(self, hook: Callable[[float], bool]) -> None:
+        """Have ``stop()`` call ``hook(deadline)``; ``ClientStoppedError`` once stopped."""
+    def remove_stop_hook(self, hook: Callable[[float], bool]) -> None: ...
+    def set_sink(self, sink: Sink | None) -> None:
+        """Every data frame's points go to ``sink`` (in place of delivery), from the dispatchers."""
+    def recording_stats(self) -> RecorderStats | None:
+        """The recorder's counters (``record=``), or None without one."""

@@ -1,4 +1,5 @@
-"""Connection state as users see it: ``State``, ``ConnectionStatus`` events and ``ConnectionStats``."""
+"""Connection state as users see it: ``State``, ``ConnectionStatus`` events, ``ConnectionStats``,
+and a recorder's ``RecorderStats``."""
 
 from __future__ import annotations
 
@@ -67,3 +68,15 @@ class ConnectionStats:
     queue_delay: Percentiles | None = None
     handler_time: Percentiles | None = None
     conflated: int = 0        # snapshots skipped by conflate=True handlers (a newer one was due)
+
+
+@attrs.define
+class RecorderStats:
+    """What a recorder did: frames and bytes written, frames dropped, files written to."""
+
+    frames: int = 0
+    bytes: int = 0
+    dropped: int = 0
+    files: int = 0
+    error: str | None = None
+    lost: int = 0  # frames buffered when a write failed (part of ``dropped``)

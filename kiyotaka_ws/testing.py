@@ -269,7 +269,7 @@ class FakeKiyotakaServer:
 
     def wait_subscribed(self, count: int = 1, family: str | None = None, timeout: float = 5.0) -> bool:
         """Wait until open connections hold at least ``count`` subscribed channels."""
-        return self.wait_for(lambda s: s._subscribed_count(family) >= count, timeout)
+        return self.wait_for(lambda _: self._subscribed_count(family) >= count, timeout)
 
     def _subscribed_count(self, family: str | None) -> int:
         with self._lock:

@@ -22,6 +22,7 @@ from kiyotaka_ws import (
     KiyotakaError,
     State,
 )
+from kiyotaka_ws._transport import redact_url
 from kiyotaka_ws.testing import FakeKiyotakaServer
 
 EX, SYM = "BINANCE_FUTURES", "BTCUSDT"
@@ -30,10 +31,12 @@ EX, SYM = "BINANCE_FUTURES", "BTCUSDT"
 def test_new_errors_are_exported_and_documented():
     for name in ("ConnectionFailedError", "ClientStoppedError"):
         assert name in kiyotaka_ws.__all__ and issubclass(getattr(kiyotaka_ws, name), KiyotakaError)
-    error = ConnectionFailedError("HTTP 404 Not Found: wrong URL", family="book", status=404,
-                                  url="wss://user:hunter2@eu-de3.ws.api.kiyotaka.ai:443/ws?encoding=json&token=abc")
+    # The library redacts the URL where it raises the error (tests/test_layers.py checks every
+    # place): the error, vocabulary, keeps what it is given.
+    secret = "wss://user:hunter2@eu-de3.ws.api.kiyotaka.ai:443/ws?encoding=json&token=abc"
+    error = ConnectionFailedError("HTTP 404 Not Found: wrong URL", family="book", status=404, url=redact_url(secret))
     assert (error.family, error.status) == ("book", 404)
-    assert error.url == "wss://eu-de3.ws.api.kiyotaka.ai:443/ws"  # no credentials, no query string
+    assert error.url == "wss://***@eu-de3.ws.api.kiyotaka.ai:443/ws"  # no credentials, no query string
     assert "hunter2" not in repr(error) + str(error) and "abc" not in repr(error) + str(error)
     assert ConnectionFailedError("x").url is None and ConnectionFailedError("x").status is None
     assert ConnectionFailedError("x", url="ws://[::1]:9/ws").url == "ws://[::1]:9/ws"

@@ -464,12 +464,12 @@ def test_relay_stats_say_failed_while_the_nats_thread_is_dead(
 
 def test_a_fault_on_the_consumers_nats_thread_fails_every_family_once(
         nats_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kiyotaka_ws import nats as nats_module
+    from kiyotaka_ws._nats import consumer
 
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug in the consumer")
 
-    monkeypatch.setattr(nats_module, "_connect", broken)
+    monkeypatch.setattr(consumer, "connect", broken)
     consumer = KiyotakaClient.from_nats(nats_server.url, **FAST)
     errors = Collector()
     consumer.on_error(errors)

@@ -287,7 +287,9 @@ def test_nats_restart_with_relay_and_consumer_running(nats_server: NatsServer, u
     assert wait_until(lambda: statuses.items[-1].state is State.READY, 5)
     states = [s.state for s in statuses.items]
     assert states[:2] == [State.CONNECTING, State.READY] and State.DISCONNECTED in states[2:]
-    # Recovered: new points flow, in order.
+    # Recovered: new points flow, in order (after the 50 kept ones, the newest: 250..299, which
+    # may still be on their way when the drop notice has come).
+    assert wait_until(lambda: bool(got.items) and got.items[-1].price == 299.0, 5)
     before = len(got)
     upstream.publish(trades("BINANCE", "BTCUSDT", 1000, 10))
     assert got.wait_for(before + 10, 5)

@@ -23,6 +23,7 @@ from .errors import (
     HandshakeRejected,
     ProxyError,
     TLSFailed,
+    one_line,
 )
 from .proxy import PROXY_SCHEMES, Proxy
 from .tls import ssl_context
@@ -44,6 +45,7 @@ __all__ = [
     "ProxyError",
     "TLSFailed",
     "dial",
+    "one_line",
     "redact_url",
     "ssl_context",
 ]
