@@ -45,7 +45,7 @@ def symbols(series: int) -> list[str]:
 
 # -- the blaster (a separate process) ------------------------------------------------------------
 
-def _points(count: int, start_id: int, time_ns: int, series: int = 1) -> list[dict[str, Any]]:
+def trade_points(count: int, start_id: int, time_ns: int, series: int = 1) -> list[dict[str, Any]]:
     names = symbols(series)
     return [{"series": {"type": "TRADE", "symbol": names[(start_id + i) % series], "exchange": EXCHANGE,
                         "normalizedSymbol": "BTC-USDT",
@@ -117,13 +117,13 @@ def _serve_one(sock: socket.socket) -> None:
     if rate:  # paced, with the send time in every point, for latency
         interval, next_at = per_frame / rate, time.perf_counter()
         for i in range(frames):
-            sock.sendall(_encode({"points": _points(per_frame, i * per_frame, time.time_ns(), series)}, binary))
+            sock.sendall(_encode({"points": trade_points(per_frame, i * per_frame, time.time_ns(), series)}, binary))
             next_at += interval
             delay = next_at - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
     else:  # flat out: one pre-encoded frame, sent in large batches
-        frame = _encode({"points": _points(per_frame, 0, time.time_ns(), series)}, binary)
+        frame = _encode({"points": trade_points(per_frame, 0, time.time_ns(), series)}, binary)
         batch = frame * max(1, 262144 // len(frame))
         per_batch = len(batch) // len(frame)
         sent = 0
@@ -139,7 +139,7 @@ def _serve_one(sock: socket.socket) -> None:
             break
 
 
-def _blaster(port_pipe: Any) -> None:
+def blaster_process(port_pipe: Any) -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     port_pipe.send(listener.getsockname()[1])
     while True:
@@ -247,15 +247,15 @@ def _rss_mib() -> float:
         return float("nan")
 
 
-def _pct(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def _latency_summary(runs: list[list[float]]) -> dict[str, Any]:
     every = [value for run in runs for value in run]
-    return {"p50": round(_pct(every, 0.5)), "p99": round(_pct(every, 0.99)), "max": round(max(every)),
-            "p99_per_round": [round(_pct(run, 0.99)) for run in runs]}
+    return {"p50": round(percentile(every, 0.5)), "p99": round(percentile(every, 0.99)), "max": round(max(every)),
+            "p99_per_round": [round(percentile(run, 0.99)) for run in runs]}
 
 
 def _burn() -> None:
@@ -281,7 +281,7 @@ def run_bench(points: int = 200_000, rounds: int = 5, quick: bool = False, out: 
     bares = _bare_parsers()
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    blaster = ctx.Process(target=_blaster, args=(child,), name="kiyotaka-ws-bench-blaster")
+    blaster = ctx.Process(target=blaster_process, args=(child,), name="kiyotaka-ws-bench-blaster")
     blaster.start()
     burners = [ctx.Process(target=_burn, name="kiyotaka-ws-bench-busy", daemon=True) for _ in range(max(0, busy))]
     for burner in burners:

@@ -27,14 +27,14 @@ import time
 import brotli
 
 from . import protocol
-from .bench import EXCHANGE, SYMBOL, _blaster, _points, run_client
+from .bench import EXCHANGE, SYMBOL, blaster_process, run_client, trade_points
 from .client import KiyotakaClient
 from .dispatch import EventQueue
 from .recording import Recorder
 
 
 def tap_cost(folder: str, frames: int = 50_000) -> None:
-    payload = brotli.compress(json.dumps({"points": _points(5, 0, time.time_ns())}).encode(), quality=4)
+    payload = brotli.compress(json.dumps({"points": trade_points(5, 0, time.time_ns())}).encode(), quality=4)
     results = {}
     for label in ("no recorder", "recorder"):
         best = float("inf")
@@ -100,7 +100,7 @@ def replay_vs_live(folder: str, points: int, per_frame: int, rounds: int) -> Non
     The two alternate, ``rounds`` times each (the machine's noise hits both alike)."""
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    blaster = ctx.Process(target=_blaster, args=(child,), name="kiyotaka-ws-bench-blaster")
+    blaster = ctx.Process(target=blaster_process, args=(child,), name="kiyotaka-ws-bench-blaster")
     blaster.start()
     try:
         url = f"ws://127.0.0.1:{parent.recv()}/nonbook/ws?encoding=json&mode=brotli&per={per_frame}&n={points}"
@@ -132,7 +132,7 @@ def pacing(folder: str) -> None:
     recorder = Recorder(path, clock=lambda: clock[0])
     tap = recorder.tap("nonbook")
     gaps = [rng.uniform(0, 0.020) for _ in range(500)]
-    payload = brotli.compress(json.dumps({"points": _points(1, 0, time.time_ns())}).encode())
+    payload = brotli.compress(json.dumps({"points": trade_points(1, 0, time.time_ns())}).encode())
     for gap in gaps:
         clock[0] += int(gap * 1e9)
         tap(payload, True, 1, None)

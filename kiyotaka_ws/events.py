@@ -18,7 +18,7 @@ from .channels import Channel, Side
 from .errors import DecodeError
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
-_SIDES = {"BUY": Side.BUY, "SELL": Side.SELL}
+SIDES = {"BUY": Side.BUY, "SELL": Side.SELL}
 
 
 class BookLevel(NamedTuple):
@@ -238,7 +238,7 @@ def _side(series: dict[str, Any]) -> Side | None:
         return None
     if type(value) is not str:
         raise _Malformed(f"side must be a string, got {type(value).__name__}")
-    return _SIDES.get(value)  # UNKNOWN_SIDE and future values: None
+    return SIDES.get(value)  # UNKNOWN_SIDE and future values: None
 
 
 def _flat_numbers(payload: dict[str, Any], key: str, width: int) -> list:

@@ -26,7 +26,7 @@ import attrs
 
 from .channels import Channel
 from .events import (
-    _SIDES,
+    SIDES,
     BookLevel,
     BookSnapshot,
     Event,
@@ -353,7 +353,7 @@ class FastPath:
             return None
         if len(self._entries) >= CACHE_SIZE:
             self._entries.clear()
-        head: _Head = ((channel, exchange, symbol, coin, nsym, category), _SIDES.get(side), block_size)
+        head: _Head = ((channel, exchange, symbol, coin, nsym, category), SIDES.get(side), block_size)
         entry: _Entry = (self.routes.handlers_for(series), decode, head)
         self._entries[key] = entry
         return entry

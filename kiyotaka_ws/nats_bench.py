@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any, TextIO
 
-from .bench import EXCHANGE, SYMBOL, _blaster, _pct, run_client
+from .bench import EXCHANGE, SYMBOL, blaster_process, percentile, run_client
 
 
 def find_nats_server() -> str | None:
@@ -114,7 +114,7 @@ def run_nats_bench(points: int = 200_000, rate: float = 20_000.0, seconds: float
         return 1
     ctx = multiprocessing.get_context("spawn")
     port_out, port_in = ctx.Pipe()
-    blaster = ctx.Process(target=_blaster, args=(port_in,), daemon=True)
+    blaster = ctx.Process(target=blaster_process, args=(port_in,), daemon=True)
     blaster.start()
     blaster_port = port_out.recv()
     nats_port = _free_port()
@@ -136,11 +136,11 @@ def run_nats_bench(points: int = 200_000, rate: float = 20_000.0, seconds: float
                             f"&rate={rate:g}", total, "brotli", latency=True)
         dlat = sorted(x / 1e3 for x in direct.latencies)
         if lat:
-            out.write(f"latency at {rate:,.0f} points/s through NATS: p50 {_pct(lat, 0.5):.2f} ms, "
-                      f"p90 {_pct(lat, 0.9):.2f} ms, p99 {_pct(lat, 0.99):.2f} ms, max {lat[-1]:.2f} ms "
+            out.write(f"latency at {rate:,.0f} points/s through NATS: p50 {percentile(lat, 0.5):.2f} ms, "
+                      f"p90 {percentile(lat, 0.9):.2f} ms, p99 {percentile(lat, 0.99):.2f} ms, max {lat[-1]:.2f} ms "
                       f"({paced['received']:,} of {total:,} received)\n")
-        out.write(f"latency at {rate:,.0f} points/s direct (no bus):  p50 {_pct(dlat, 0.5):.2f} ms, "
-                  f"p90 {_pct(dlat, 0.9):.2f} ms, p99 {_pct(dlat, 0.99):.2f} ms, max {dlat[-1]:.2f} ms\n")
+        out.write(f"latency at {rate:,.0f} points/s direct (no bus):  p50 {percentile(dlat, 0.5):.2f} ms, "
+                  f"p90 {percentile(dlat, 0.9):.2f} ms, p99 {percentile(dlat, 0.99):.2f} ms, max {dlat[-1]:.2f} ms\n")
     finally:
         server.kill()
         server.wait(5)
