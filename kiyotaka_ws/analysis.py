@@ -56,8 +56,8 @@ from .protocol import FrameDecoder, Kind, classify
 from .recording import GAP, PathLike, RecordingReader
 
 if TYPE_CHECKING:
-    import pandas
-    import pyarrow
+    import pandas  # type: ignore[import-untyped, unused-ignore]
+    import pyarrow  # type: ignore[import-untyped, unused-ignore]
 
 __all__ = [
     "INSTALL_HINT",
@@ -65,6 +65,7 @@ __all__ = [
     "ROWS_PER_BATCH",
     "CaptureStats",
     "columns",
+    "export_capture",
     "gaps",
     "iter_events",
     "record_batches",
@@ -191,7 +192,7 @@ def _nanoseconds(name: str, value: Any) -> int | None:
 def _optional_str(name: str, value: Any) -> str | None:
     if value is not None and (type(value) is not str or not value):
         raise ConfigurationError(f"{name}: expected a non-empty string or None, got {value!r}")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def iter_events(path: PathLike, channels: Iterable[Channel], stats: CaptureStats, *, exchange: str | None = None,
@@ -378,6 +379,17 @@ def to_pandas(path: PathLike, channel: Channel | str, **filters: Any) -> pandas.
     except ImportError:
         raise ConfigurationError("to_pandas needs pandas: pip install pandas") from None
     return to_arrow(path, channel, **filters).to_pandas()
+
+
+def export_capture(path: PathLike, folder: PathLike, fmt: str = "parquet",
+                   channels: Iterable[Channel | str] | None = None, *, exchange: str | None = None,
+                   symbol: str | None = None) -> CaptureStats:
+    """What ``kiyotaka-ws export`` does: ``channels`` (default all seven) of a recording to one file
+    per channel in ``folder`` (``trade.parquet``, ...; ``fmt``: "parquet" or "csv"), streamed in
+    bounded memory. Returns what was read and skipped."""
+    from .export import export
+
+    return export(path, folder, fmt, None if channels is None else list(channels), exchange=exchange, symbol=symbol)
 
 
 def gaps(path: PathLike) -> pyarrow.Table:

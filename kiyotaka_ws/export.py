@@ -105,11 +105,11 @@ class _Writer:
         self.fmt = fmt
         self.lists = [i for i, field in enumerate(self.schema) if pa.types.is_list(field.type)]
         if fmt == "parquet":
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # type: ignore[import-untyped, unused-ignore]
 
             self.file: Any = pq.ParquetWriter(self.partial, self.schema, compression="zstd")
         else:
-            import pyarrow.csv as pcsv
+            import pyarrow.csv as pcsv  # type: ignore[import-untyped, unused-ignore]
 
             text = self.schema
             for i in self.lists:
