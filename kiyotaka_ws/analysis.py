@@ -20,10 +20,11 @@ metadata (``kiyotaka_ws.damaged``, ``kiyotaka_ws.dropped``, ...).
 Memory. ``record_batches`` holds at most ``rows`` rows (and ``MAX_BATCH_LEVELS`` book or profile
 levels) per channel before it hands a batch over: ``kiyotaka-ws export`` writes each as a Parquet
 row group, so a capture larger than RAM exports. ``to_arrow`` and ``to_pandas`` build a whole
-table in memory, by nature. Measured (``python tools/measure_export.py``, a 1,000,000-point
-capture of trades, 10 per frame, on a shared and loaded 2-core machine, ``nice``): export to
-Parquet ~110,000 points/s at a peak RSS of ~150 MB, where the replay of the same capture to a
-counting handler runs at ~290,000 points/s.
+table in memory, by nature. Measured (``nice python -m kiyotaka_ws.bench_export --points 1000000``:
+TRADE points, 10 per brotli frame, a 35 MiB capture; one run on a shared, loaded 2-core machine):
+export to Parquet 90,800 points/s at a peak RSS of 179 MB (69 MB after the imports alone; 178 MB
+for a 200,000-point capture: the peak does not grow with the capture), where a replay of the same
+capture into a counting handler runs at 177,000 points/s (peak RSS 37 MB). The Parquet file: 9.9 MiB.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ __all__ = [
 INSTALL_HINT = 'the analysis extra is not installed: pip install "kiyotaka-ws[analysis]" (pyarrow)'
 ROWS_PER_BATCH = 65_536          # rows per batch (a Parquet row group) and channel
 MAX_BATCH_LEVELS = 4_000_000     # book/profile levels per batch: a batch of deep books ends early
+CHUNK_ROWS = 8_192               # rows held as Python tuples before they become Arrow arrays
 MAX_FRAME_BYTES = 64 * 2**20     # as the client's default max_frame_bytes
 
 EVENT_CLASSES: dict[Channel, type[Event]] = {
@@ -259,7 +261,8 @@ def iter_events(path: PathLike, channels: Iterable[Channel], stats: CaptureStats
 
 
 class _Batch:
-    """The rows of one channel not yet handed over, as tuples of the event's column values."""
+    """The rows of one channel not yet handed over: the last ``CHUNK_ROWS`` as tuples of the event's
+    column values (~1 KB a row in Python objects), the earlier ones already as Arrow (~0.1 KB)."""
 
     def __init__(self, channel: Channel) -> None:
         pa = self.pa = _pyarrow()
@@ -270,21 +273,35 @@ class _Batch:
         self.row_of = operator.attrgetter(*self.names)
         self.level_columns = [i for i, name in enumerate(self.names) if name in _LEVELS]
         self.rows: list[tuple[Any, ...]] = []
+        self.chunks: list[Any] = []
+        self.held = 0    # rows in all (tuples and chunks)
         self.levels = 0
 
     def add(self, event: Event) -> int:
-        """Keep the event's row (not the event: its ``raw`` dict would be ~10x the row); the rows held."""
+        """Keep the event's row (not the event: its ``raw`` dict is far larger); the rows held."""
         row = self.row_of(event)
         self.rows.append(row)
         for i in self.level_columns:
             self.levels += len(row[i])
-        return len(self.rows)
+        self.held += 1
+        if len(self.rows) >= CHUNK_ROWS:
+            self.chunks.append(self._convert())
+        return self.held
 
     def take(self) -> pyarrow.RecordBatch:
-        """The rows held, as a record batch; the batch is empty after."""
+        """The rows held, as one record batch; the batch is empty after."""
+        if self.rows or not self.chunks:
+            self.chunks.append(self._convert())
+        chunks, self.chunks, self.held, self.levels = self.chunks, [], 0, 0
+        if len(chunks) == 1:
+            return chunks[0]
+        return self.pa.Table.from_batches(chunks, schema=self.schema).combine_chunks().to_batches()[0]
+
+    def _convert(self) -> pyarrow.RecordBatch:
         pa = self.pa
-        rows, self.rows, self.levels = self.rows, [], 0
+        rows, self.rows = self.rows, []
         values: list[Any] = list(zip(*rows)) if rows else [() for _ in self.names]
+        del rows
         arrays = []
         for name, kind, column in zip(self.names, self.types, values):
             if name in _LEVELS:
