@@ -21,7 +21,7 @@ import tempfile
 import time
 from typing import Any
 
-import brotli
+import brotli  # type: ignore[import-untyped]
 
 from .recording import Recorder
 
