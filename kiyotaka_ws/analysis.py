@@ -90,6 +90,7 @@ EVENT_CLASSES: dict[Channel, type[Event]] = {
     Channel.OPEN_INTEREST: OpenInterest,
     Channel.VOLUME_PROFILE_AGG: VolumeProfile,
 }
+_KNOWN_TYPES = frozenset(c.value for c in Channel)
 _HEAD = ("time_ns", "received_ns", "exchange", "symbol", "coin", "normalized_symbol", "category")
 _TIMES = frozenset({"time_ns", "received_ns", "first_time_ns", "last_time_ns"})
 _STRINGS = frozenset({"exchange", "symbol", "coin", "normalized_symbol", "category", "id", "side"})
@@ -241,6 +242,11 @@ def iter_events(path: PathLike, channels: Iterable[Channel], stats: CaptureStats
                 else:  # not a documented shape: the general path, as the dispatcher takes it
                     try:
                         if not routes.handlers_for(point["series"]):
+                            kind = point["series"].get("type")
+                            if type(kind) is not str:
+                                stats.decode_errors += 1
+                            elif kind not in _KNOWN_TYPES:
+                                stats.unknown += 1
                             continue
                     except (TypeError, KeyError, AttributeError):
                         stats.decode_errors += 1

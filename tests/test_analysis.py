@@ -256,6 +256,28 @@ def test_a_damaged_record_is_skipped_and_counted_as_replay_does(tmp_path: Path) 
     assert table.schema.metadata[b"kiyotaka_ws.damaged"] == b"1" == str(inspect_recording(path).torn).encode()
 
 
+def test_bad_frames_and_points_cost_only_themselves_and_are_counted(tmp_path: Path) -> None:
+    path = tmp_path / "cap.kwsrec"
+    recorder = Recorder(path)
+    recorder.open()
+    tap = recorder.tap("nonbook")
+    good = trade_point("X", "BTCUSDT", price=1.0, amount=2.0, id=1, time_ns=T0)
+    bad_price = trade_point("X", "BTCUSDT", price=1.0, amount=2.0, id=2, time_ns=T0)
+    bad_price["trade"]["price"] = "1.0"
+    unknown = {"series": {"type": "ORDER_FLOW", "exchange": "X", "symbol": "BTCUSDT"}, "orderFlow": {}}
+    no_type = {"series": {"type": 7, "exchange": "X", "symbol": "BTCUSDT"}, "trade": {}}
+    tap(json.dumps({"points": [good, bad_price, unknown, no_type, "nonsense", good]}).encode(), False, 1)
+    tap(b"\x00not brotli", True, 1)
+    tap(b'{"id": 1, "result": []}', False, 1)  # an answer: no data, no error (as replay)
+    assert recorder.close(10)
+    stats = analysis.CaptureStats()
+    got = list(analysis.iter_events(path, [Channel.TRADE], stats))
+    assert [e.id for e in got] == ["1", "1"]
+    assert (stats.decode_errors, stats.unknown, stats.frames) == (4, 1, 3)
+    meta = analysis.to_arrow(path, "TRADE").schema.metadata
+    assert meta[b"kiyotaka_ws.decode_errors"] == b"4" and meta[b"kiyotaka_ws.unknown"] == b"1"
+
+
 def test_gaps_table_lists_the_recorders_drops(tmp_path: Path) -> None:
     path = tmp_path / "cap.kwsrec"
     recorder = Recorder(path, max_buffer_frames=3)
