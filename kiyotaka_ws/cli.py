@@ -750,6 +750,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("path", metavar="PATH")
     inspect.add_argument("--json", action="store_true", help="one JSON object")
 
+    from .export import add_parser as add_export_parser
+
+    add_export_parser(commands)
     relay = commands.add_parser("relay", help="publish the live feed to NATS for bots elsewhere",
                                 description="Hold the upstream connections and publish every point to a NATS "
                                             "subject per series (<prefix>.<TYPE>.<EXCHANGE>.<SYMBOL>; statuses "
@@ -906,6 +909,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
                 return run_nats_bench(points=args.points, rate=args.rate, seconds=args.seconds, out=out)
             if args.command == "relay":
                 return cmd_relay(args, out, err)
+            if args.command == "export":
+                from .export import cmd_export
+                return cmd_export(args, out, err)
             return cmd_stream(args, out, err)
     except UsageError as exc:
         err.write(f"{_PROG}: error: {exc}\n")

@@ -28,6 +28,7 @@ EXAMPLES = {  # what each example must print in a short --fake run
     "volume_profile_poc.py": ("POC ", "(bucket 25.0)"),
     "multi_channel_bot.py": ("vs mid", "[lost] nonbook", "[gap] nonbook was down", "[gap] book was down",
                              "2 gap(s) detected"),
+    "capture_to_bars.py": ("recorded 3s of BTCUSDT trades", "exported ", "one-minute bars"),
     "backtest_replay.py": ("recorded 3s of BTCUSDT trades", "backtest: ", "position changes", "pulled: buy volume"),
 }
 
@@ -53,7 +54,7 @@ def test_every_example_runs_against_the_fake_server():
 
 def test_examples_use_only_the_public_api():
     """Examples are meant to be copied: no private modules, no helpers outside the file."""
-    allowed = re.compile(r"^(from kiyotaka_ws(\.testing)? import|import (argparse|random|tempfile|threading|time)$|"
+    allowed = re.compile(r"^(from kiyotaka_ws(\.testing|\.analysis)? import|import (argparse|duckdb|random|tempfile|threading|time)$|"
                          r"from __future__ import|from typing import|from collections.abc import)")
     for path in sorted((ROOT / "examples").glob("*.py")):
         imports = [line for line in path.read_text().splitlines() if line.startswith(("import ", "from "))]
