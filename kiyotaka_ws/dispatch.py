@@ -182,7 +182,7 @@ class EventQueue:
             self._frames -= frames
             self._bytes -= size
             self._taken = (0, 0)
-            self.claims = claims = collections.deque()
+            self.claims = claims = collections.deque[tuple[int, int]]()
             if self.blocked or self._frames < self._drain_below:
                 self._not_full.notify_all()
             while not self._items and not self._dropped and not self._closed:
@@ -324,21 +324,21 @@ class RouteTable:
         self._by_coin: dict[tuple[Any, Any], tuple[_Route, ...]] = {}
         self.conflating = 0  # how many ``Conflated`` handlers the table holds
 
-    def updated(self, spec: ChannelSpec, handlers: tuple[Handler, ...]) -> RouteTable:
+    def updated(self, spec: ChannelSpec, handlers: tuple[Handler | Registration, ...]) -> RouteTable:
         """A copy where ``spec`` routes to ``handlers`` (none: the spec is gone); a plain callable
         is held as a ``Registration`` of its own."""
-        handlers = tuple(h if isinstance(h, Registration) else Registration(h) for h in handlers)
+        registrations = tuple(h if isinstance(h, Registration) else Registration(h) for h in handlers)
         new = RouteTable()
         new._by_symbol, new._by_coin = self._by_symbol, self._by_coin
         table = dict(self._by_coin if spec.grouped else self._by_symbol)
         key = (spec.channel.value, spec.symbol)
         old = table.get(key, ())
         routes = tuple(r for r in old if r.spec != spec)
-        new.conflating = (self.conflating + _conflated(handlers)
+        new.conflating = (self.conflating + _conflated(registrations)
                           - sum(_conflated(r.handlers) for r in old if r.spec == spec))
-        if handlers:
+        if registrations:
             block = spec.param("blockSize")
-            routes += (_Route(spec, spec.exchange, spec.category, float(block) if block else None, handlers),)
+            routes += (_Route(spec, spec.exchange, spec.category, float(block) if block else None, registrations),)
         if routes:
             table[key] = routes
         else:
@@ -614,7 +614,7 @@ class Dispatcher:
         without the conflated ones when a newer well-formed point of its series is in the same
         batch (each skipped call counted in ``conflated``)."""
         key = series_key(point.get("series")) if type(point) is dict else None
-        newest = pending.get(key) if key is not None else None  # type: ignore[arg-type]
+        newest = pending.get(key) if key is not None else None
         if newest is None or newest <= (self._at, index):  # the newest of its series in this batch
             return handlers
         kept = tuple(h for h in handlers if not h.conflate)
@@ -668,6 +668,8 @@ class Dispatcher:
         # test per point: 0 until the first event is sampled, then ``count``.
         sample = 0
         next_point, count = 0, len(points)
+        handlers: tuple[Registration, ...]
+        event: Any
         while next_point < count:
             routes = self.routes
             if fast is None or fast.routes is not routes:  # a new table: a new cache
