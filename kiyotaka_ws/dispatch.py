@@ -7,6 +7,12 @@ dispatcher thread takes bounded batches, decompresses a batch's frames back to b
 to the family's session with their connection tag. The dispatcher thread is the only place in the
 library that calls user code: event handlers in ``_deliver`` (inline, it is the hot path) and
 ``on_error``/``on_status`` in ``_invoke``; every call is wrapped and no library lock is held.
+
+The promises are checked per call, not per point: each event handler is held as a
+``Registration`` whose ``active`` flag ``unsubscribe()`` and ``stop()`` clear before they return,
+read right before each call (one attribute read per call); ``on_error``/``on_status`` calls check
+``finished`` (set before ``stop()`` returns). The race between that read and the call starting,
+when ``unsubscribe()`` runs on another thread, is closed by ``wait_not_calling``.
 """
 
 from __future__ import annotations
@@ -52,7 +58,11 @@ class EventQueue:
     (``received_ns``: ``time.time_ns()`` when it was read, or the recorded time in a replay). A batch
     taken by the dispatcher stays counted until its next ``take``, so ``capacity`` and
     ``max_bytes`` bound everything between the reader and the handlers (one frame larger than
-    ``max_bytes`` is let in when nothing else is queued). Control items (errors, statuses) are
+    ``max_bytes`` is let in when nothing else is queued). Under drop_oldest the frames of the batch
+    in flight not yet claimed by the dispatcher (``claims``) are the oldest undelivered ones and go
+    first, giving back their room at once; the newest frame is always let in, so when the only
+    frames left counted are those the dispatcher has claimed, the bound is exceeded by the one
+    newest frame (their memory is released when the batch ends, as for every batch). Control items (errors, statuses) are
     never dropped by the policy and are capped at ``MAX_CONTROL_ITEMS``. ``blocked`` tells the
     session that the reader waits on a full queue, so back-pressure is not mistaken for a dead
     socket.
