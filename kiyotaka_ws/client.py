@@ -43,6 +43,7 @@ from .dispatch import (
     Dispatcher,
     EventQueue,
     Hooks,
+    Registration,
     RouteTable,
     data_key,
 )
@@ -70,6 +71,7 @@ log = logging.getLogger("kiyotaka_ws")
 
 _PATHS = {BOOK: "/ws", NONBOOK: "/nonbook/ws"}
 _RUN_FOREVER_STOP_TIMEOUT = 1.5  # Ctrl-C in run_forever() returns within 2 s in every state
+UNSUBSCRIBE_WAIT = 5.0  # seconds unsubscribe() from another thread waits for a running call of its handler
 
 F = TypeVar("F", bound=Callable[..., Any])
 E = TypeVar("E")
@@ -97,6 +99,8 @@ class Subscription:
         self.handler = handler
         self.conflate = conflate  # only the newest snapshot of a series when the handler lags
         self.active = True
+        # What the routing table holds: its flag is cleared by unsubscribe() and stop().
+        self._registration = Conflated(handler) if conflate else Registration(handler)
 
     @property
     def channel(self) -> Channel:
@@ -120,7 +124,13 @@ class Subscription:
             self._wire.wait(timeout)
 
     def unsubscribe(self) -> None:
-        """Stop calling the handler; the last handler of a spec sends ``public/unsubscribe``. Idempotent."""
+        """Stop calling the handler; the last handler of a spec sends ``public/unsubscribe``. Idempotent.
+
+        When it returns, the handler is not called again, not even for the other handlers' turn on
+        the point being delivered. Called from another thread while the handler is running, it
+        waits for that call to return (at most ``UNSUBSCRIBE_WAIT`` seconds, then it logs a warning
+        and returns with that call still running). Called from a handler, it never waits.
+        """
         self._client._unregister(self)
 
     def __repr__(self) -> str:
@@ -655,6 +665,9 @@ class KiyotakaClient:
             self._stopping = True
             families = list(self._families.values())
             wires = [subs[0]._wire for subs in self._registry.values() if subs]
+            for subs in self._registry.values():  # no handler call starts from now on (checked per call)
+                for sub in subs:
+                    sub._registration.active = False
             streams = list(self._streams)
             hooks, self._stop_hooks = self._stop_hooks, []
         if not first:
@@ -821,23 +834,27 @@ class KiyotakaClient:
 
     def _unregister(self, sub: Subscription) -> None:
         with self._lock:
-            if not sub.active:
-                return
-            sub.active = False
-            spec = sub._spec
-            subs = self._registry.get(spec, [])
-            subs[:] = [s for s in subs if s is not sub]
-            if not subs:
-                del self._registry[spec]
-                self._data_keys.pop(data_key(spec), None)
-                family = self._families.get(spec.family)
-                if family is not None:
-                    family.session.remove(spec)
-            self._set_routes(spec, subs)
+            sub._registration.active = False  # first: the dispatcher reads it before each call
+            family = self._families.get(sub._spec.family)
+            if sub.active:
+                sub.active = False
+                spec = sub._spec
+                subs = self._registry.get(spec, [])
+                subs[:] = [s for s in subs if s is not sub]
+                if not subs:
+                    del self._registry[spec]
+                    self._data_keys.pop(data_key(spec), None)
+                    if family is not None:
+                        family.session.remove(spec)
+                self._set_routes(spec, subs)
+        # Outside the lock: the running handler may be waiting for it (subscribe, stats...).
+        if family is not None and not family.dispatcher.wait_not_calling(sub._registration, UNSUBSCRIBE_WAIT):
+            log.warning("unsubscribe(): %s still running after %.0fs; returning while it runs",
+                        getattr(sub.handler, "__qualname__", "the handler"), UNSUBSCRIBE_WAIT)
 
     def _set_routes(self, spec: ChannelSpec, subs: list[Subscription]) -> None:
         routes = self._routes[spec.family] = self._routes[spec.family].updated(
-            spec, tuple(Conflated(s.handler) if s.conflate else s.handler for s in subs))
+            spec, tuple(s._registration for s in subs))
         family = self._families.get(spec.family)
         if family is not None:
             family.dispatcher.routes = routes
