@@ -231,6 +231,7 @@ class _Link:
         self.unblocked_at = 0.0   # the reader last waited on a full queue until then
         self.heard = False        # set by the session: an answer, a data frame or a pong came
         self.proof_asked = False  # set by the session: a ping went out so that READY can be proven
+        self.pong_told = False    # set by the reader: its first pong was posted as _Heard
         self.reader: threading.Thread | None = None
         self.reader_done = False            # set by the session on the reader's _Ended
         self.end_reason: str | None = None  # set by the session when it kills the link
@@ -452,8 +453,7 @@ class Session:
         ws = wire.WebSocket(sock, max_message_bytes=options.max_frame_bytes, send_timeout=options.send_timeout,
                             leftover=leftover, clock=self._clock)
         link = _Link(next(self._link_numbers), ws, self._clock())
-        heard = _Heard(link.number)
-        ws.on_pong = lambda: self._post(heard)
+        ws.on_pong = lambda: self._heard_pong(link)
         self._link = link
         if self._stopping.is_set():
             self._close_link(polite=True)
@@ -790,6 +790,12 @@ class Session:
         except BaseException as exc:  # noqa: BLE001 - every end of a reader is reported to the session
             error = exc
         self._post(_Ended(number, error))  # its last act: after this it never touches the socket
+
+    def _heard_pong(self, link: _Link) -> None:
+        """On the reader: the link's first pong tells the session once (a pong flood posts nothing more)."""
+        if not link.pong_told:
+            link.pong_told = True
+            self._post(_Heard(link.number))
 
     def _look_into(self, payload: bytes, number: int) -> tuple[bytes | None, bool]:
         """A small binary frame while answers are awaited: decompress it here; (what to queue, binary).
