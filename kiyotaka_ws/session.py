@@ -652,17 +652,21 @@ class Session:
         """Act on every timer that is due; return when the next one is (None: nothing to time)."""
         options = self.options
         deadlines: list[float] = []
+        blocked = self._queue.blocked
         if self._auth_deadline is not None:
-            if now >= self._auth_deadline:
+            due = answer_due(self._auth_deadline, options.auth_timeout, link.unblocked_at, blocked, now)
+            if due is None:
                 log.info("%s: no answer to authentication within %.1fs; going on", self.family, options.auth_timeout)
                 self._go_live(link)
             else:
-                deadlines.append(self._auth_deadline)
+                deadlines.append(due)
         # Subscribe answers not come within subscribe_timeout are assumed; a late one still counts.
         while self._awaiting:
             req_id, sub = next(iter(self._awaiting.items()))
-            due = self._pending[req_id].sent + options.subscribe_timeout if req_id in self._pending else now
-            if now < due:
+            sent = self._pending[req_id].sent if req_id in self._pending else now - options.subscribe_timeout
+            due = answer_due(sent + options.subscribe_timeout, options.subscribe_timeout,
+                             link.unblocked_at, blocked, now)
+            if due is not None:
                 deadlines.append(due)
                 break
             del self._awaiting[req_id]
@@ -686,7 +690,6 @@ class Session:
             else:
                 deadlines.append(self._expect_until)
         ws = link.ws
-        blocked = self._queue.blocked
         heard = max(ws.last_rx, link.unblocked_at)  # waiting on a full queue is back-pressure, not silence
         self.last_rx = ws.last_rx
         if options.ping_interval:
@@ -833,6 +836,19 @@ class Session:
             self._queue.put_control(ServerError(f"server error {code}: {reason}", code=code, data=data))
         self.answer(number, message)
         return None
+
+
+def answer_due(deadline: float, timeout: float, unblocked_at: float, blocked: bool, now: float) -> float | None:
+    """When the silence of a request awaiting an answer may be concluded (None: now).
+
+    Never while the reader waits on a full queue (behind a slow handler), and not before
+    ``timeout`` after it last did: the answer may still be in the socket, unread. So a blocked
+    handler never makes the session assume a subscription the server rejected.
+    """
+    if blocked:
+        return now + 0.5  # look again soon: the reader may unblock at any time
+    due = max(deadline, unblocked_at + timeout)
+    return None if now >= due else due
 
 
 def _rejects_key(code: int | None) -> bool:

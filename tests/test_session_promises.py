@@ -199,3 +199,16 @@ def test_8_the_fatal_error_wins_over_stopped():
             client.run_forever()
         assert isinstance(_outcome(sub.wait), ConnectionFailedError)
         assert _outcome(sub.wait, 1.0) is failed.value
+
+
+def test_5_no_silence_is_concluded_while_the_reader_waits_behind_a_handler():
+    """The pure rule behind the auth and subscribe timeouts: while the reader waits on a full
+    queue (a blocked handler), and for a whole timeout after it last did, an unanswered request
+    is not concluded silent (the answer may be in the socket, unread)."""
+    from kiyotaka_ws.session import answer_due
+
+    assert answer_due(10.0, 10.0, 0.0, False, now=9.0) == 10.0
+    assert answer_due(10.0, 10.0, 0.0, False, now=10.0) is None       # due: assumed
+    assert answer_due(10.0, 10.0, 0.0, True, now=30.0) == 30.5        # blocked: never, look again soon
+    assert answer_due(10.0, 10.0, 25.0, False, now=30.0) == 35.0      # unblocked at 25: a full timeout more
+    assert answer_due(10.0, 10.0, 25.0, False, now=35.0) is None
