@@ -115,13 +115,18 @@ class Subscription:
     def wait(self, timeout: float | None = None) -> None:
         """Block until the server acknowledged the subscription on the current connection.
 
-        Raises ``SubscriptionError`` if the server rejected it, ``TimeoutError`` on timeout,
-        ``ClientStoppedError`` once the client is stopped and the family's fatal error once it
-        FAILED. A server that never answers subscriptions counts as accepting them after
-        ``subscribe_timeout`` (as for ``wait_ready``). Returns at once after ``unsubscribe()``.
+        Returns or raises in every end state: returns once answered (or assumed: a server that
+        never answers subscriptions counts as accepting them after ``subscribe_timeout``, as for
+        ``wait_ready``) and once this subscription is unsubscribed (at once, even while waiting,
+        from any thread); raises ``SubscriptionError`` if the server rejected it, the family's
+        fatal error once it FAILED (that error wins over "stopped", even after ``stop()``),
+        ``ClientStoppedError`` once the client is stopped, and ``TimeoutError`` on timeout.
+        The answer never waits behind a handler: ``wait()`` inside a handler works.
         """
-        if self.active:
-            self._wire.wait(timeout)
+        self._wire.wait(timeout, self._gone)
+
+    def _gone(self) -> bool:
+        return not self.active
 
     def unsubscribe(self) -> None:
         """Stop calling the handler; the last handler of a spec sends ``public/unsubscribe``. Idempotent.
@@ -254,7 +259,7 @@ class KiyotakaClient:
         reconnect: bool = True,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
-        ping_interval: float | None = 20.0,
+        ping_interval: float | None = 10.0,
         ping_timeout: float | None = 10.0,
         stale_timeout: float | None = None,
         auth_timeout: float = 5.0,
@@ -664,7 +669,7 @@ class KiyotakaClient:
             first = not self._stopping
             self._stopping = True
             families = list(self._families.values())
-            wires = [subs[0]._wire for subs in self._registry.values() if subs]
+            wires = [(subs[0]._wire, spec.family) for spec, subs in self._registry.items() if subs]
             for subs in self._registry.values():  # no handler call starts from now on (checked per call)
                 for sub in subs:
                     sub._registration.active = False
@@ -699,8 +704,9 @@ class KiyotakaClient:
             except Exception:  # a helper must not keep stop() from finishing
                 log.exception("stop(): a stop hook failed")
         stopped = ClientStoppedError("the client was stopped")
-        for wire in wires:
-            wire.end(stopped)
+        fatal = {family.dispatcher.family: family.session.fatal for family in families}
+        for wire, family_name in wires:  # a family's fatal error wins over "stopped"
+            wire.end(fatal.get(family_name) or stopped)
         self._final_stats = self.stats()
         self._stopped.set()
         if not joined and not threading.current_thread().name.startswith("kiyotaka-ws-"):
@@ -838,6 +844,7 @@ class KiyotakaClient:
             family = self._families.get(sub._spec.family)
             if sub.active:
                 sub.active = False
+                sub._wire.wake()  # a wait() on it returns now (the wire's lock is a leaf: never held around ours)
                 spec = sub._spec
                 subs = self._registry.get(spec, [])
                 subs[:] = [s for s in subs if s is not sub]
