@@ -454,7 +454,7 @@ def test_readme_documents_the_commands_and_exit_codes():
         assert command in commands
     for code in (cli.EXIT_OK, cli.EXIT_REJECTED, cli.EXIT_USAGE, cli.EXIT_NO_CONNECTION, cli.EXIT_INTERRUPTED):
         assert f"\n| {code} | " in commands and f"\n  {code} " in cli.EXIT_CODES
-    assert "| `bench.py` |" in readme and "## Logging" in readme and "## Troubleshooting" in readme
+    assert "## Design" in readme and "## Logging" in readme and "## Troubleshooting" in readme
 
 
 def test_bench_recording_smoke(capsys):
