@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -45,13 +46,14 @@ EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_NO_CONNECTION, EXIT_INTERRUPTED = 0, 1,
 EXIT_FAILURE = EXIT_REJECTED  # the older name
 
 EXIT_CODES = f"""exit codes:
-  {EXIT_OK}    ran to --seconds, or ended cleanly (e.g. the output pipe was closed)
+  {EXIT_OK}    ran to --seconds, ended cleanly (e.g. the output pipe was closed), or was stopped by
+       SIGTERM (systemd, docker stop): a clean stop, the recording flushed, the summary printed
   {EXIT_REJECTED}    the API key was rejected
   {EXIT_USAGE}    usage error: a bad channel, --param, --category, --region or --url (all checked
        before the key), no key, or the server rejected the subscription (e.g. an unknown symbol)
   {EXIT_NO_CONNECTION}    could not connect: never READY within --seconds, or the client gave up
        (a wrong URL answered 400/404/410, or --retries attempts failed)
-  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C); record and relay print their summary first
 Every error is one line on stderr."""
 
 # The service's documented market classes (protocol notes 3.2 / 3.5); "*" means all.
@@ -59,6 +61,30 @@ CATEGORIES = ("*", "SPOT", "PERPETUAL")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _OPTION_NAMES = {wire: option for option, wire in WIRE_NAMES.items()}
 _PROG = "kiyotaka-ws"
+
+
+# Set by SIGTERM while a command runs: the streaming commands stop cleanly, as on --seconds.
+_terminated = threading.Event()
+
+
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """For the command's duration, SIGTERM asks for a clean stop (exit 0) instead of killing it.
+
+    Service managers (systemd, ``docker stop``) send SIGTERM and expect a prompt exit 0; the
+    handler only sets an event that ``run_for`` and the relay's loop look at every 0.2 s, so the
+    stop itself (recorder flush, relay buffer) runs on the main thread, as on Ctrl-C. Outside the
+    main thread (``main`` called from a thread) no handler can be installed and nothing changes.
+    """
+    _terminated.clear()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: _terminated.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class UsageError(Exception):
@@ -186,7 +212,8 @@ def run_for(client: KiyotakaClient, seconds: float | None) -> bool:
 
     ``run_forever()`` runs on a helper thread while this (main) thread waits in short slices, so
     Ctrl-C is noticed at once whatever the client's threads are doing: it stops the client and
-    raises ``KeyboardInterrupt``. A fatal error of the client (``run_forever()`` raised) is raised here.
+    raises ``KeyboardInterrupt``. SIGTERM (see ``_sigterm_stops``) stops the client and returns
+    False, like a clean end. A fatal error of the client (``run_forever()`` raised) is raised here.
     """
     failure: list[BaseException] = []
 
@@ -205,6 +232,9 @@ def run_for(client: KiyotakaClient, seconds: float | None) -> bool:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 timed_out = True
+                client.stop()
+                break
+            if _terminated.is_set():
                 client.stop()
                 break
             runner.join(0.2 if remaining is None else min(remaining, 0.2))
@@ -471,16 +501,20 @@ def cmd_record(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     report.line(f"{_PROG}: recording {len(subs)} subscription(s) to {path} (connecting to {url} ...)")
     fatal: KiyotakaError | None = None
+    interrupted = False
     try:
         timed_out = run_for(client, args.seconds)
     except KiyotakaError as exc:
         fatal, timed_out = exc, False
+    except KeyboardInterrupt:  # Ctrl-C is record's normal end: the client is stopped, the file flushed
+        interrupted, timed_out = True, False
     fatal = fatal or report.fatal
     recorder = client._recorder
     stats = recorder.stats if recorder is not None else None
     summary = (f"{_PROG}: recorded {stats.frames} frames ({stats.bytes:,} bytes, {events[0]} events, "
                f"{stats.dropped} dropped) to {path}") if stats is not None else None
-    return _finish(report, fatal, url, args.seconds if timed_out else None, "a subscription", summary)
+    code = _finish(report, fatal, url, args.seconds if timed_out else None, "a subscription", summary)
+    return EXIT_INTERRUPTED if interrupted and code == EXIT_OK else code
 
 
 def cmd_relay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -515,9 +549,10 @@ def cmd_relay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     deadline = None if args.seconds is None else time.monotonic() + args.seconds
     next_stats = None if args.stats is None else time.monotonic() + args.stats
     relay.start()
+    interrupted = False
     try:
         while deadline is None or time.monotonic() < deadline:
-            if relay.client._done.is_set() or report.fatal is not None:
+            if relay.client._done.is_set() or report.fatal is not None or _terminated.is_set():
                 break
             time.sleep(0.1)
             if next_stats is not None and time.monotonic() >= next_stats:
@@ -525,12 +560,15 @@ def cmd_relay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 st = relay.stats()
                 report.line(f"{_PROG}: NATS {st.state.value}: {st.published} published, {st.buffered} buffered, "
                             f"{st.dropped} dropped, {st.reconnects} reconnects")
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         relay.stop()
     st = relay.stats()
     summary = (f"{_PROG}: relayed {st.published} messages ({st.dropped} dropped while NATS was unreachable, "
-               f"{st.reconnects} NATS reconnects)")
-    return _finish(report, report.fatal or relay.client._fatal, url, None, "a subscription", summary)
+               f"{st.buffered} left unpublished at the stop, {st.reconnects} NATS reconnects)")
+    code = _finish(report, report.fatal or relay.client._fatal, url, None, "a subscription", summary)
+    return EXIT_INTERRUPTED if interrupted and code == EXIT_OK else code
 
 
 def _finish(report: _StreamReport, fatal: KiyotakaError | None, url: str, timed_out_after: float | None,
@@ -843,7 +881,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     try:
-        with _library_logging(err, verbose=getattr(args, "verbose", False)):
+        with _library_logging(err, verbose=getattr(args, "verbose", False)), _sigterm_stops():
             if args.command == "demo":
                 from .demo import run_demo
                 return run_demo(args.seconds, out, plain=args.plain)

@@ -1,0 +1,103 @@
+"""What an operator meets: SIGTERM from a service manager, Ctrl-C on ``record``, a missing extra.
+
+Each test runs the real command in a real process (``python -m kiyotaka_ws``) against a
+``FakeKiyotakaServer`` on loopback and sends it real signals.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kiyotaka_ws.recording import inspect_recording
+from kiyotaka_ws.testing import FakeKiyotakaServer, trade_point
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    # PYTHONPATH: this checkout, even when another copy of the package is installed.
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "kiyotaka_ws", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=full_env)
+
+
+def _wait_ready(proc: subprocess.Popen[str]) -> None:
+    """Read stderr until the command's -v line says the family is READY."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if "READY" in line:
+            return
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError("the command never became READY")
+
+
+def _stop_with(proc: subprocess.Popen[str], signum: int) -> tuple[str, str, float]:
+    started = time.monotonic()
+    proc.send_signal(signum)
+    try:
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return out, err, time.monotonic() - started
+
+
+def _record_then_signal(tmp_path: pathlib.Path, signum: int) -> tuple[subprocess.Popen[str], str, float, int]:
+    path = tmp_path / "capture.kwsrec"
+    with FakeKiyotakaServer(api_key="k") as server:
+        proc = _spawn(["record", "TRADE", "--exchange", "X", "--symbol", "Y", "--nonbook-url", server.nonbook_url,
+                       "--api-key", "k", "--out", str(path), "-v"])
+        try:
+            _wait_ready(proc)
+            assert server.wait_subscribed(1, timeout=20)
+            frames = 200
+            for n in range(frames):
+                server.publish([trade_point("X", "Y", price=100.0 + n, amount=1.0)])
+            time.sleep(0.3)  # let the frames reach the client's socket; the stop must flush them all
+            _, err, took = _stop_with(proc, signum)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return proc, err, took, frames
+
+
+def test_sigterm_stops_record_cleanly_with_summary_and_whole_recording(tmp_path: pathlib.Path):
+    proc, err, took, frames = _record_then_signal(tmp_path, signal.SIGTERM)
+    assert proc.returncode == 0, err
+    assert took < 5, took
+    assert "Traceback" not in err
+    assert f"{frames} events" in err and "kiyotaka-ws: recorded " in err, err
+    info = inspect_recording(str(tmp_path / "capture.kwsrec"))
+    assert info.points == frames and info.torn == 0 and info.dropped == 0
+
+
+def test_ctrl_c_on_record_prints_the_summary_and_exits_130(tmp_path: pathlib.Path):
+    proc, err, _, frames = _record_then_signal(tmp_path, signal.SIGINT)
+    assert proc.returncode == 130, err
+    assert f"{frames} events" in err and "Traceback" not in err, err
+    assert inspect_recording(str(tmp_path / "capture.kwsrec")).points == frames
+
+
+def test_sigterm_stops_stream_with_exit_0():
+    with FakeKiyotakaServer(api_key="k") as server:
+        proc = _spawn(["stream", "TRADE", "--exchange", "X", "--symbol", "Y", "--url", server.nonbook_url,
+                       "--api-key", "k", "-v"])
+        _wait_ready(proc)
+        server.publish([trade_point("X", "Y", price=101.5, amount=2.0)])
+        time.sleep(0.3)
+        out, err, took = _stop_with(proc, signal.SIGTERM)
+    assert proc.returncode == 0, err
+    assert took < 5 and "Traceback" not in err
+    assert "101.50" in out
