@@ -50,7 +50,8 @@ EXIT_CODES = f"""exit codes:
        SIGTERM (systemd, docker stop): a clean stop, the recording flushed, the summary printed
   {EXIT_REJECTED}    the API key was rejected
   {EXIT_USAGE}    usage error: a bad channel, --param, --category, --region or --url (all checked
-       before the key), no key, or the server rejected the subscription (e.g. an unknown symbol)
+       before the key), no key, a missing extra (one line names it), or the server rejected the
+       subscription (e.g. an unknown symbol)
   {EXIT_NO_CONNECTION}    could not connect: never READY within --seconds, or the client gave up
        (a wrong URL answered 400/404/410, or --retries attempts failed)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C); record and relay print their summary first
@@ -61,6 +62,8 @@ CATEGORIES = ("*", "SPOT", "PERPETUAL")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _OPTION_NAMES = {wire: option for option, wire in WIRE_NAMES.items()}
 _PROG = "kiyotaka-ws"
+# The optional modules a command may import, and the extra that brings each (setup.cfg).
+_EXTRA_OF_MODULE = {"websockets": "testing", "nats": "nats", "prometheus_client": "metrics", "rich": "testing"}
 
 
 # Set by SIGTERM while a command runs: the streaming commands stop cleanly, as on --seconds.
@@ -869,6 +872,17 @@ def _library_logging(err: TextIO, verbose: bool) -> Iterator[None]:
         logger.handlers, logger.level, logger.propagate = saved[0], saved[1], saved[2]
 
 
+def _missing_extra(error: BaseException | None) -> tuple[str, str | None]:
+    """The optional module missing behind an ImportError (or its cause), and its extra (None: not one)."""
+    while error is not None:
+        if isinstance(error, ModuleNotFoundError):
+            module = (error.name or "").split(".")[0]
+            if module in _EXTRA_OF_MODULE:
+                return module, _EXTRA_OF_MODULE[module]
+        error = error.__cause__
+    return "", None
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run the ``kiyotaka-ws`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     out = out or sys.stdout
@@ -910,6 +924,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         return EXIT_USAGE
     except ConfigurationError as exc:
         err.write(f"{_PROG}: error: {_one_line(exc)}\n")
+        return EXIT_USAGE
+    except ImportError as exc:  # a plain install running a command that needs an extra
+        module, extra = _missing_extra(exc)
+        if extra is None:
+            raise
+        err.write(f"{_PROG}: error: {args.command} needs the {extra!r} extra ({module} is not installed): "
+                  f"pip install 'kiyotaka-ws[{extra}]'\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

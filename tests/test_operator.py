@@ -101,3 +101,33 @@ def test_sigterm_stops_stream_with_exit_0():
     assert proc.returncode == 0, err
     assert took < 5 and "Traceback" not in err
     assert "101.50" in out
+
+
+# Makes the named top-level modules unimportable, as on a plain ``pip install kiyotaka-ws``.
+_HIDE = """
+import sys
+class _Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {hidden!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+sys.meta_path.insert(0, _Hide())
+sys.argv = ["kiyotaka-ws", *{argv!r}]
+from kiyotaka_ws.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize(("argv", "hidden", "extra"), [
+    (["demo", "--seconds", "1", "--plain"], {"websockets"}, "testing"),
+    (["relay", "--nats", "nats://127.0.0.1:1", "--sub", "TRADE:X:Y", "--api-key", "k"], {"nats"}, "nats"),
+    (["nats-bench", "--points", "10"], {"nats"}, "nats"),
+])
+def test_a_command_without_its_extra_says_which_in_one_line(argv: list[str], hidden: set[str], extra: str):
+    result = subprocess.run([sys.executable, "-c", _HIDE.format(hidden=sorted(hidden), argv=argv)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60, check=False,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"kiyotaka-ws[{extra}]" in lines[0]
