@@ -117,7 +117,8 @@ class Subscription:
         Raises ``SubscriptionError`` if the server rejected it, ``TimeoutError`` on timeout,
         ``ClientStoppedError`` once the client is stopped and the family's fatal error once it
         FAILED. A server that never answers subscriptions counts as accepting them after
-        ``subscribe_timeout`` (as for ``wait_ready``). Returns at once after ``unsubscribe()``.
+        ``subscribe_timeout`` (as for ``wait_ready``, which returns False on timeout instead of
+        raising). Returns at once after ``unsubscribe()``.
         """
         if self.active:
             self._wire.wait(timeout)
@@ -627,8 +628,13 @@ class KiyotakaClient:
         self._sources.all_started()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        """True once every open connection is READY (False on timeout, after a fatal error, or when
-        the client was never started)."""
+        """True once every open connection is READY; False when ``timeout`` seconds pass first.
+
+        It never raises for a timeout (unlike ``Subscription.wait()``, which raises
+        ``TimeoutError``): check the result. Also False after a fatal error, after ``stop()`` and on
+        a client never started. A family without subscriptions opens no connection and is not
+        waited for (its state is ``State.UNUSED``).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             if not self._started:
@@ -722,11 +728,16 @@ class KiyotakaClient:
         self.stop()
 
     def stats(self) -> dict[str, ConnectionStats]:
-        """Counters per family, keyed ``"book"`` / ``"nonbook"``; final figures after ``stop()``."""
+        """Counters per family, keyed ``"book"`` / ``"nonbook"``; final figures after ``stop()``.
+
+        A family that has had no subscription since ``start()`` opened no connection: its state is
+        ``State.UNUSED`` (``STOPPED`` before ``start()``), never a down state an alert would read.
+        """
         if self._final_stats is not None:
             return dict(self._final_stats)
         families = dict(self._families)
-        return {name: families[name].stats() if name in families else ConnectionStats() for name in FAMILIES}
+        idle = ConnectionStats(state=State.UNUSED if self._started else State.STOPPED)
+        return {name: families[name].stats() if name in families else idle for name in FAMILIES}
 
     def __repr__(self) -> str:
         states = ", ".join(f"{name}={stats.state.value}" for name, stats in self.stats().items())

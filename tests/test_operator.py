@@ -131,3 +131,35 @@ def test_a_command_without_its_extra_says_which_in_one_line(argv: list[str], hid
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert f"kiyotaka-ws[{extra}]" in lines[0]
+
+
+def test_a_family_never_used_is_unused_not_down_in_stats_and_metrics(server: FakeKiyotakaServer, make_client):
+    pytest.importorskip("prometheus_client")
+    import urllib.request
+
+    from kiyotaka_ws import State
+    from kiyotaka_ws.metrics import serve
+
+    client = make_client()
+    assert client.stats()["book"].state is State.STOPPED  # not running yet
+    client.on_trade(lambda trade: None, exchange="X", symbol="Y")
+    client.start()
+    assert client.wait_ready(10) is True
+    assert client.stats()["book"].state is State.UNUSED and client.stats()["nonbook"].state is State.READY
+    with serve(client, 0) as metrics:
+        text = urllib.request.urlopen(metrics.url, timeout=10).read().decode()
+    assert 'kiyotaka_ws_state{family="book",state="UNUSED"} 1.0' in text
+    assert 'kiyotaka_ws_state{family="book",state="STOPPED"} 0.0' in text
+    client.stop()
+    assert client.stats()["book"].state is State.UNUSED  # the final figures say the same
+
+
+def test_wait_ready_returns_false_on_timeout_while_subscription_wait_raises(server: FakeKiyotakaServer,
+                                                                          make_client):
+    server.set_silent()  # accepts the connection, never answers: never READY before subscribe_timeout
+    client = make_client(subscribe_timeout=30.0, auth_timeout=30.0)
+    sub = client.on_trade(lambda trade: None, exchange="X", symbol="Y")
+    with client:
+        assert client.wait_ready(0.3) is False
+        with pytest.raises(TimeoutError):
+            sub.wait(0.3)
