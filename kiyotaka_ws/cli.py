@@ -57,6 +57,29 @@ EXIT_CODES = f"""exit codes:
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C); record and relay print their summary first
 Every error is one line on stderr."""
 
+RELAY_EXIT_CODES = f"""exit codes:
+  {EXIT_OK}    ran to --seconds, or was stopped by SIGTERM (a clean stop: the buffer published while
+       NATS is reachable, the summary printed)
+  {EXIT_REJECTED}    the API key was rejected
+  {EXIT_USAGE}    usage error: a bad --sub (channel, parameters), no key, the nats extra missing, or
+       the server rejected a subscription
+  {EXIT_NO_CONNECTION}    the upstream connection gave up (a wrong URL answered 400/404/410, or --retries
+       attempts failed)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C), after the summary
+Every error is one line on stderr."""
+
+REPLAY_EXIT_CODES = f"""exit codes:
+  {EXIT_OK}    the end of the recording was reached, or the output pipe was closed
+  {EXIT_REJECTED}    the replay failed (an error reading the file once it had started)
+  {EXIT_USAGE}    usage error: PATH is not a recording (or cannot be read), a bad --sub
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+Every error is one line on stderr."""
+
+INSPECT_EXIT_CODES = f"""exit codes:
+  {EXIT_OK}    the summary was printed
+  {EXIT_USAGE}    PATH is not a recording (or cannot be read)
+Every error is one line on stderr."""
+
 # The service's documented market classes (protocol notes 3.2 / 3.5); "*" means all.
 CATEGORIES = ("*", "SPOT", "PERPETUAL")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -96,7 +119,7 @@ class UsageError(Exception):
 
 def format_event(event: Event) -> str:
     """One human-readable line for an event."""
-    when = event.datetime.strftime("%H:%M:%S.%f")[:-3] if event.datetime else "--:--:--.---"
+    when = event.datetime.strftime("%H:%M:%S.%f")[:-3] + "Z" if event.datetime else "--:--:--.---Z"  # UTC
     where = f"{event.exchange or '*'}:{event.symbol or event.coin or '?'}"
     if isinstance(event, (Trade, Liquidation)):
         side = event.side.value if event.side else "?"
@@ -302,7 +325,8 @@ class _StreamReport:
                 self._write(text)
 
     def on_status(self, status: ConnectionStatus) -> None:
-        reason = _one_line(status.reason) if status.reason else None
+        # Reasons often start with the family ("nonbook: gave up ..."): the line names it already.
+        reason = _one_line(status.reason).removeprefix(f"{status.family}: ") if status.reason else None
         if reason and status.state in (State.DISCONNECTED, State.FAILED, State.CONNECTING):
             self.last_reason = reason
         if self.verbose:
@@ -714,7 +738,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"market class: {', '.join(CATEGORIES)} (default *: all)")
     stream.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="channel parameter, e.g. block_size=25 or batchInterval=1s (repeatable)")
-    stream.add_argument("--region", default="singapore", choices=sorted(REGIONS))
+    stream.add_argument("--region", default="singapore", choices=sorted(REGIONS),
+                        help=f"service region: {', '.join(sorted(REGIONS))} (default singapore)")
     stream.add_argument("--url", help="endpoint URL override (e.g. a FakeKiyotakaServer)")
     stream.add_argument("--api-key", help="API key (default: $KIYOTAKA_API_KEY)")
     stream.add_argument("--json", action="store_true", help="one JSON object per event, for piping")
@@ -753,7 +778,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = commands.add_parser("replay", help="print the events of a recording",
                                  description="Replay a recording through the client's decoding: every "
-                                             "event in it (or those of --sub), as `stream` prints them.")
+                                             "event in it (or those of --sub), as `stream` prints them.",
+                                 epilog=REPLAY_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     replay.add_argument("path", metavar="PATH")
     replay.add_argument("--speed", type=_positive_float, metavar="X",
                         help="pace: 1 = as recorded, 10 = ten times faster (default: as fast as possible)")
@@ -762,7 +788,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", action="store_true", help="one JSON object per event")
 
     inspect = commands.add_parser("inspect", help="what a recording holds",
-                                  description="Time range, families, channels, symbols and counts of a recording.")
+                                  description="Time range, families, channels, symbols and counts of a recording.",
+                                  epilog=INSPECT_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     inspect.add_argument("path", metavar="PATH")
     inspect.add_argument("--json", action="store_true", help="one JSON object")
 
@@ -771,7 +798,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "subject per series (<prefix>.<TYPE>.<EXCHANGE>.<SYMBOL>; statuses "
                                             "on <prefix>._status.<family>). Consume with "
                                             "KiyotakaClient.from_nats(URL). Needs the nats extra.",
-                                epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=RELAY_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     relay.add_argument("--nats", action="append", required=True, metavar="URL",
                        help="NATS server, e.g. nats://127.0.0.1:4222 (repeatable: a cluster)")
     relay.add_argument("--sub", action="append", default=[], metavar="CHANNEL:EXCHANGE:SYMBOL[:NAME=VALUE...]",
@@ -817,7 +844,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_upstream_arguments(parser: argparse.ArgumentParser, attempts: str) -> None:
     """The live-feed options ``record`` and ``relay`` share."""
-    parser.add_argument("--region", default="singapore", choices=sorted(REGIONS))
+    parser.add_argument("--region", default="singapore", choices=sorted(REGIONS),
+                        help=f"service region: {', '.join(sorted(REGIONS))} (default singapore)")
     parser.add_argument("--book-url", help="book endpoint URL override")
     parser.add_argument("--nonbook-url", help="nonbook endpoint URL override")
     parser.add_argument("--api-key", help="API key (default: $KIYOTAKA_API_KEY)")
@@ -914,7 +942,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             if args.command == "inspect":
                 return cmd_inspect(args, out, err)
             if args.command == "nats-bench":
+                from .nats import check_available
                 from .nats_bench import run_nats_bench
+                check_available()  # before any process is started
                 return run_nats_bench(points=args.points, rate=args.rate, seconds=args.seconds, out=out)
             if args.command == "relay":
                 return cmd_relay(args, out, err)

@@ -68,7 +68,7 @@ from .streams import EventStream
 if TYPE_CHECKING:
     from .replay import Player
 
-log = logging.getLogger("kiyotaka_ws")
+log = logging.getLogger(__name__)  # a child of "kiyotaka_ws": configuring that one still applies
 
 REGIONS = {"singapore": "wss://ap-sin3.ws.api.kiyotaka.ai", "europe": "wss://eu-de3.ws.api.kiyotaka.ai"}
 _PATHS = {BOOK: "/ws", NONBOOK: "/nonbook/ws"}
@@ -471,7 +471,7 @@ class KiyotakaClient:
         """Call ``handler(error: KiyotakaError)`` for every error reported while streaming.
 
         Errors delivered to a handler are logged at DEBUG only. Without any error handler, errors
-        are logged to ``logging.getLogger("kiyotaka_ws")`` (identical ones rate-limited).
+        are logged to the ``kiyotaka_ws`` logger tree (``kiyotaka_ws.client``) (identical ones rate-limited).
         Returns the handler unchanged, so it works as a decorator.
         """
         _check_handler(handler)

@@ -27,7 +27,7 @@ from .latency import SLOT_NS, Window
 from .protocol import FrameDecoder, Kind, classify, error_details
 from .threads import join_by
 
-log = logging.getLogger("kiyotaka_ws")
+log = logging.getLogger(__name__)  # a child of "kiyotaka_ws": configuring that one still applies
 
 BLOCK, DROP_OLDEST, DROP_NEWEST = "block", "drop_oldest", "drop_newest"
 OVERFLOW_POLICIES = (BLOCK, DROP_OLDEST, DROP_NEWEST)

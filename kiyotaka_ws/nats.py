@@ -70,7 +70,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     def _dumps(value: Any) -> bytes:
         return _encode(value).encode()
 
-log = logging.getLogger("kiyotaka_ws.nats")
+log = logging.getLogger(__name__)
 
 THREAD_NAME = "kiyotaka-ws-nats"
 INSTALL_HINT = 'NATS support needs nats-py: pip install "kiyotaka-ws[nats]"'

@@ -34,7 +34,7 @@ from .source import ExternalSource
 from .status import State
 from .threads import join_by
 
-log = logging.getLogger("kiyotaka_ws.replay")
+log = logging.getLogger(__name__)
 
 
 class ReplaySource(ExternalSource):

@@ -46,7 +46,7 @@ from .errors import (
 from .status import ConnectionStatus, State
 from .threads import join_by
 
-log = logging.getLogger("kiyotaka_ws.session")
+log = logging.getLogger(__name__)
 
 MAX_PENDING = 10_000        # requests awaiting an answer; the oldest are forgotten past this
 MAX_INBOX_ANSWERS = 10_000  # answers waiting for the session; a flood beyond this is dropped
@@ -658,7 +658,8 @@ class Session:
     def _give_up(self, error: KiyotakaError) -> None:
         self.fatal = error
         self._stopping.set()
-        log.info("%s: giving up: %s", self.family, error)
+        reason = str(error)  # often "<family>: ..." already: say the family once
+        log.info("%s: giving up: %s", self.family, reason.removeprefix(f"{self.family}: "))
         self._queue.put_control(error)
         self._set_state(State.FAILED, reason=str(error))
         for sub in self._subs.values():

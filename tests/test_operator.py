@@ -163,3 +163,66 @@ def test_wait_ready_returns_false_on_timeout_while_subscription_wait_raises(serv
         assert client.wait_ready(0.3) is False
         with pytest.raises(TimeoutError):
             sub.wait(0.3)
+
+
+def _help(capsys: pytest.CaptureFixture[str], command: str) -> str:
+    from kiyotaka_ws.cli import main
+
+    assert main([command, "--help"]) == 0
+    return capsys.readouterr().out
+
+
+def test_help_texts_speak_of_each_command_s_own_options_and_exit_codes(capsys: pytest.CaptureFixture[str]):
+    relay = _help(capsys, "relay")
+    assert "exit codes:" in relay and "SIGTERM" in relay
+    for foreign in ("--param", "--category", "--url"):  # options relay does not have
+        assert foreign not in relay.split("exit codes:")[1]
+    for command in ("stream", "record", "relay"):
+        text = " ".join(_help(capsys, command).split())
+        assert "--region {europe,singapore} service region" in text, command
+        assert "SIGTERM" in text
+    for command in ("replay", "inspect"):
+        text = _help(capsys, command)
+        assert "exit codes:" in text and "\n  2 " in text, command
+
+
+def test_loggers_are_named_by_module_under_the_kiyotaka_ws_parent():
+    import re
+
+    for path in (ROOT / "kiyotaka_ws").glob("*.py"):
+        for name in re.findall(r"logging\.getLogger\(([^)]*)\)", path.read_text()):
+            assert name in ("__name__", '"kiyotaka_ws"') and (name == "__name__" or path.name == "cli.py"), (
+                path.name, name)
+
+
+def test_event_times_print_in_utc_with_z(capsys: pytest.CaptureFixture[str]):
+    from kiyotaka_ws.cli import main
+
+    with FakeKiyotakaServer(api_key="k") as server:
+        def publish() -> None:
+            assert server.wait_subscribed(1, timeout=10)
+            server.publish([trade_point("X", "Y", price=1.0, amount=1.0, time_ns=1_700_000_000_123_000_000)])
+
+        import threading
+        publisher = threading.Thread(target=publish)
+        publisher.start()
+        assert main(["stream", "TRADE", "--exchange", "X", "--symbol", "Y", "--url", server.nonbook_url,
+                     "--api-key", "k", "--seconds", "1.5"]) == 0
+        publisher.join()
+    out = capsys.readouterr().out
+    assert out.startswith("22:13:20.123Z TRADE"), out
+
+
+def test_verbose_lines_name_the_family_once(capsys: pytest.CaptureFixture[str]):
+    import socket
+
+    from kiyotaka_ws.cli import main
+
+    with socket.socket() as probe:  # a port nobody listens on: refused at once
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = main(["stream", "TRADE", "--exchange", "X", "--symbol", "Y", "--url", f"ws://127.0.0.1:{port}/nonbook/ws",
+                 "--api-key", "k", "--retries", "0", "-v"])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "gave up" in err and "nonbook: giving up: nonbook:" not in err and "(nonbook: " not in err, err
