@@ -414,7 +414,7 @@ def test_bench_json_output(capsys):
     assert protocol.json_parser() == before  # the bench put the parser back
 
 
-_DEMO_LINE = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3} [A-Z_]+ |\[ *\d+\.\ds\] |kiyotaka-ws demo|  [a-z]+)")
+_DEMO_LINE = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}Z [A-Z_]+ |\[ *\d+\.\ds\] |kiyotaka-ws demo|  [a-z]+)")
 
 
 def test_demo_plain_output_has_no_bare_log_lines():
