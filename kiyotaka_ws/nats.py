@@ -141,6 +141,7 @@ def spec_subject(prefix: str, spec: ChannelSpec) -> str:
 
 
 def status_subject(prefix: str, family: str) -> str:
+    """The subject of a family's statuses and drop notices: ``<prefix>._status.<family>``."""
     return f"{prefix}.{STATUS_TOKEN}.{family}"
 
 
