@@ -156,6 +156,8 @@ def _blaster(port_pipe: Any) -> None:
 # -- the consumers -------------------------------------------------------------------------------
 
 class Result:
+    """One benchmark run: points per second, CPU per point and the latency percentiles."""
+
     def __init__(self, points: int, wall: float, cpu: float, latencies: list[float]) -> None:
         self.points_per_s = points / wall
         self.cpu_us = cpu / points * 1e6

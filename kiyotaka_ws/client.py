@@ -67,7 +67,7 @@ from .streams import EventStream
 if TYPE_CHECKING:
     from .replay import Player
 
-log = logging.getLogger("kiyotaka_ws")
+log = logging.getLogger(__name__)  # a child of "kiyotaka_ws": configuring that one still applies
 
 _PATHS = {BOOK: "/ws", NONBOOK: "/nonbook/ws"}
 _RUN_FOREVER_STOP_TIMEOUT = 1.5  # Ctrl-C in run_forever() returns within 2 s in every state
@@ -120,8 +120,9 @@ class Subscription:
         ``wait_ready``) and once this subscription is unsubscribed (at once, even while waiting,
         from any thread); raises ``SubscriptionError`` if the server rejected it, the family's
         fatal error once it FAILED (that error wins over "stopped", even after ``stop()``),
-        ``ClientStoppedError`` once the client is stopped, and ``TimeoutError`` on timeout.
-        The answer never waits behind a handler: ``wait()`` inside a handler works.
+        ``ClientStoppedError`` once the client is stopped, and ``TimeoutError`` on timeout (where
+        ``wait_ready()`` returns False instead). The answer never waits behind a handler:
+        ``wait()`` inside a handler works.
         """
         self._wire.wait(timeout, self._gone)
 
@@ -460,7 +461,7 @@ class KiyotakaClient:
         """Call ``handler(error: KiyotakaError)`` for every error reported while streaming.
 
         Errors delivered to a handler are logged at DEBUG only. Without any error handler, errors
-        are logged to ``logging.getLogger("kiyotaka_ws")`` (identical ones rate-limited).
+        are logged to the ``kiyotaka_ws`` logger tree (``kiyotaka_ws.client``) (identical ones rate-limited).
         Returns the handler unchanged, so it works as a decorator.
         """
         _check_handler(handler)
@@ -619,8 +620,13 @@ class KiyotakaClient:
         self._sources.all_started()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        """True once every open connection is READY (False on timeout, after a fatal error, or when
-        the client was never started)."""
+        """True once every open connection is READY; False when ``timeout`` seconds pass first.
+
+        It never raises for a timeout (unlike ``Subscription.wait()``, which raises
+        ``TimeoutError``): check the result. Also False after a fatal error, after ``stop()`` and on
+        a client never started. A family without subscriptions opens no connection and is not
+        waited for (its state is ``State.UNUSED``).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             if not self._started:
@@ -720,11 +726,16 @@ class KiyotakaClient:
         self.stop()
 
     def stats(self) -> dict[str, ConnectionStats]:
-        """Counters per family, keyed ``"book"`` / ``"nonbook"``; final figures after ``stop()``."""
+        """Counters per family, keyed ``"book"`` / ``"nonbook"``; final figures after ``stop()``.
+
+        A family that has had no subscription since ``start()`` opened no connection: its state is
+        ``State.UNUSED`` (``STOPPED`` before ``start()``), never a down state an alert would read.
+        """
         if self._final_stats is not None:
             return dict(self._final_stats)
         families = dict(self._families)
-        return {name: families[name].stats() if name in families else ConnectionStats() for name in FAMILIES}
+        idle = ConnectionStats(state=State.UNUSED if self._started else State.STOPPED)
+        return {name: families[name].stats() if name in families else idle for name in FAMILIES}
 
     def __repr__(self) -> str:
         states = ", ".join(f"{name}={stats.state.value}" for name, stats in self.stats().items())

@@ -36,7 +36,7 @@ from .threads import join_by
 if TYPE_CHECKING:
     from .recording import Tap
 
-log = logging.getLogger("kiyotaka_ws")
+log = logging.getLogger(__name__)  # a child of "kiyotaka_ws": configuring that one still applies
 
 BLOCK, DROP_OLDEST, DROP_NEWEST = "block", "drop_oldest", "drop_newest"
 OVERFLOW_POLICIES = (BLOCK, DROP_OLDEST, DROP_NEWEST)

@@ -98,7 +98,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 
     _loads = json.loads
 
-log = logging.getLogger("kiyotaka_ws.nats")
+log = logging.getLogger(__name__)
 
 THREAD_NAME = "kiyotaka-ws-nats"
 INSTALL_HINT = 'NATS support needs nats-py: pip install "kiyotaka-ws[nats]"'
@@ -164,6 +164,7 @@ def series_subject(prefix: str, series: Mapping[str, Any]) -> str:
 
 
 def status_subject(prefix: str, family: str) -> str:
+    """The subject of a family's statuses and drop notices: ``<prefix>._status.<family>``."""
     return f"{prefix}.{STATUS_TOKEN}.{family}"
 
 

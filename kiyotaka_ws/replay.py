@@ -44,7 +44,7 @@ from .source import ExternalSource
 from .status import State
 from .threads import join_by
 
-log = logging.getLogger("kiyotaka_ws.replay")
+log = logging.getLogger(__name__)
 
 
 def _identities(names: list[str]) -> set[Any]:

@@ -75,7 +75,7 @@ from .errors import (
 from .status import ConnectionStatus, State
 from .threads import join_by
 
-log = logging.getLogger("kiyotaka_ws.session")
+log = logging.getLogger(__name__)
 
 MAX_ANSWER_FRAME_BYTES = 64 * 2**10  # a binary frame larger than this is never an answer we wait for
 MAX_PENDING = 10_000        # requests awaiting an answer; the oldest are forgotten past this
@@ -751,7 +751,8 @@ class Session:
     def _give_up(self, error: KiyotakaError) -> None:
         self.fatal = error
         self._stopping.set()
-        log.info("%s: giving up: %s", self.family, error)
+        reason = str(error)  # often "<family>: ..." already: say the family once
+        log.info("%s: giving up: %s", self.family, reason.removeprefix(f"{self.family}: "))
         self._queue.put_control(error)
         self._set_state(State.FAILED, reason=str(error))
         for sub in self._subs.values():

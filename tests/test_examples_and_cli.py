@@ -420,7 +420,7 @@ def test_bench_json_output(capsys):
     assert protocol.json_parser() == before  # the bench put the parser back
 
 
-_DEMO_LINE = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3} [A-Z_]+ |\[ *\d+\.\ds\] |kiyotaka-ws demo|  [a-z]+)")
+_DEMO_LINE = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}Z [A-Z_]+ |\[ *\d+\.\ds\] |kiyotaka-ws demo|  [a-z]+)")
 
 
 def test_demo_plain_output_has_no_bare_log_lines():
@@ -460,7 +460,7 @@ def test_readme_documents_the_commands_and_exit_codes():
         assert command in commands
     for code in (cli.EXIT_OK, cli.EXIT_REJECTED, cli.EXIT_USAGE, cli.EXIT_NO_CONNECTION, cli.EXIT_INTERRUPTED):
         assert f"\n| {code} | " in commands and f"\n  {code} " in cli.EXIT_CODES
-    assert "| `bench.py` |" in readme and "## Logging" in readme and "## Troubleshooting" in readme
+    assert "## Design" in readme and "## Logging" in readme and "## Troubleshooting" in readme
 
 
 def test_bench_recording_smoke(capsys):
