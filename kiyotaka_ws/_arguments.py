@@ -46,7 +46,7 @@ class Options:
     reconnect: bool = True
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
-    ping_interval: float | None = 20.0
+    ping_interval: float | None = 10.0
     ping_timeout: float | None = 10.0
     stale_timeout: float | None = None
     auth_timeout: float = 5.0

@@ -46,6 +46,7 @@ def symbols(series: int) -> list[str]:
 # -- the blaster (a separate process) ------------------------------------------------------------
 
 def trade_points(count: int, start_id: int, time_ns: int, series: int = 1) -> list[dict[str, Any]]:
+    """``count`` TRADE points with ids from ``start_id``, spread over ``series`` symbols."""
     names = symbols(series)
     return [{"series": {"type": "TRADE", "symbol": names[(start_id + i) % series], "exchange": EXCHANGE,
                         "normalizedSymbol": "BTC-USDT",
@@ -140,6 +141,7 @@ def _serve_one(sock: socket.socket) -> None:
 
 
 def blaster_process(port_pipe: Any) -> None:
+    """The blaster (a process of its own): a bare WebSocket server sending TRADE frames as fast as it can."""
     listener = socket.create_server(("127.0.0.1", 0))
     port_pipe.send(listener.getsockname()[1])
     while True:
@@ -156,6 +158,8 @@ def blaster_process(port_pipe: Any) -> None:
 # -- the consumers -------------------------------------------------------------------------------
 
 class Result:
+    """One benchmark run: points per second, CPU per point and the latency percentiles."""
+
     def __init__(self, points: int, wall: float, cpu: float, latencies: list[float]) -> None:
         self.points_per_s = points / wall
         self.cpu_us = cpu / points * 1e6
@@ -248,6 +252,7 @@ def _rss_mib() -> float:
 
 
 def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank), NaN for none."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 

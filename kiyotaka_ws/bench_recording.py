@@ -34,6 +34,7 @@ from .recording import Recorder
 
 
 def tap_cost(folder: str, frames: int = 50_000) -> None:
+    """Print what the recorder's tap adds to the reader per frame, with and without the writer thread."""
     payload = brotli.compress(json.dumps({"points": trade_points(5, 0, time.time_ns())}).encode(), quality=4)
     results = {}
     for label in ("no recorder", "recorder"):
@@ -126,6 +127,7 @@ def replay_vs_live(folder: str, points: int, per_frame: int, rounds: int) -> Non
 
 
 def pacing(folder: str) -> None:
+    """Print how closely a replay at speed 1.0 keeps the recorded gaps between frames."""
     path = os.path.join(folder, "paced.kwsrec")
     rng = random.Random(1)
     clock = [time.time_ns()]

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -46,13 +47,38 @@ EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_NO_CONNECTION, EXIT_INTERRUPTED = 0, 1,
 EXIT_FAILURE = EXIT_REJECTED  # the older name
 
 EXIT_CODES = f"""exit codes:
-  {EXIT_OK}    ran to --seconds, or ended cleanly (e.g. the output pipe was closed)
+  {EXIT_OK}    ran to --seconds, ended cleanly (e.g. the output pipe was closed), or was stopped by
+       SIGTERM (systemd, docker stop): a clean stop, the recording flushed, the summary printed
   {EXIT_REJECTED}    the API key was rejected
   {EXIT_USAGE}    usage error: a bad channel, --param, --category, --region or --url (all checked
-       before the key), no key, or the server rejected the subscription (e.g. an unknown symbol)
+       before the key), no key, a missing extra (one line names it), or the server rejected the
+       subscription (e.g. an unknown symbol)
   {EXIT_NO_CONNECTION}    could not connect: never READY within --seconds, or the client gave up
        (a wrong URL answered 400/404/410, or the --retries N retries failed too)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C); record and relay print their summary first
+Every error is one line on stderr."""
+
+RELAY_EXIT_CODES = f"""exit codes:
+  {EXIT_OK}    ran to --seconds, or was stopped by SIGTERM (a clean stop: the buffer published while
+       NATS is reachable, the summary printed)
+  {EXIT_REJECTED}    the API key was rejected
+  {EXIT_USAGE}    usage error: a bad --sub (channel, parameters), no key, the nats extra missing, or
+       the server rejected a subscription
+  {EXIT_NO_CONNECTION}    the upstream connection gave up (a wrong URL answered 400/404/410, or the
+       --retries N retries failed too)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C), after the summary
+Every error is one line on stderr."""
+
+REPLAY_EXIT_CODES = f"""exit codes:
+  {EXIT_OK}    the end of the recording was reached, or the output pipe was closed
+  {EXIT_REJECTED}    the replay failed (an error reading the file once it had started)
+  {EXIT_USAGE}    usage error: PATH is not a recording (or cannot be read), a bad --sub
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+Every error is one line on stderr."""
+
+INSPECT_EXIT_CODES = f"""exit codes:
+  {EXIT_OK}    the summary was printed
+  {EXIT_USAGE}    PATH is not a recording (or cannot be read)
 Every error is one line on stderr."""
 
 # The service's documented market classes (protocol notes 3.2 / 3.5); "*" means all.
@@ -60,6 +86,32 @@ CATEGORIES = ("*", "SPOT", "PERPETUAL")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 EXTRA_PREFIX = "extra."  # --param extra.NAME=VALUE: a field this version does not know (extra_params)
 _PROG = "kiyotaka-ws"
+# The optional modules a command may import, and the extra that brings each (setup.cfg).
+_EXTRA_OF_MODULE = {"websockets": "testing", "nats": "nats", "prometheus_client": "metrics", "rich": "testing"}
+
+
+# Set by SIGTERM while a command runs: the streaming commands stop cleanly, as on --seconds.
+_terminated = threading.Event()
+
+
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """For the command's duration, SIGTERM asks for a clean stop (exit 0) instead of killing it.
+
+    Service managers (systemd, ``docker stop``) send SIGTERM and expect a prompt exit 0; the
+    handler only sets an event that ``run_for`` and the relay's loop look at every 0.2 s, so the
+    stop itself (recorder flush, relay buffer) runs on the main thread, as on Ctrl-C. Outside the
+    main thread (``main`` called from a thread) no handler can be installed and nothing changes.
+    """
+    _terminated.clear()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: _terminated.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class UsageError(Exception):
@@ -68,7 +120,7 @@ class UsageError(Exception):
 
 def format_event(event: Event) -> str:
     """One human-readable line for an event."""
-    when = event.datetime.strftime("%H:%M:%S.%f")[:-3] if event.datetime else "--:--:--.---"
+    when = event.datetime.strftime("%H:%M:%S.%f")[:-3] + "Z" if event.datetime else "--:--:--.---Z"  # UTC
     where = f"{event.exchange or '*'}:{event.symbol or event.coin or '?'}"
     if isinstance(event, (Trade, Liquidation)):
         side = event.side.value if event.side else "?"
@@ -186,7 +238,8 @@ def run_for(client: KiyotakaClient, seconds: float | None) -> bool:
 
     ``run_forever()`` runs on a helper thread while this (main) thread waits in short slices, so
     Ctrl-C is noticed at once whatever the client's threads are doing: it stops the client and
-    raises ``KeyboardInterrupt``. A fatal error of the client (``run_forever()`` raised) is raised here.
+    raises ``KeyboardInterrupt``. SIGTERM (see ``_sigterm_stops``) stops the client and returns
+    False, like a clean end. A fatal error of the client (``run_forever()`` raised) is raised here.
     """
     failure: list[BaseException] = []
 
@@ -205,6 +258,9 @@ def run_for(client: KiyotakaClient, seconds: float | None) -> bool:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 timed_out = True
+                client.stop()
+                break
+            if _terminated.is_set():
                 client.stop()
                 break
             runner.join(0.2 if remaining is None else min(remaining, 0.2))
@@ -269,7 +325,8 @@ class _StreamReport:
                 self._write(text)
 
     def on_status(self, status: ConnectionStatus) -> None:
-        reason = one_line(status.reason) if status.reason else None
+        # Reasons often start with the family ("nonbook: gave up ..."): the line names it already.
+        reason = one_line(status.reason).removeprefix(f"{status.family}: ") if status.reason else None
         if reason and status.state in (State.DISCONNECTED, State.FAILED, State.CONNECTING):
             self.last_reason = reason
         if self.verbose:
@@ -489,15 +546,19 @@ def cmd_record(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     report.line(f"{_PROG}: recording {len(subs)} subscription(s) to {path} (connecting to {url} ...)")
     fatal: KiyotakaError | None = None
+    interrupted = False
     try:
         timed_out = run_for(client, args.seconds)
     except KiyotakaError as exc:
         fatal, timed_out = exc, False
+    except KeyboardInterrupt:  # Ctrl-C is record's normal end: the client is stopped, the file flushed
+        interrupted, timed_out = True, False
     fatal = fatal or report.fatal
     stats = client.recording_stats()
     summary = (f"{_PROG}: recorded {stats.frames} frames ({stats.bytes:,} bytes, {events[0]} events, "
                f"{stats.dropped} dropped) to {path}") if stats is not None else None
-    return _finish(report, fatal, url, args.seconds if timed_out else None, "a subscription", summary)
+    code = _finish(report, fatal, url, args.seconds if timed_out else None, "a subscription", summary)
+    return EXIT_INTERRUPTED if interrupted and code == EXIT_OK else code
 
 
 def cmd_relay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -532,9 +593,10 @@ def cmd_relay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     deadline = None if args.seconds is None else time.monotonic() + args.seconds
     next_stats = None if args.stats is None else time.monotonic() + args.stats
     relay.start()
+    interrupted = False
     try:
         while deadline is None or time.monotonic() < deadline:
-            if relay.client.done or report.fatal is not None:
+            if relay.client.done or report.fatal is not None or _terminated.is_set():
                 break
             time.sleep(0.1)
             if next_stats is not None and time.monotonic() >= next_stats:
@@ -542,12 +604,15 @@ def cmd_relay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 st = relay.stats()
                 report.line(f"{_PROG}: NATS {st.state.value}: {st.published} published, {st.buffered} buffered, "
                             f"{st.dropped} dropped, {st.reconnects} reconnects")
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         relay.stop()
     st = relay.stats()
     summary = (f"{_PROG}: relayed {st.published} messages ({st.dropped} dropped while NATS was unreachable, "
-               f"{st.reconnects} NATS reconnects)")
-    return _finish(report, report.fatal or relay.client.fatal, url, None, "a subscription", summary)
+               f"{st.buffered} left unpublished at the stop, {st.reconnects} NATS reconnects)")
+    code = _finish(report, report.fatal or relay.client.fatal, url, None, "a subscription", summary)
+    return EXIT_INTERRUPTED if interrupted and code == EXIT_OK else code
 
 
 def _finish(report: _StreamReport, fatal: KiyotakaError | None, url: str, timed_out_after: float | None,
@@ -691,7 +756,8 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="channel parameter, e.g. block_size=25 or batchInterval=1s (repeatable); "
                              f"{EXTRA_PREFIX}NAME=VALUE sends a field this version does not know, as given")
-    stream.add_argument("--region", default="singapore", choices=sorted(REGIONS))
+    stream.add_argument("--region", default="singapore", choices=sorted(REGIONS),
+                        help=f"service region: {', '.join(sorted(REGIONS))} (default singapore)")
     stream.add_argument("--url", help="endpoint URL override (e.g. a FakeKiyotakaServer)")
     stream.add_argument("--api-key", help="API key (default: $KIYOTAKA_API_KEY)")
     stream.add_argument("--json", action="store_true", help="one JSON object per event, for piping")
@@ -729,7 +795,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = commands.add_parser("replay", help="print the events of a recording",
                                  description="Replay a recording through the client's decoding: every "
-                                             "event in it (or those of --sub), as `stream` prints them.")
+                                             "event in it (or those of --sub), as `stream` prints them.",
+                                 epilog=REPLAY_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     replay.add_argument("path", metavar="PATH")
     replay.add_argument("--speed", type=_positive_float, metavar="X",
                         help="pace: 1 = as recorded, 10 = ten times faster (default: as fast as possible)")
@@ -738,16 +805,20 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", action="store_true", help="one JSON object per event")
 
     inspect = commands.add_parser("inspect", help="what a recording holds",
-                                  description="Time range, families, channels, symbols and counts of a recording.")
+                                  description="Time range, families, channels, symbols and counts of a recording.",
+                                  epilog=INSPECT_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     inspect.add_argument("path", metavar="PATH")
     inspect.add_argument("--json", action="store_true", help="one JSON object")
 
+    from .export import add_parser as add_export_parser
+
+    add_export_parser(commands)
     relay = commands.add_parser("relay", help="publish the live feed to NATS for bots elsewhere",
                                 description="Hold the upstream connections and publish every point to a NATS "
                                             "subject per series (<prefix>.<TYPE>.<EXCHANGE>.<SYMBOL>; statuses "
                                             "on <prefix>._status.<family>). Consume with "
                                             "KiyotakaClient.from_nats(URL). Needs the nats extra.",
-                                epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=RELAY_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     relay.add_argument("--nats", action="append", required=True, metavar="URL",
                        help="NATS server, e.g. nats://127.0.0.1:4222 (repeatable: a cluster)")
     relay.add_argument("--sub", action="append", default=[], metavar="CHANNEL:EXCHANGE:SYMBOL[:NAME=VALUE...]",
@@ -796,7 +867,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_upstream_arguments(parser: argparse.ArgumentParser, attempts: str) -> None:
     """The live-feed options ``record`` and ``relay`` share."""
-    parser.add_argument("--region", default="singapore", choices=sorted(REGIONS))
+    parser.add_argument("--region", default="singapore", choices=sorted(REGIONS),
+                        help=f"service region: {', '.join(sorted(REGIONS))} (default singapore)")
     parser.add_argument("--book-url", help="book endpoint URL override")
     parser.add_argument("--nonbook-url", help="nonbook endpoint URL override")
     parser.add_argument("--api-key", help="API key (default: $KIYOTAKA_API_KEY)")
@@ -863,6 +935,17 @@ def _library_logging(err: TextIO, verbose: bool) -> Iterator[None]:
         logger.handlers, logger.level, logger.propagate = saved[0], saved[1], saved[2]
 
 
+def _missing_extra(error: BaseException | None) -> tuple[str, str | None]:
+    """The optional module missing behind an ImportError (or its cause), and its extra (None: not one)."""
+    while error is not None:
+        if isinstance(error, ModuleNotFoundError):
+            module = (error.name or "").split(".")[0]
+            if module in _EXTRA_OF_MODULE:
+                return module, _EXTRA_OF_MODULE[module]
+        error = error.__cause__
+    return "", None
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run the ``kiyotaka-ws`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     out = out or sys.stdout
@@ -875,7 +958,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     try:
-        with _library_logging(err, verbose=getattr(args, "verbose", False)):
+        with _library_logging(err, verbose=getattr(args, "verbose", False)), _sigterm_stops():
             if args.command == "demo":
                 from .demo import run_demo
                 return run_demo(args.seconds, out, plain=args.plain)
@@ -894,16 +977,28 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             if args.command == "inspect":
                 return cmd_inspect(args, out, err)
             if args.command == "nats-bench":
+                from .nats import check_available
                 from .nats_bench import run_nats_bench
+                check_available()  # before any process is started
                 return run_nats_bench(points=args.points, rate=args.rate, seconds=args.seconds, out=out)
             if args.command == "relay":
                 return cmd_relay(args, out, err)
+            if args.command == "export":
+                from .export import cmd_export
+                return cmd_export(args, out, err)
             return cmd_stream(args, out, err)
     except UsageError as exc:
         err.write(f"{_PROG}: error: {exc}\n")
         return EXIT_USAGE
     except ConfigurationError as exc:
         err.write(f"{_PROG}: error: {one_line(exc)}\n")
+        return EXIT_USAGE
+    except ImportError as exc:  # a plain install running a command that needs an extra
+        module, extra = _missing_extra(exc)
+        if extra is None:
+            raise
+        err.write(f"{_PROG}: error: {args.command} needs the {extra!r} extra ({module} is not installed): "
+                  f"pip install 'kiyotaka-ws[{extra}]'\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -8,6 +8,7 @@ user code runs or while waiting on I/O. Each family's protocol state belongs to 
 from __future__ import annotations
 
 import atexit
+import functools
 import itertools
 import logging
 import os
@@ -52,6 +53,7 @@ from .dispatch import (
     Dispatcher,
     EventQueue,
     Hooks,
+    Registration,
     RouteTable,
     data_key,
 )
@@ -70,16 +72,17 @@ from .protocol import FrameDecoder
 from .recording import Recorder, RecordingError
 from .session import Secret, Session
 from .source import Sink, Source, WireSub
-from .status import ConnectionStats, ConnectionStatus, RecorderStats
+from .status import ConnectionStats, ConnectionStatus, RecorderStats, State
 from .streams import EventStream, StreamFeed
 
 if TYPE_CHECKING:
     from .replay import Player
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)  # a child of "kiyotaka_ws": configuring that one still applies
 
 _PATHS = {BOOK: "/ws", NONBOOK: "/nonbook/ws"}
 _RUN_FOREVER_STOP_TIMEOUT = 1.5  # Ctrl-C in run_forever() returns within 2 s in every state
+UNSUBSCRIBE_WAIT = 5.0  # seconds unsubscribe() from another thread waits for a running call of its handler
 
 F = TypeVar("F", bound=Callable[..., Any])
 E = TypeVar("E")
@@ -100,7 +103,7 @@ class Subscription:
     """A handler registered for one channel spec. Returned by every ``on_*`` method."""
 
     def __init__(self, spec: ChannelSpec, handler: Callable[[Any], Any], wire: WireSub, conflate: bool,
-                 unregister: Callable[[Subscription, ChannelSpec], None]) -> None:
+                 unregister: Callable[[Subscription], None]) -> None:
         self._unregister = unregister  # the client's: forgets this handler
         self._spec = spec
         self._wire = wire
@@ -121,17 +124,29 @@ class Subscription:
     def wait(self, timeout: float | None = None) -> None:
         """Block until the server acknowledged the subscription on the current connection.
 
-        Raises ``SubscriptionError`` if the server rejected it, ``TimeoutError`` on timeout,
-        ``ClientStoppedError`` once the client is stopped and the family's fatal error once it
-        FAILED. A server that never answers subscriptions counts as accepting them after
-        ``subscribe_timeout`` (as for ``wait_ready``). Returns at once after ``unsubscribe()``.
+        Returns or raises in every end state: returns once answered (or assumed: a server that
+        never answers subscriptions counts as accepting them after ``subscribe_timeout``, as for
+        ``wait_ready``) and once this subscription is unsubscribed (at once, even while waiting,
+        from any thread); raises ``SubscriptionError`` if the server rejected it, the family's
+        fatal error once it FAILED (that error wins over "stopped", even after ``stop()``),
+        ``ClientStoppedError`` once the client is stopped, and ``TimeoutError`` on timeout (where
+        ``wait_ready()`` returns False instead). The answer never waits behind a handler:
+        ``wait()`` inside a handler works.
         """
-        if self.active:
-            self._wire.wait(timeout)
+        self._wire.wait(timeout, self._gone)
+
+    def _gone(self) -> bool:
+        return not self.active
 
     def unsubscribe(self) -> None:
-        """Stop calling the handler; the last handler of a spec sends ``public/unsubscribe``. Idempotent."""
-        self._unregister(self, self._spec)
+        """Stop calling the handler; the last handler of a spec sends ``public/unsubscribe``. Idempotent.
+
+        When it returns, the handler is not called again, not even for the other handlers' turn on
+        the point being delivered. Called from another thread while the handler is running, it
+        waits for that call to return (at most ``UNSUBSCRIBE_WAIT`` seconds, then it logs a warning
+        and returns with that call still running). Called from a handler, it never waits.
+        """
+        self._unregister(self)
 
     def __repr__(self) -> str:
         state = self._wire.state if self.active else "unsubscribed"
@@ -236,7 +251,7 @@ class KiyotakaClient:
         reconnect: bool = True,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
-        ping_interval: float | None = 20.0,
+        ping_interval: float | None = 10.0,
         ping_timeout: float | None = 10.0,
         stale_timeout: float | None = None,
         auth_timeout: float = 5.0,
@@ -276,8 +291,10 @@ class KiyotakaClient:
         self._hooks = Hooks()
         self._ids = itertools.count(1)  # request ids: never reused in this client's lifetime
         self._lock = threading.Lock()   # guards the registry below; never held around user code or I/O
-        self._registry: dict[ChannelSpec, list[Subscription]] = {}
-        self._wires: dict[ChannelSpec, WireSub] = {}  # the same keys: the server's view of each spec
+        # Per spec, what the routing table holds for each of its subscriptions (a flag each, cleared
+        # by unsubscribe() and stop()), and the server's view of the spec.
+        self._registry: dict[ChannelSpec, list[Registration]] = {}
+        self._wires: dict[ChannelSpec, WireSub] = {}
         self._data_keys: dict[tuple[Any, ...], ChannelSpec] = {}
         self._routes: dict[str, RouteTable] = {name: RouteTable() for name in FAMILIES}
         self._families: dict[str, _Family] = {}
@@ -439,7 +456,7 @@ class KiyotakaClient:
         """Call ``handler(error: KiyotakaError)`` for every error reported while streaming.
 
         Errors delivered to a handler are logged at DEBUG only. Without any error handler, errors
-        are logged to ``logging.getLogger("kiyotaka_ws")`` (identical ones rate-limited).
+        are logged to the ``kiyotaka_ws`` logger tree (``kiyotaka_ws.client``) (identical ones rate-limited).
         Returns the handler unchanged, so it works as a decorator.
         """
         _check_handler(handler)
@@ -594,8 +611,13 @@ class KiyotakaClient:
         self._sources.all_started()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        """True once every open connection is READY (False on timeout, after a fatal error, or when
-        the client was never started)."""
+        """True once every open connection is READY; False when ``timeout`` seconds pass first.
+
+        It never raises for a timeout (unlike ``Subscription.wait()``, which raises
+        ``TimeoutError``): check the result. Also False after a fatal error, after ``stop()`` and on
+        a client never started. A family without subscriptions opens no connection and is not
+        waited for (its state is ``State.UNUSED``).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             if not self._started:
@@ -644,7 +666,10 @@ class KiyotakaClient:
             first = not self._stopping
             self._stopping = True
             families = list(self._families.values())
-            wires = list(self._wires.values())
+            wires = [(self._wires[spec], spec.family) for spec in self._registry]
+            for registrations in self._registry.values():  # no handler call starts from now on (checked per call)
+                for registration in registrations:
+                    registration.active = False
             streams = list(self._streams)
             hooks, self._stop_hooks = self._stop_hooks, []
         if not first:
@@ -676,8 +701,9 @@ class KiyotakaClient:
             except Exception:  # a helper must not keep stop() from finishing
                 log.exception("stop(): a stop hook failed")
         stopped = ClientStoppedError("the client was stopped")
-        for wire in wires:
-            wire.end(stopped)
+        fatal = {family.dispatcher.family: family.session.fatal for family in families}
+        for wire, family_name in wires:  # a family's fatal error wins over "stopped"
+            wire.end(fatal.get(family_name) or stopped)
         self._final_stats = self.stats()
         self._stopped.set()
         if not joined and not threading.current_thread().name.startswith("kiyotaka-ws-"):
@@ -691,11 +717,16 @@ class KiyotakaClient:
         self.stop()
 
     def stats(self) -> dict[str, ConnectionStats]:
-        """Counters per family, keyed ``"book"`` / ``"nonbook"``; final figures after ``stop()``."""
+        """Counters per family, keyed ``"book"`` / ``"nonbook"``; final figures after ``stop()``.
+
+        A family that has had no subscription since ``start()`` opened no connection: its state is
+        ``State.UNUSED`` (``STOPPED`` before ``start()``), never a down state an alert would read.
+        """
         if self._final_stats is not None:
             return dict(self._final_stats)
         families = dict(self._families)
-        return {name: families[name].stats() if name in families else ConnectionStats() for name in FAMILIES}
+        idle = ConnectionStats(state=State.UNUSED if self._started else State.STOPPED)
+        return {name: families[name].stats() if name in families else idle for name in FAMILIES}
 
     def __repr__(self) -> str:
         states = ", ".join(f"{name}={stats.state.value}" for name, stats in self.stats().items())
@@ -819,13 +850,15 @@ class KiyotakaClient:
             other = self._data_keys.get(key)
             if other is not None and other != spec:
                 raise ConfigurationError(_conflict(spec, other))
-            subs = self._registry.setdefault(spec, [])
-            new_wire = not subs
+            registrations = self._registry.setdefault(spec, [])
+            new_wire = not registrations
             wire = self._wires[spec] = WireSub(spec) if new_wire else self._wires[spec]
-            sub = Subscription(spec, handler, wire, conflate, self._unregister)
-            subs.append(sub)
+            registration = Conflated(handler) if conflate else Registration(handler)
+            sub = Subscription(spec, handler, wire, conflate,
+                               functools.partial(self._unregister, spec=spec, registration=registration))
+            registrations.append(registration)
             self._data_keys[key] = spec
-            self._set_routes(spec, subs)  # routes first: the first point after the ack is delivered
+            self._set_routes(spec, registrations)  # routes first: the first point after the ack is delivered
             if self._started:
                 family = self._family(spec.family)
                 if new_wire:
@@ -836,25 +869,29 @@ class KiyotakaClient:
                     family.start()
         return sub
 
-    def _unregister(self, sub: Subscription, spec: ChannelSpec) -> None:
+    def _unregister(self, sub: Subscription, spec: ChannelSpec, registration: Registration) -> None:
         with self._lock:
-            if not sub.active:
-                return
-            sub.active = False
-            subs = self._registry.get(spec, [])
-            subs[:] = [s for s in subs if s is not sub]
-            if not subs:
-                del self._registry[spec]
-                del self._wires[spec]
-                self._data_keys.pop(data_key(spec), None)
-                family = self._families.get(spec.family)
-                if family is not None:
-                    family.session.remove(spec)
-            self._set_routes(spec, subs)
+            registration.active = False  # first: the dispatcher reads it before each call
+            family = self._families.get(spec.family)
+            if sub.active:
+                sub.active = False
+                self._wires[spec].wake()  # a wait() on it returns now (the wire's lock is a leaf: never held around ours)
+                registrations = self._registry[spec]
+                registrations[:] = [r for r in registrations if r is not registration]
+                if not registrations:
+                    del self._registry[spec]
+                    del self._wires[spec]
+                    self._data_keys.pop(data_key(spec), None)
+                    if family is not None:
+                        family.session.remove(spec)
+                self._set_routes(spec, registrations)
+        # Outside the lock: the running handler may be waiting for it (subscribe, stats...).
+        if family is not None and not family.dispatcher.wait_not_calling(registration, UNSUBSCRIBE_WAIT):
+            log.warning("unsubscribe(): %s still running after %.0fs; returning while it runs",
+                        getattr(sub.handler, "__qualname__", "the handler"), UNSUBSCRIBE_WAIT)
 
-    def _set_routes(self, spec: ChannelSpec, subs: list[Subscription]) -> None:
-        routes = self._routes[spec.family] = self._routes[spec.family].updated(
-            spec, tuple(Conflated(s.handler) if s.conflate else s.handler for s in subs))
+    def _set_routes(self, spec: ChannelSpec, registrations: list[Registration]) -> None:
+        routes = self._routes[spec.family] = self._routes[spec.family].updated(spec, tuple(registrations))
         family = self._families.get(spec.family)
         if family is not None:
             family.dispatcher.routes = routes

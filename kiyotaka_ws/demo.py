@@ -1,10 +1,23 @@
-"""``kiyotaka-ws demo``: a synthetic market on a local FakeKiyotakaServer, watched by a real client."""
+"""``kiyotaka-ws demo``: a synthetic market on a local FakeKiyotakaServer, watched by a real client.
+
+On a terminal it draws one frame in the alternate screen, sized to the terminal (80x24 and up:
+the ladder's depth and the tape's length follow the height, every line is cut to the width, and
+the last row gets no newline, so nothing ever scrolls); it restores the screen on exit and on
+Ctrl-C, then prints the summary. ``NO_COLOR`` (https://no-color.org) turns colours off.
+Otherwise (``--plain`` or a pipe) it prints one line per event.
+
+The market is coherent: buys print at the best ask and sells at the best bid of the last book
+published, so the tape never shows a buy below the bid.
+"""
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import random
+import re
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +31,8 @@ from .status import ConnectionStats, ConnectionStatus
 
 EXCHANGE, SYMBOL, BLOCK = "BINANCE_FUTURES", "BTCUSDT", 10.0
 _GREEN, _RED, _DIM, _BOLD, _RESET = "\x1b[32m", "\x1b[31m", "\x1b[2m", "\x1b[1m", "\x1b[0m"
+_ALT_SCREEN_ON, _ALT_SCREEN_OFF = "\x1b[?1049h\x1b[?25l", "\x1b[?25h\x1b[?1049l"  # also hides the cursor
+_SGR = re.compile("\x1b\\[[0-9;]*m")
 
 
 def _series(kind: str, **extra: Any) -> dict[str, Any]:
@@ -39,6 +54,7 @@ class Market:
         self.drop_after = drop_after
         self.dropped_at: float | None = None
         self._trade_id = 7_126_482_260
+        self._quote = self._best(self.mid)  # (bid, ask) of the last book published: trades print there
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kiyotaka-ws-demo-market")
 
@@ -83,10 +99,16 @@ class Market:
                 self.dropped_at = time.monotonic()
                 self.server.drop_connections()  # a fault on purpose: watch the client recover
 
+    @staticmethod
+    def _best(mid: float) -> tuple[float, float]:
+        best_bid = (mid // BLOCK) * BLOCK
+        return best_bid, best_bid + BLOCK
+
     def _trade(self, now: int) -> dict[str, Any]:
         self._trade_id += 1
         side = self.rng.choice(["BUY", "SELL"])
-        price = round(self.mid + (BLOCK / 2 if side == "BUY" else -BLOCK / 2) + self.rng.gauss(0, 1), 1)
+        bid, ask = self._quote
+        price = ask if side == "BUY" else bid  # a buyer lifts the offer, a seller hits the bid
         amount = round(self.rng.expovariate(1 / 0.05), 4)
         return {"series": _series("TRADE", side=side),
                 "trade": {"id": str(self._trade_id), "price": price, "amount": amount, "timestamp": _ts(now)}}
@@ -102,7 +124,7 @@ class Market:
                 "volumeProfileAggregation": {"profile": profile, "timestamp": _ts(now)}}
 
     def _book(self, now: int) -> dict[str, Any]:
-        best_bid = (self.mid // BLOCK) * BLOCK
+        best_bid, _ = self._quote = self._best(self.mid)
         bids, asks = [], []
         for level in range(12):
             bids += [best_bid - level * BLOCK, round(self.rng.uniform(0.5, 6) * (1 + level / 4), 3)]
@@ -114,8 +136,9 @@ class Market:
 class View:
     """What the demo shows. Handlers run on the client's dispatcher threads, so state is locked."""
 
-    def __init__(self, out: TextIO, seconds: float, redraw: bool) -> None:
+    def __init__(self, out: TextIO, seconds: float, redraw: bool, color: bool = True) -> None:
         self.out = out
+        self.color = color
         self.seconds = seconds
         self.redraw = redraw
         self.started = time.monotonic()
@@ -172,25 +195,30 @@ class View:
         if now - self._last_draw < 0.2:
             return
         self._last_draw = now
-        self.out.write("\x1b[H\x1b[2J" + "\n".join(self._panel()) + "\n")
+        width, height = shutil.get_terminal_size((80, 24))
+        lines = [_fit(line, width, self.color) for line in self._panel(height)[:height]]
+        # Home, each row cleared to its end, nothing below: no newline after the last row, no scroll.
+        self.out.write("\x1b[H" + "\n".join(line + "\x1b[K" for line in lines) + "\x1b[J")
         self.out.flush()
 
-    def _panel(self) -> list[str]:
+    def _panel(self, height: int = 24) -> list[str]:
+        """The frame for a terminal ``height`` rows tall (at most ``height`` lines; 24 rows: 22)."""
         elapsed = time.monotonic() - self.started
-        states = "  ".join(f"{fam} {state}" for fam, state in sorted(self.states.items()))
-        title = f"{_BOLD}kiyotaka-ws demo{_RESET}  {EXCHANGE}:{SYMBOL}  {elapsed:4.1f}s / {self.seconds:.0f}s"
-        lines = [f"{title}  {_DIM}{states}{_RESET}", ""]
+        states = " ".join(f"{fam} {state}" for fam, state in sorted(self.states.items()))
+        title = f"{_BOLD}kiyotaka-ws demo{_RESET} {SYMBOL} {elapsed:4.1f}/{self.seconds:.0f}s"
+        lines = [f"{title}  {_DIM}{states}{_RESET}"]
+        depth = max(1, min(6, (height - 10) // 2))  # 11 rows besides the ladder's 2 x depth
         left: list[str] = [f"{_BOLD}{'ORDER BOOK':<30}{_RESET}"]
         if self.book:
-            for level in reversed(self.book.asks[:6]):
+            for level in reversed(self.book.asks[:depth]):
                 left.append(f"{_RED}ask {level.price:>12,.1f} {level.size:>9.3f}{_RESET}")
             left.append(f"{_DIM}--- spread {self.book.spread or 0:,.1f}  mid {self.book.mid or 0:,.1f}{_RESET}")
-            for level in self.book.bids[:6]:
+            for level in self.book.bids[:depth]:
                 left.append(f"{_GREEN}bid {level.price:>12,.1f} {level.size:>9.3f}{_RESET}")
         right: list[str] = [f"{_BOLD}TRADE TAPE{_RESET}"]
-        for trade in self.tape:
+        for trade in list(self.tape)[:2 * depth + 1]:
             color = _GREEN if trade.side == "BUY" else _RED
-            clock = trade.datetime.strftime("%H:%M:%S.%f")[:-3] if trade.datetime else ""
+            clock = trade.datetime.strftime("%H:%M:%S") + "Z" if trade.datetime else ""
             right.append(f"{clock} {color}{(trade.side or '?'):<4} {trade.amount:>8.4f} @ {trade.price:,.1f}{_RESET}")
         for i in range(max(len(left), len(right))):
             a = left[i] if i < len(left) else ""
@@ -205,7 +233,7 @@ class View:
         if self.liquidation:
             extras.append(f"last liquidation {self.liquidation.side or '?'} {self.liquidation.amount} "
                           f"@ {self.liquidation.price:,.1f}")
-        lines += ["", "  " + "   ".join(extras), "", *("  " + n for n in self.notes)]
+        lines += ["", "  " + "   ".join(extras), *("  " + n for n in self.notes)]
         return lines
 
     def summary(self, stats: dict[str, ConnectionStats], dropped_at: float | None) -> str:
@@ -222,9 +250,27 @@ class View:
 
 
 def _visible_len(text: str) -> int:
-    for code in (_GREEN, _RED, _DIM, _BOLD, _RESET):
-        text = text.replace(code, "")
-    return len(text)
+    return len(_SGR.sub("", text))
+
+
+def _fit(line: str, width: int, color: bool) -> str:
+    """``line`` cut to ``width`` visible columns (colour codes kept, or all removed without colour)."""
+    if not color:
+        return _SGR.sub("", line)[:width]
+    out, visible = [], 0
+    for part in re.split(f"({_SGR.pattern})", line):
+        if _SGR.fullmatch(part):
+            out.append(part)
+        else:
+            part = part[:max(0, width - visible)]
+            visible += len(part)
+            out.append(part)
+    return "".join(out) + _RESET
+
+
+def use_color(environ: Any = None) -> bool:
+    """False when ``NO_COLOR`` is set to anything non-empty (https://no-color.org)."""
+    return not (os.environ if environ is None else environ).get("NO_COLOR")
 
 
 @contextlib.contextmanager
@@ -246,7 +292,7 @@ def run_demo(seconds: float, out: TextIO, plain: bool = False, seed: int | None 
     from .testing import FakeKiyotakaServer  # needs the "testing" extra
 
     redraw = not plain and out.isatty()
-    view = View(out, seconds, redraw)
+    view = View(out, seconds, redraw, color=use_color())
     with FakeKiyotakaServer(api_key="demo-key") as server:
         if not redraw:
             out.write(f"kiyotaka-ws demo: fake Kiyotaka server on 127.0.0.1:{server.port}, real client, "
@@ -261,6 +307,8 @@ def run_demo(seconds: float, out: TextIO, plain: bool = False, seed: int | None 
         market = Market(server, seed=seed, drop_after=seconds / 2 if seconds >= 4 else None)
         market.start()
         interrupted = False
+        if redraw:
+            out.write(_ALT_SCREEN_ON)
         try:
             run_for(client, seconds)
         except KeyboardInterrupt:
@@ -268,6 +316,11 @@ def run_demo(seconds: float, out: TextIO, plain: bool = False, seed: int | None 
         finally:
             market.stop()
             client.stop()
+            if redraw:
+                with view.lock:  # no frame drawn after the screen is restored
+                    view.redraw = False
+                    out.write(_ALT_SCREEN_OFF)
+                    out.flush()
     out.write(view.summary(client.stats(), market.dropped_at))
     out.flush()
     return 130 if interrupted else 0

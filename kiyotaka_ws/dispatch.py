@@ -7,6 +7,12 @@ dispatcher thread takes bounded batches, decompresses a batch's frames back to b
 to the family's session with their connection tag. The dispatcher thread is the only place in the
 library that calls user code: event handlers in ``_deliver`` (inline, it is the hot path) and
 ``on_error``/``on_status`` in ``_invoke``; every call is wrapped and no library lock is held.
+
+The promises are checked per call, not per point: each event handler is held as a
+``Registration`` whose ``active`` flag ``unsubscribe()`` and ``stop()`` clear before they return,
+read right before each call (one attribute read per call); ``on_error``/``on_status`` calls check
+``finished`` (set before ``stop()`` returns). The race between that read and the call starting,
+when ``unsubscribe()`` runs on another thread, is closed by ``wait_not_calling``.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from .threads import join_by
 if TYPE_CHECKING:
     from .recording import Tap
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)  # a child of "kiyotaka_ws": configuring that one still applies
 
 BLOCK, DROP_OLDEST, DROP_NEWEST = "block", "drop_oldest", "drop_newest"
 OVERFLOW_POLICIES = (BLOCK, DROP_OLDEST, DROP_NEWEST)
@@ -55,7 +61,11 @@ class EventQueue:
     (``received_ns``: ``time.time_ns()`` when it was read, or the recorded time in a replay). A batch
     taken by the dispatcher stays counted until its next ``take``, so ``capacity`` and
     ``max_bytes`` bound everything between the reader and the handlers (one frame larger than
-    ``max_bytes`` is let in when nothing else is queued). Control items (errors, statuses) are
+    ``max_bytes`` is let in when nothing else is queued). Under drop_oldest the frames of the batch
+    in flight not yet claimed by the dispatcher (``claims``) are the oldest undelivered ones and go
+    first, giving back their room at once; the newest frame is always let in, so when the only
+    frames left counted are those the dispatcher has claimed, the bound is exceeded by the one
+    newest frame (their memory is released when the batch ends, as for every batch). Control items (errors, statuses) are
     never dropped by the policy and are capped at ``MAX_CONTROL_ITEMS``. ``blocked`` tells the
     session that the reader waits on a full queue, so back-pressure is not mistaken for a dead
     socket.
@@ -69,6 +79,11 @@ class EventQueue:
         self._frames = 0       # queued + taken but not yet done
         self._bytes = 0
         self._taken = (0, 0)   # (frames, bytes) of the batch being dispatched
+        # The batch in flight's frames not yet claimed for delivery, as (position, size), oldest
+        # first. The dispatcher claims each frame with ``popleft`` (atomic) before delivering it;
+        # under drop_oldest the reader claims (drops) the oldest of them first, so each frame is
+        # either delivered or dropped, never both.
+        self.claims: collections.deque[tuple[int, int]] = collections.deque()
         self._controls = 0
         self._dropped = 0      # not yet reported
         self._data_closed = False
@@ -114,9 +129,11 @@ class EventQueue:
                             self._not_full.wait()
                     finally:
                         self.blocked = False
-                elif self.policy == DROP_NEWEST or not self._drop_oldest_until_fits(size):
+                elif self.policy == DROP_NEWEST:
                     self._drop(1)
                     return waited
+                else:
+                    self._drop_oldest_until_fits(size)
             if self._data_closed:
                 return waited
             self._items.append((payload, binary, connection, received_ns))
@@ -179,6 +196,7 @@ class EventQueue:
             self._frames -= frames
             self._bytes -= size
             self._taken = (0, 0)
+            self.claims = claims = collections.deque[tuple[int, int]]()
             if self.blocked or self._frames < self._drain_below:
                 self._not_full.notify_all()
             while not self._items and not self._dropped and not self._closed:
@@ -194,7 +212,9 @@ class EventQueue:
                 item = items.popleft()
                 if type(item) is tuple:
                     frames += 1
-                    size += len(item[0])
+                    length = len(item[0])
+                    size += length
+                    claims.append((len(batch), length))
                 else:
                     self._controls -= 1
                 batch.append(item)
@@ -231,8 +251,21 @@ class EventQueue:
         self.dropped_total += count
         self._not_empty.notify()
 
-    def _drop_oldest_until_fits(self, size: int) -> bool:
-        """Drop queued frames (never controls, never the batch in flight) until ``size`` fits."""
+    def _drop_oldest_until_fits(self, size: int) -> None:
+        """Drop the oldest frames not yet delivered until ``size`` fits: first the unclaimed rest
+        of the batch in flight, then queued frames (never controls). If it still does not fit, what
+        holds the room is frames the dispatcher has claimed: the newest frame is let in all the same."""
+        claims = self.claims
+        while self._full(size):
+            try:
+                _, length = claims.popleft()  # atomic: the dispatcher claims with popleft too
+            except IndexError:
+                break
+            frames, taken = self._taken
+            self._taken = (frames - 1, taken - length)
+            self._frames -= 1
+            self._bytes -= length
+            self._drop(1)
         items = self._items
         kept: list[Any] = []
         while self._full(size) and items:
@@ -244,7 +277,6 @@ class EventQueue:
             else:
                 kept.append(item)
         items.extendleft(reversed(kept))
-        return not self._full(size)
 
 
 # Series types whose points are snapshots (each supersedes the previous of its series): the only
@@ -252,16 +284,26 @@ class EventQueue:
 CONFLATABLE = frozenset(("BLOCK_BOOK_SNAPSHOT", "VOLUME_PROFILE_AGG", "FUNDING_RATE", "OPEN_INTEREST"))
 
 
-class Conflated:
-    """A ``conflate=True`` handler as the routing table holds it (see ``Dispatcher._conflate``)."""
+class Registration:
+    """A handler as the routing table holds it. ``active`` is cleared by ``unsubscribe()`` and by
+    ``stop()`` before they return, and the dispatcher reads it right before each call: the promise
+    "not called after unsubscribe()/stop() returned" is kept per call, for one flag read."""
 
-    __slots__ = ("fn",)
+    __slots__ = ("active", "conflate", "fn")
+
+    def __init__(self, fn: Handler, conflate: bool = False) -> None:
+        self.fn = fn
+        self.conflate = conflate  # only the newest snapshot of its series in a batch (see _conflate)
+        self.active = True
+
+
+class Conflated(Registration):
+    """A ``conflate=True`` handler (see ``Dispatcher._conflate``)."""
+
+    __slots__ = ()
 
     def __init__(self, fn: Handler) -> None:
-        self.fn = fn
-
-    def __call__(self, event: Any) -> Any:
-        return self.fn(event)
+        super().__init__(fn, conflate=True)
 
 
 class _Route(NamedTuple):
@@ -269,7 +311,7 @@ class _Route(NamedTuple):
     exchange: str
     category: str
     block_size: float | None
-    handlers: tuple[Handler, ...]
+    handlers: tuple[Registration, ...]
 
 
 # Parameters the data does not carry: two registrations differing only in them cannot be told apart.
@@ -297,17 +339,19 @@ class RouteTable:
         self._by_coin = by_coin if by_coin is not None else {}
         self.conflating = conflating  # how many ``Conflated`` handlers the table holds
 
-    def updated(self, spec: ChannelSpec, handlers: tuple[Handler, ...]) -> RouteTable:
-        """A copy where ``spec`` routes to ``handlers`` (none: the spec is gone)."""
+    def updated(self, spec: ChannelSpec, handlers: tuple[Handler | Registration, ...]) -> RouteTable:
+        """A copy where ``spec`` routes to ``handlers`` (none: the spec is gone); a plain callable
+        is held as a ``Registration`` of its own."""
+        registrations = tuple(h if isinstance(h, Registration) else Registration(h) for h in handlers)
         table = dict(self._by_coin if spec.grouped else self._by_symbol)
         key = (spec.channel.value, spec.symbol)
         old = table.get(key, ())
         routes = tuple(r for r in old if r.spec != spec)
-        conflating = (self.conflating + _conflated(handlers)
+        conflating = (self.conflating + _conflated(registrations)
                       - sum(_conflated(r.handlers) for r in old if r.spec == spec))
-        if handlers:
+        if registrations:
             block = spec.param("blockSize")
-            routes += (_Route(spec, spec.exchange, spec.category, float(block) if block else None, handlers),)
+            routes += (_Route(spec, spec.exchange, spec.category, float(block) if block else None, registrations),)
         if routes:
             table[key] = routes
         else:
@@ -316,7 +360,7 @@ class RouteTable:
             return RouteTable(self._by_symbol, table, conflating)
         return RouteTable(table, self._by_coin, conflating)
 
-    def handlers_for(self, series: dict[str, Any]) -> tuple[Handler, ...]:
+    def handlers_for(self, series: dict[str, Any]) -> tuple[Registration, ...]:
         symbol = series.get("symbol")
         if symbol is not None:
             routes = self._by_symbol.get((series.get("type"), symbol), ())
@@ -324,7 +368,7 @@ class RouteTable:
             routes = self._by_coin.get((series.get("type"), series.get("coin")), ())
         if not routes:
             return ()
-        handlers: tuple[Handler, ...] = ()
+        handlers: tuple[Registration, ...] = ()
         for route in routes:
             if route.exchange != "*" and route.exchange != series.get("exchange"):
                 continue
@@ -340,8 +384,8 @@ class RouteTable:
         return handlers
 
 
-def _conflated(handlers: tuple[Handler, ...]) -> int:
-    return sum(type(h) is Conflated for h in handlers)
+def _conflated(handlers: tuple[Any, ...]) -> int:
+    return sum(type(h) is Conflated or (isinstance(h, Registration) and h.conflate) for h in handlers)
 
 
 def series_key(series: Any) -> tuple[Any, ...] | None:
@@ -404,11 +448,16 @@ class Dispatcher:
         self.handler_errors = 0
         self.skipped = 0
         self.conflated = 0
-        # During a batch with conflated handlers: series key -> points of it not yet delivered.
-        self._pending: dict[tuple[Any, ...], int] | None = None
+        # During a batch with conflated handlers: series key -> (item, point) position of its newest
+        # well-formed point in the batch; ``_at``: the position of the item being delivered.
+        self._pending: dict[tuple[Any, ...], tuple[int, int]] | None = None
+        self._at = 0
+        # The handlers of the point being delivered (None between frames): read by unsubscribe()
+        # on another thread to wait for a call it may have raced (see ``wait_not_calling``).
+        self.calling: tuple[Registration, ...] | None = None
         # Latency windows (see latency.py): written by this thread only.
         self.feed_latency = Window()   # received_ns - event.time_ns, once per event
-        self.queue_delay = Window()    # first handler's start - received_ns, once per event
+        self.queue_delay = Window()    # first handler's start - received_ns, first and last event of a frame
         self.handler_time = Window()   # each handler call
         self._rotate_at = 0            # time.monotonic_ns() when they rotate next
         # A sink in place of delivery (the NATS relay): gets every data frame's points, in order,
@@ -429,6 +478,29 @@ class Dispatcher:
 
     def join(self, deadline: float) -> bool:
         return join_by(self._thread, deadline)
+
+    def wait_not_calling(self, registration: Registration, timeout: float) -> bool:
+        """After ``registration.active`` was cleared: wait until no call of it is in progress
+        (False if one still is after ``timeout``). Returns at once on a library thread (a handler
+        calling unsubscribe(): waiting there could deadlock two families' dispatchers).
+
+        Why it is enough: the dispatcher writes ``calling`` before it reads ``active``, and the
+        unsubscriber writes ``active`` before it reads ``calling``; so either the dispatcher sees
+        the flag cleared and never calls, or the unsubscriber sees the point in ``calling`` and
+        waits until the dispatcher has moved on (the routes were replaced first: the handlers of
+        later points are other tuples).
+        """
+        calling = self.calling
+        if calling is None or registration not in calling or threading.current_thread().name.startswith("kiyotaka-ws-"):
+            return True
+        deadline = time.monotonic() + timeout
+        pause = 0.0001
+        while self.calling is calling:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.005)
+        return True
 
     # -- the dispatcher thread ----------------------------------------------------------------
 
@@ -457,12 +529,22 @@ class Dispatcher:
             items = self._inflate_ahead(items)
         if self.routes.conflating and self.sink is None:
             items = self._predecode(items)
-        for item in items:
+        claims = self.queue.claims  # this batch's frames not yet claimed (see EventQueue.claims)
+        claimed = -1  # the position of the last frame claimed here
+        for position, item in enumerate(items):
             if self.finished:
                 return False
             try:
                 if type(item) is tuple:
+                    if position > claimed:
+                        try:
+                            claimed = claims.popleft()[0]
+                        except IndexError:  # the rest were dropped (drop_oldest) by the reader
+                            claimed = len(items)
+                    if position != claimed:  # dropped while in flight: counted in the queue's dropped
+                        continue
                     if not self.closing:  # on stop, pending data is discarded
+                        self._at = position
                         self._frame(item)
                 elif type(item) is Status:
                     for handler in self.hooks.status:
@@ -502,15 +584,17 @@ class Dispatcher:
         return out
 
     def _predecode(self, items: list[Any]) -> list[Any]:
-        """Decode a batch's frames ahead (for conflation) and count its snapshot points per series.
+        """Decode a batch's frames ahead (for conflation) and find the newest point of each series.
 
         Data items become ``(payload, binary, connection, received_ns, message or DecodeError)``;
-        ``_pending`` maps each snapshot series to how many of its points the batch holds, so that
-        ``_conflate`` can tell, for each, whether a newer one follows.
+        ``_pending`` maps each snapshot series to the position (item, point) of its newest
+        well-formed point in the batch (a point that will not decode is not a newer snapshot), so
+        that ``_conflate`` can tell, for each point, whether a newer one follows. Positions, not
+        counts: a conflated handler registered mid-batch still gets the newest of each series.
         """
-        pending: dict[tuple[Any, ...], int] = {}
+        pending: dict[tuple[Any, ...], tuple[int, int]] = {}
         out: list[Any] = []
-        for item in items:
+        for position, item in enumerate(items):
             if type(item) is not tuple:
                 out.append(item)
                 continue
@@ -522,27 +606,31 @@ class Dispatcher:
             points = message.get("points") if type(message) is dict else None
             if type(points) is not list:
                 continue
-            for point in points:
+            for index, point in enumerate(points):
                 series = point.get("series") if type(point) is dict else None
                 if type(series) is dict and series.get("type") in CONFLATABLE:
                     key = series_key(series)
-                    if key is not None:
-                        pending[key] = pending.get(key, 0) + 1
+                    if key is None:
+                        continue
+                    try:
+                        if decode_point(point, None) is None:
+                            continue
+                    except DecodeError:
+                        continue
+                    pending[key] = (position, index)
         self._pending = pending
         return out
 
-    def _conflate(self, handlers: tuple[Handler, ...], point: Any, pending: dict[tuple[Any, ...], int],
-                  ) -> tuple[Handler, ...]:
-        """The handlers to call for this snapshot point: without the ``Conflated`` ones when a newer
-        point of its series is in the same batch (each skipped call counted in ``conflated``)."""
+    def _conflate(self, handlers: tuple[Registration, ...], point: Any, index: int,
+                  pending: dict[tuple[Any, ...], tuple[int, int]]) -> tuple[Registration, ...]:
+        """The handlers to call for this snapshot point (``index`` in the item being delivered):
+        without the conflated ones when a newer well-formed point of its series is in the same
+        batch (each skipped call counted in ``conflated``)."""
         key = series_key(point.get("series")) if type(point) is dict else None
-        left = pending.get(key) if key is not None else None  # type: ignore[arg-type]
-        if left is None:
+        newest = pending.get(key) if key is not None else None
+        if newest is None or newest <= (self._at, index):  # the newest of its series in this batch
             return handlers
-        pending[key] = left - 1  # type: ignore[index]
-        if left <= 1:  # the newest of its series in this batch
-            return handlers
-        kept = tuple(h for h in handlers if type(h) is not Conflated)
+        kept = tuple(h for h in handlers if not h.conflate)
         self.conflated += len(handlers) - len(kept)
         return kept
 
@@ -579,11 +667,22 @@ class Dispatcher:
             self._error(DecodeError("unexpected message shape", excerpt=excerpt(message)))
 
     def _deliver(self, points: list[Any], received_ns: int | None = None) -> None:
+        try:
+            self._deliver_points(points, received_ns)
+        finally:
+            self.calling = None
+
+    def _deliver_points(self, points: list[Any], received_ns: int | None) -> None:
         fast: FastPath | None = getattr(self, "_fastpath", None)  # the cache for one RouteTable
         clock = _time_ns
         pending = self._pending  # None unless some handler conflates
-        sample = True  # latencies are measured on the first event of each frame: a cost per frame, not per event
+        # Latencies are measured on the first event of each frame and on its last point (the one
+        # that waited longest): a cost per frame, not per event. ``next_point < sample`` is the one
+        # test per point: 0 until the first event is sampled, then ``count``.
+        sample = 0
         next_point, count = 0, len(points)
+        handlers: tuple[Registration, ...]
+        event: Any
         while next_point < count:
             routes = self.routes
             if fast is None or fast.routes is not routes:  # a new table: a new cache
@@ -621,31 +720,34 @@ class Dispatcher:
                         self.skipped += 1
                         continue
                 if pending is not None and _conflated(handlers):
-                    handlers = self._conflate(handlers, point, pending)
+                    handlers = self._conflate(handlers, point, next_point - 1, pending)
                     if not handlers:
                         continue
                 self.events += 1
-                if not sample:
+                self.calling = handlers  # before the flags are read: see wait_not_calling
+                if next_point < sample:
                     for handler in handlers:
-                        try:
-                            handler(event)
-                        except BaseException as exc:  # noqa: BLE001 - nothing a handler does may kill this thread
-                            self._handler_failed(handler, event, exc)
+                        if handler.active:  # per call: unsubscribe()/stop() may have run meanwhile
+                            try:
+                                handler.fn(event)
+                            except BaseException as exc:  # noqa: BLE001 - nothing a handler does may kill this thread
+                                self._handler_failed(handler.fn, event, exc)
                     continue
-                sample = False
+                sample = count
                 start = clock()
                 if received_ns is not None:
                     if event.time_ns is not None:
                         self.feed_latency.add(received_ns - event.time_ns)
                     self.queue_delay.add(start - received_ns)
                 for handler in handlers:
-                    try:
-                        handler(event)
-                    except BaseException as exc:  # noqa: BLE001 - nothing a handler does may kill this thread
-                        self._handler_failed(handler, event, exc)
-                    end = clock()
-                    self.handler_time.add(end - start)
-                    start = end
+                    if handler.active:
+                        try:
+                            handler.fn(event)
+                        except BaseException as exc:  # noqa: BLE001 - nothing a handler does may kill this thread
+                            self._handler_failed(handler.fn, event, exc)
+                        end = clock()
+                        self.handler_time.add(end - start)
+                        start = end
 
     def _error(self, error: KiyotakaError) -> None:
         if self.hooks.error:
@@ -662,7 +764,10 @@ class Dispatcher:
                     exc_info=count == 1 and error.__cause__ is not None and error)
 
     def _invoke(self, handler: Handler, arg: Any) -> None:
-        """Call an on_error/on_status handler; if it fails, log it (never report it: no recursion)."""
+        """Call an on_error/on_status handler; if it fails, log it (never report it: no recursion).
+        Nothing is called once stop() has returned (``finished``), checked per call."""
+        if self.finished:
+            return
         try:
             handler(arg)
         except BaseException as exc:  # noqa: BLE001 - nothing a handler does may kill this thread
@@ -671,8 +776,6 @@ class Dispatcher:
 
     def _handler_failed(self, handler: Handler, event: Any, exc: BaseException) -> None:
         self.handler_errors += 1
-        if type(handler) is Conflated:
-            handler = handler.fn
         error = HandlerError(f"handler {_name(handler)} raised {_describe(exc)}", event=event, handler=handler)
         error.__cause__ = exc
         self._error(error)

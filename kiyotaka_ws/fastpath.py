@@ -234,8 +234,8 @@ _FAST_DECODERS: dict[str, tuple[Channel, Any, bool]] = {
 
 # The series fields routing or the event's head read, in key order.
 _KEY_FIELDS = ("type", "symbol", "coin", "exchange", "category", "normalizedSymbol", "side", "blockSize")
-_Entry = tuple[tuple[Callable[[Any], Any], ...], Any, _Head]  # (handlers, decoder or _TRADE_LIKE pair, head)
-_Hit = Optional[Union[tuple[tuple[Callable[[Any], Any], ...], Event], tuple[()]]]  # see FastPath.route
+_Entry = tuple[tuple[Any, ...], Any, _Head]  # (handlers: dispatch.Registration, decoder or _TRADE_LIKE pair, head)
+_Hit = Optional[Union[tuple[tuple[Any, ...], Event], tuple[()]]]  # see FastPath.route
 RUN_POINTS = 64  # points decoded ahead of their delivery by one FastPath.run
 
 

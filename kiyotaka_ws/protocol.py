@@ -90,6 +90,7 @@ def authenticate(req_id: int, token: str) -> str:
 
 
 def subscribe(req_id: int, channels: Iterable[dict[str, str]], compression: str | None) -> str:
+    """The ``public/subscribe`` request for ``channels`` (wire form), asking for ``compression``."""
     params: dict[str, Any] = {"channels": list(channels), "version": VERSION}
     if compression:
         params["compression"] = compression
@@ -97,10 +98,13 @@ def subscribe(req_id: int, channels: Iterable[dict[str, str]], compression: str 
 
 
 def unsubscribe(req_id: int, channels: Iterable[dict[str, str]]) -> str:
+    """The ``public/unsubscribe`` request for ``channels`` (wire form)."""
     return request(req_id, "public/unsubscribe", {"channels": list(channels)})
 
 
 class Kind(enum.Enum):
+    """What a parsed server message is: data points, an answer, an error answering no request, or unknown."""
+
     DATA = "data"          # {"points": [...]}
     RESPONSE = "response"  # {"id": N, "result": ...} or {"id": N, "error": ...}
     ERROR = "error"        # {"error": ...} answering no request
@@ -108,6 +112,7 @@ class Kind(enum.Enum):
 
 
 def classify(message: Any) -> Kind:
+    """The ``Kind`` of a parsed message (anything unexpected is ``Kind.UNKNOWN``, never an error)."""
     if type(message) is not dict:
         return Kind.UNKNOWN
     if "points" in message:

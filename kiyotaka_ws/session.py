@@ -8,11 +8,36 @@ Design. Each family has three threads:
   stale data, auth and subscribe timeouts) and every request sent. It is the only thread that
   sends requests, so the server sees subscribe/unsubscribe in the order they were asked for,
   replays included.
-* ``kiyotaka-ws-<family>-reader`` (one per connection, started and joined here) only reads
-  messages from its socket and puts the raw frames, tagged with the connection's number, into
-  the family's queue. When its socket ends it posts ``_Ended`` to the session.
-* ``kiyotaka-ws-<family>-dispatch`` (dispatch.py) decodes frames and calls user code; answers to
-  requests come back to the session as ``_Answer`` messages tagged with their connection.
+* ``kiyotaka-ws-<family>-reader`` (one per connection, started and joined here) reads messages
+  from its socket and puts the raw data frames, tagged with the connection's number, into the
+  family's queue. Protocol answers (auth, subscribe, unsubscribe answers, errors without id) go
+  straight to the session as ``_Answer`` messages tagged with their connection, never through
+  the queue of user work: a blocked or slow callback never changes what the session concludes
+  about the server. When its socket ends the reader posts ``_Ended`` to the session.
+* ``kiyotaka-ws-<family>-dispatch`` (dispatch.py) decodes data frames and calls user code. An
+  answer the reader could not tell from data (see below) still reaches the session from there.
+
+How the reader tells answers from data, at no cost to streaming (``Session._read``): a text
+frame without the bytes ``"points"`` is parsed on the reader (one ``bytes in`` check per text
+frame); a binary (brotli) frame is decompressed on the reader only while requests await an
+answer (``expecting``, a flag check per binary frame) and only when at most
+``MAX_ANSWER_FRAME_BYTES``; found to be data, it is queued already decompressed (or as received
+when a recorder taps the queue, so the recording keeps the frame as it came). Steady streaming
+pays nothing more: the reader never decompresses outside those windows, because brotli releases
+the GIL and a reader that does it per frame starves (see ``Dispatcher._inflate_ahead``).
+
+Order: an answer may now be applied before data frames that preceded it on the same connection
+are delivered. That is harmless: an ack only settles a subscription (its points are routed from
+the moment it is registered, not from the ack), a rejection only ends one, and an answer from an
+earlier connection is ignored by its connection tag. An id-less error is queued for ``on_error``
+as a ``ServerError`` by the reader itself, in its place among the frames, and told to the session.
+
+Liveness counts bytes (wire.py): any byte read refreshes the ping timer, any byte of a data
+message (even one still arriving) the stale timer, so a large frame on a slow link is never the
+reason its link is declared dead. With the defaults (ping every 10 s, pong within 10 s) a dead
+link is noticed at most 20 s after its last byte. READY needs something from the server on that
+connection (an answer, a data frame or a pong): when the timers alone would declare it, a ping
+is sent and READY waits for its pong (or any frame).
 
 Other threads never touch the session's fields: they post messages to its inbox (``add``,
 ``remove``, ``answer``, ``stop``) and read immutable values (``state``, counters). The session
@@ -47,7 +72,9 @@ from .dispatch import EventQueue
 from .errors import (
     AuthenticationError,
     ConnectionFailedError,
+    DecodeError,
     KiyotakaError,
+    ServerError,
     SubscriptionError,
     gave_up,
 )
@@ -57,6 +84,7 @@ from .threads import join_by
 
 log = logging.getLogger(__name__)
 
+MAX_ANSWER_FRAME_BYTES = 64 * 2**10  # a binary frame larger than this is never an answer we wait for
 MAX_PENDING = 10_000        # requests awaiting an answer; the oldest are forgotten past this
 MAX_INBOX_ANSWERS = 10_000  # answers waiting for the session; a flood beyond this is dropped
 MAX_RETRY_AFTER = 3600.0    # a server's Retry-After is honoured up to an hour
@@ -118,6 +146,12 @@ class _Stop(NamedTuple):
     pass
 
 
+class _Heard(NamedTuple):
+    """The connection's first data message, or a pong, arrived: the server is there."""
+
+    conn: int
+
+
 class _Fail(NamedTuple):
     error: KiyotakaError
 
@@ -136,8 +170,10 @@ class _Link:
         self.number = number
         self.ws = ws
         self.connected_at = now
-        self.last_data = now      # data frames, for stale_timeout
         self.unblocked_at = 0.0   # the reader last waited on a full queue until then
+        self.heard = False        # set by the session: an answer, a data frame or a pong came
+        self.proof_asked = False  # set by the session: a ping went out so that READY can be proven
+        self.pong_told = False    # set by the reader: its first pong was posted as _Heard
         self.reader: threading.Thread | None = None
         self.reader_done = False            # set by the session on the reader's _Ended
         self.end_reason: str | None = None  # set by the session when it kills the link
@@ -185,6 +221,8 @@ class Session:
         self._live = False                           # authenticated: subscriptions go out at once
         self._auth_deadline: float | None = None
         self._ping_sent: float | None = None
+        self._expect_until = 0.0                     # requests sent until then may still be answered
+        self._decoder = protocol.FrameDecoder(options.max_frame_bytes)  # the reader's, for answers
 
         # Read by other threads (single writer each).
         self.ready = threading.Event()
@@ -194,6 +232,9 @@ class Session:
         self.bytes = 0
         self.last_rx: float | None = None
         self.fatal: KiyotakaError | None = None
+        # Written by the session thread, read by the reader per binary frame: requests await an
+        # answer, so small binary frames are decompressed on the reader to find answers.
+        self.expecting = False
 
     # -- from any thread --------------------------------------------------------------------------
 
@@ -354,6 +395,7 @@ class Session:
         ws = wire.WebSocket(sock, max_message_bytes=options.max_frame_bytes, send_timeout=options.send_timeout,
                             leftover=leftover, clock=self._clock)
         link = _Link(next(self._link_numbers), ws, self._clock())
+        ws.on_pong = lambda: self._heard_pong(link)
         self._link = link
         if self._stopping.is_set():
             self._close_link(polite=True)
@@ -405,6 +447,7 @@ class Session:
             self._auth_deadline = None
             self._pending.clear()
             self._awaiting.clear()
+            self.expecting = False
             self.ready.clear()
 
     def _end_reason(self, link: _Link, error: BaseException) -> str:
@@ -434,12 +477,22 @@ class Session:
                 del self._awaiting[req_id]
             if self._live and link is not None and sub.state != WireSub.REJECTED:
                 self._send(link, "unsubscribe", sub)
-            self._check_ready()
+            self._check_ready(link)
         elif kind is _Answer:
-            if link is not None and message.conn == link.number:
+            if message.message.get("id") is None:  # an id-less error (the reader reported it, in order)
+                if link is not None and message.conn == link.number:
+                    link.heard = True
+                    self._check_ready(link)
+            elif link is not None and message.conn == link.number:
+                link.heard = True
                 self._on_answer(link, message.message)
+                self._check_ready(link)
             else:
                 log.debug("%s: ignored an answer from an earlier connection", self.family)
+        elif kind is _Heard:
+            if link is not None and message.conn == link.number:
+                link.heard = True
+                self._check_ready(link)
         elif kind is _Ended:  # the reader of a link given up earlier: now its socket can close
             orphan = self._orphans.pop(message.conn, None)
             if orphan is not None:
@@ -461,7 +514,11 @@ class Session:
             text = protocol.unsubscribe(req_id, [sub.spec.wire()])
         else:
             text = protocol.authenticate(req_id, self._key.reveal())
-        self._pending[req_id] = _Pending(kind, sub, link.number, self._clock())
+        now = self._clock()
+        self._pending[req_id] = _Pending(kind, sub, link.number, now)
+        self._expect_until = max(self._expect_until,
+                                 now + max(self.options.auth_timeout, self.options.subscribe_timeout))
+        self.expecting = True
         while len(self._pending) > MAX_PENDING:
             oldest = next(iter(self._pending))
             del self._pending[oldest]
@@ -500,7 +557,6 @@ class Session:
             else:
                 log.debug("%s: subscribed to %s", self.family, sub.spec)
                 sub.settle(WireSub.ACTIVE)
-            self._check_ready()
         elif failed:  # an unsubscribe the server refused: nothing to undo, but say so
             log.info("%s: unsubscribe from %s failed: %s", self.family,
                      entry.sub.spec if entry.sub else "?", protocol.error_details(message)[1])
@@ -515,27 +571,44 @@ class Session:
             self._send(link, "subscribe", sub)
         if replay:
             log.info("%s: subscribing to %d channel(s)", self.family, len(replay))
-        self._check_ready()
+        self._check_ready(link)
 
-    def _check_ready(self) -> None:
-        if self._live and not self._awaiting and self.state is not State.READY:
+    def _check_ready(self, link: _Link | None) -> None:
+        """READY once authenticated (or past auth_timeout), every subscription answered (or past
+        subscribe_timeout), and something came from the server on ``link``: when only the timers
+        say so, a ping goes out and READY waits for its pong (or any frame)."""
+        if link is None or not self._live or self._awaiting or self.state is State.READY:
+            return
+        if link.heard:
             self._set_state(State.READY)
+        elif not link.proof_asked:
+            link.proof_asked = True
+            log.info("%s: nothing heard from the server yet; READY waits for a pong", self.family)
+            self._ping_sent = self._clock()  # the ping timer kills the link if no byte answers it
+            try:
+                link.ws.ping()
+            except wire.WireError as exc:
+                self._kill(link, f"ping failed ({exc})")
 
     def _check_timers(self, link: _Link, now: float) -> float | None:
         """Act on every timer that is due; return when the next one is (None: nothing to time)."""
         options = self.options
         deadlines: list[float] = []
+        blocked = self._queue.blocked
         if self._auth_deadline is not None:
-            if now >= self._auth_deadline:
+            due = answer_due(self._auth_deadline, options.auth_timeout, link.unblocked_at, blocked, now)
+            if due is None:
                 log.info("%s: no answer to authentication within %.1fs; going on", self.family, options.auth_timeout)
                 self._go_live(link)
             else:
-                deadlines.append(self._auth_deadline)
+                deadlines.append(due)
         # Subscribe answers not come within subscribe_timeout are assumed; a late one still counts.
         while self._awaiting:
             req_id, sub = next(iter(self._awaiting.items()))
-            due = self._pending[req_id].sent + options.subscribe_timeout if req_id in self._pending else now
-            if now < due:
+            sent = self._pending[req_id].sent if req_id in self._pending else now - options.subscribe_timeout
+            due = answer_due(sent + options.subscribe_timeout, options.subscribe_timeout,
+                             link.unblocked_at, blocked, now)
+            if due is not None:
                 deadlines.append(due)
                 break
             del self._awaiting[req_id]
@@ -543,7 +616,7 @@ class Session:
                 log.info("%s: no answer to the subscription %s within %.1fs; assuming it is active",
                          self.family, sub.spec, options.subscribe_timeout)
                 sub.settle(WireSub.ASSUMED)
-            self._check_ready()
+            self._check_ready(link)
         # Forget requests never answered (late answers are kept for a while, then the table sheds them).
         horizon = max(60.0, 3 * options.subscribe_timeout)
         while self._pending:
@@ -553,8 +626,12 @@ class Session:
                 break
             del self._pending[req_id]
             self._awaiting.pop(req_id, None)
+        if self.expecting:
+            if now >= self._expect_until:
+                self.expecting = False  # the reader stops looking into binary frames for answers
+            else:
+                deadlines.append(self._expect_until)
         ws = link.ws
-        blocked = self._queue.blocked
         heard = max(ws.last_rx, link.unblocked_at)  # waiting on a full queue is back-pressure, not silence
         self.last_rx = ws.last_rx
         if options.ping_interval:
@@ -577,7 +654,7 @@ class Session:
                     return None
                 deadlines.append(due)
         if options.stale_timeout:
-            due = max(link.last_data, link.unblocked_at) + options.stale_timeout
+            due = max(ws.data_rx, link.unblocked_at) + options.stale_timeout  # bytes of data, even partial
             if now >= due and not blocked:
                 self._kill(link, f"no data for {options.stale_timeout}s")
                 return None
@@ -613,7 +690,8 @@ class Session:
     def _give_up(self, error: KiyotakaError) -> None:
         self.fatal = error
         self._stopping.set()
-        log.info("%s: giving up: %s", self.family, error)
+        reason = str(error)  # often "<family>: ..." already: say the family once
+        log.info("%s: giving up: %s", self.family, reason.removeprefix(f"{self.family}: "))
         self._queue.put_control(error)
         self._set_state(State.FAILED, reason=str(error))
         for sub in self._subs.values():
@@ -632,20 +710,88 @@ class Session:
     # -- the reader thread ------------------------------------------------------------------------
 
     def _read(self, link: _Link) -> None:
-        """Receive messages and queue their raw payloads; never decodes, never calls user code."""
+        """Receive messages: answers to the session, data (raw) to the queue; never calls user code.
+
+        Per data frame this adds one ``b'"points"' in payload`` on text frames and one flag check
+        on binary frames to what the loop did before (see the module docstring).
+        """
         read, put, clock, number = link.ws.read_message, self._queue.put_frame, self._clock, link.number
         error: BaseException
         try:
+            opcode, payload = read()
+            self._post(_Heard(number))  # the first message proves the server is there (READY needs it)
             while True:
-                opcode, payload = read()
-                link.last_data = clock()
                 self.frames += 1
                 self.bytes += len(payload)
-                if put(payload, opcode == wire.BINARY, number):
+                binary = opcode == wire.BINARY
+                queued: bytes | None = payload
+                if binary:
+                    if self.expecting and len(payload) <= MAX_ANSWER_FRAME_BYTES:
+                        queued, binary = self._look_into(payload, number)
+                elif b'"points"' not in payload:
+                    queued = self._answer_or(payload, payload, False, number)
+                if queued is not None and put(queued, binary, number):
                     link.unblocked_at = clock()  # we waited on a full queue: what follows is backlog
+                opcode, payload = read()
         except BaseException as exc:  # noqa: BLE001 - every end of a reader is reported to the session
             error = exc
         self._post(_Ended(number, error))  # its last act: after this it never touches the socket
+
+    def _heard_pong(self, link: _Link) -> None:
+        """On the reader: the link's first pong tells the session once (a pong flood posts nothing more)."""
+        if not link.pong_told:
+            link.pong_told = True
+            self._post(_Heard(link.number))
+
+    def _look_into(self, payload: bytes, number: int) -> tuple[bytes | None, bool]:
+        """A small binary frame while answers are awaited: decompress it here; (what to queue, binary).
+
+        Data is queued decompressed (the dispatcher does not do the work again), or as received
+        when a recorder taps the queue (it records frames as they came).
+        """
+        try:
+            text = self._decoder.inflate(payload)
+        except DecodeError:
+            return payload, True  # the dispatcher reports it, in order
+        keep_raw = self._queue.tap is not None
+        if b'"points"' in text:
+            return (payload, True) if keep_raw else (text, False)
+        queued = self._answer_or(text, payload, True, number)
+        if queued is None:
+            return None, True
+        return (payload, True) if keep_raw else (queued, False)
+
+    def _answer_or(self, text: bytes, received: bytes, binary: bool, number: int) -> bytes | None:
+        """Hand ``text`` to the session if it is an answer or an id-less error (None: consumed);
+        else return it for the queue (data in an unusual form, or junk the dispatcher reports)."""
+        try:
+            message = self._decoder.decode(text, False)
+        except DecodeError:
+            return text
+        kind = protocol.classify(message)
+        if kind is not protocol.Kind.RESPONSE and kind is not protocol.Kind.ERROR:
+            return text
+        tap = self._queue.tap
+        if tap is not None:  # a recording holds every frame received, answers included
+            tap(received, binary, number)
+        if kind is protocol.Kind.ERROR:  # to on_error in its place among the frames, then to the session
+            code, reason, data = protocol.error_details(message)
+            self._queue.put_control(ServerError(f"server error {code}: {reason}", code=code, data=data))
+        self.answer(number, message)
+        return None
+
+
+def answer_due(deadline: float, timeout: float, unblocked_at: float, blocked: bool, now: float) -> float | None:
+    """When the silence of a request awaiting an answer may be concluded (None: now).
+
+    Never while the reader waits on a full queue (behind a slow handler), and not before
+    ``timeout`` after it last did: the answer may still be in the socket, unread. So a blocked
+    handler never makes the session assume a subscription the server rejected.
+    """
+    if blocked:
+        return now + 0.5  # look again soon: the reader may unblock at any time
+    due = max(deadline, unblocked_at + timeout)
+    return None if now >= due else due
 
 
 def _rejects_key(code: int | None) -> bool:

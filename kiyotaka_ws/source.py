@@ -32,7 +32,8 @@ Sink = Callable[[str, list[Any]], None]
 class WireSub:
     """The server's view of one channel spec: pending, active, assumed, rejected, or ended.
 
-    Written only by its family's source (and by the client at stop); ``wait`` is for any thread.
+    Written only by its family's source (and by the client at stop and unsubscribe); ``wait`` is
+    for any thread. The first ``end`` wins: a family's fatal error is not replaced by "stopped".
     """
 
     PENDING, ACTIVE, ASSUMED, REJECTED = "pending", "active", "assumed", "rejected"
@@ -49,16 +50,28 @@ class WireSub:
             self._cond.notify_all()
 
     def end(self, error: KiyotakaError) -> None:
-        """No answer will ever come (client stopped, family failed): ``wait`` raises ``error``."""
+        """No answer will ever come (client stopped, family failed): ``wait`` raises ``error``,
+        unless it was rejected or ended already (the first reason stays)."""
         with self._cond:
-            if self.state != self.REJECTED:
+            if self.error is None:
                 self.error = error
             self._cond.notify_all()
 
-    def wait(self, timeout: float | None) -> None:
+    def wake(self) -> None:
+        """Make every ``wait`` look at its ``gone`` condition again (a handler was unsubscribed)."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self.state != self.PENDING or self.error is not None, timeout):
+            self._cond.notify_all()
+
+    def wait(self, timeout: float | None, gone: Callable[[], bool] | None = None) -> None:
+        """Until answered, rejected or ended, or ``gone()`` is true (then it returns)."""
+        def over() -> bool:
+            return self.state != self.PENDING or self.error is not None or (gone is not None and gone())
+
+        with self._cond:
+            if not self._cond.wait_for(over, timeout):
                 raise TimeoutError(f"no answer to the subscription {self.spec} within {timeout}s")
+            if gone is not None and gone():
+                return
             if self.error is not None:
                 raise self.error
 

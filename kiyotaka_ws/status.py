@@ -16,6 +16,9 @@ class State(str, enum.Enum):
     DISCONNECTED = "DISCONNECTED"  # lost; a reconnect is scheduled (data may be missed until READY)
     STOPPED = "STOPPED"            # not running: never started, or stop() was called
     FAILED = "FAILED"              # gave up: rejected API key, or lost with reconnect=False
+    # Running, but this family has had no subscription, so no connection was ever opened: nothing
+    # is wrong, and an alert on "not READY" should not fire (stats() and the Prometheus gauge).
+    UNUSED = "UNUSED"
 
     def __str__(self) -> str:
         return self.value

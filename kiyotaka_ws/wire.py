@@ -147,7 +147,12 @@ class WebSocket:
         self._close_timeout = min(send_timeout, _CLOSE_TIMEOUT_CAP)
         self._clock = clock
         sock.settimeout(send_timeout)  # bounds each blocking call; the reader just loops on a timeout
+        # Liveness, written by the reader: the monotonic time of the last byte received (any
+        # frame, pongs included) and of the last byte of a data message (complete or not).
         self.last_rx: float = clock()
+        self.data_rx: float = self.last_rx
+        # Called by the reader on each pong (rare: one per ping sent); must not block.
+        self.on_pong: Callable[[], None] | None = None
         # Reader state (only the reader thread touches it).
         self._buf = bytes(leftover)
         self._pos = 0
@@ -167,9 +172,10 @@ class WebSocket:
     def read_message(self) -> tuple[int, bytes]:
         """Block until the next complete data message: (TEXT or BINARY, payload).
 
-        Pings are answered here and pongs only refresh ``last_rx``. Raises ``ConnectionClosed`` (the
-        peer closed, or the socket failed), ``ProtocolError`` (we failed the connection) or
-        ``SendTimeout`` (a pong could not be sent); once raised, every later call raises the same.
+        Pings are answered here; pongs call ``on_pong``; every byte read refreshes ``last_rx``.
+        Raises ``ConnectionClosed`` (the peer closed, or the socket failed), ``ProtocolError`` (we
+        failed the connection) or ``SendTimeout`` (a pong could not be sent); once raised, every
+        later call raises the same.
         """
         if self._ended is not None:
             raise self._ended
@@ -181,7 +187,6 @@ class WebSocket:
 
     def _read_message(self) -> tuple[int, bytes]:
         max_bytes = self._max_message_bytes
-        clock = self._clock
         while True:
             buf, pos = self._buf, self._pos
             available = len(buf) - pos
@@ -212,11 +217,11 @@ class WebSocket:
                     self._fail(_TOO_BIG, f"{size}-byte frame exceeds max_message_bytes={max_bytes}")
                 end = pos + head + size
                 if len(buf) < end:
-                    self._fill(head + size)
+                    self._fill(head + size, data=True)
                     continue
                 payload = buf[pos + head:end]
                 self._pos = end
-                self.last_rx = clock()
+                self.data_rx = self.last_rx
                 if b1 == 0x82 or payload.isascii():
                     return b1 & 0x0F, payload
                 try:
@@ -254,13 +259,13 @@ class WebSocket:
                     self._fail(_TOO_BIG, f"fragmented message exceeds max_message_bytes={max_bytes}")
             end = pos + head + size
             if len(buf) < end:
-                self._fill(head + size)
+                self._fill(head + size, data=opcode < CLOSE)
                 continue
             payload = buf[pos + head:end]
             self._pos = end
-            self.last_rx = clock()
 
             if opcode < CLOSE:  # a fragment (whole messages took the fast path)
+                self.data_rx = self.last_rx
                 message = self._fragment(opcode, payload, final)
                 if message is not None:
                     return message
@@ -269,7 +274,8 @@ class WebSocket:
                     self._send_frame(PONG, payload, self._send_timeout)
             elif opcode == CLOSE:
                 self._on_close(payload)
-            # a pong only refreshes last_rx
+            elif self.on_pong is not None:  # a pong: its bytes already refreshed last_rx
+                self.on_pong()
 
     def _fragment(self, opcode: int, payload: bytes, final: int) -> tuple[int, bytes] | None:
         """Add one frame of a fragmented message; the whole message once the final one arrived."""
@@ -317,11 +323,16 @@ class WebSocket:
         self.close(code, reason)
         raise ProtocolError(code, reason)
 
-    def _fill(self, need: int) -> None:
-        """Read until ``need`` bytes are buffered from the current position (one join at the end)."""
+    def _fill(self, need: int, data: bool = False) -> None:
+        """Read until ``need`` bytes are buffered from the current position (one join at the end).
+
+        Every chunk read refreshes ``last_rx`` (and ``data_rx`` while a data frame's payload is
+        being read): liveness counts bytes, so a large frame arriving slowly keeps its link alive.
+        One clock read per ``recv`` (up to 64 KiB), never per frame.
+        """
         parts = [self._buf[self._pos:]]
         have = len(parts[0])
-        recv = self._sock.recv
+        recv, clock = self._sock.recv, self._clock
         try:
             while have < need:
                 try:
@@ -335,6 +346,9 @@ class WebSocket:
                                            else "the peer closed the TCP connection without a close frame")
                 parts.append(chunk)
                 have += len(chunk)
+                self.last_rx = now = clock()
+                if data:
+                    self.data_rx = now
         finally:
             self._buf = b"".join(parts)
             self._pos = 0

@@ -388,7 +388,7 @@ def test_context_manager_stats_after_stop_and_repr(server, make_client):
         assert got.wait_for(1)
     stats = client.stats()
     assert stats["nonbook"].events == 1 and stats["nonbook"].state is State.STOPPED
-    assert stats["book"].state is State.STOPPED and stats["book"].frames == 0
+    assert stats["book"].state is State.UNUSED and stats["book"].frames == 0  # never subscribed: never down
     assert "test-key" not in repr(client) and "***" in repr(client)
     assert not client_threads()
 

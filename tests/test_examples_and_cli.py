@@ -28,6 +28,7 @@ EXAMPLES = {  # what each example must print in a short --fake run
     "volume_profile_poc.py": ("POC ", "(bucket 25.0)"),
     "multi_channel_bot.py": ("vs mid", "[lost] nonbook", "[gap] nonbook was down", "[gap] book was down",
                              "2 gap(s) detected"),
+    "capture_to_bars.py": ("recorded 3s of BTCUSDT trades", "exported ", "one-minute bars"),
     "backtest_replay.py": ("recorded 3s of BTCUSDT trades", "backtest: ", "position changes", "pulled: buy volume"),
 }
 
@@ -53,7 +54,7 @@ def test_every_example_runs_against_the_fake_server():
 
 def test_examples_use_only_the_public_api():
     """Examples are meant to be copied: no private modules, no helpers outside the file."""
-    allowed = re.compile(r"^(from kiyotaka_ws(\.testing)? import|import (argparse|random|tempfile|threading|time)$|"
+    allowed = re.compile(r"^(from kiyotaka_ws(\.testing|\.analysis)? import|import (argparse|duckdb|random|tempfile|threading|time)$|"
                          r"from __future__ import|from typing import|from collections.abc import)")
     for path in sorted((ROOT / "examples").glob("*.py")):
         imports = [line for line in path.read_text().splitlines() if line.startswith(("import ", "from "))]
@@ -419,7 +420,7 @@ def test_bench_json_output(capsys):
     assert protocol.json_parser() == before  # the bench put the parser back
 
 
-_DEMO_LINE = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3} [A-Z_]+ |\[ *\d+\.\ds\] |kiyotaka-ws demo|  [a-z]+)")
+_DEMO_LINE = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}Z [A-Z_]+ |\[ *\d+\.\ds\] |kiyotaka-ws demo|  [a-z]+)")
 
 
 def test_demo_plain_output_has_no_bare_log_lines():
@@ -459,7 +460,7 @@ def test_readme_documents_the_commands_and_exit_codes():
         assert command in commands
     for code in (cli.EXIT_OK, cli.EXIT_REJECTED, cli.EXIT_USAGE, cli.EXIT_NO_CONNECTION, cli.EXIT_INTERRUPTED):
         assert f"\n| {code} | " in commands and f"\n  {code} " in cli.EXIT_CODES
-    assert "| `bench.py` |" in readme and "## Logging" in readme and "## Troubleshooting" in readme
+    assert "## Design" in readme and "## Logging" in readme and "## Troubleshooting" in readme
 
 
 def test_bench_recording_smoke(capsys):

@@ -44,7 +44,8 @@ LAYERS = {
     "client": FACADE, "streams": FACADE, "testing": FACADE, "metrics": FACADE, "nats": FACADE,
     "analysis": FACADE,
     "_cli": TOOLS, "__main__": TOOLS,
-    "cli": TOOLS, "demo": TOOLS, "bench": TOOLS, "bench_recording": TOOLS, "nats_bench": TOOLS,
+    "cli": TOOLS, "demo": TOOLS, "bench": TOOLS, "bench_recording": TOOLS, "nats_bench": TOOLS, "export": TOOLS,
+    "bench_export": TOOLS,
 }
 
 MAY_IMPORT = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -517,3 +518,31 @@ def test_nats_bench_smoke() -> None:
     assert run_nats_bench(points=2_000, rate=2_000.0, seconds=0.5, out=out) == 0
     text = out.getvalue()
     assert "2,000 of 2,000 received" in text and "1,000 of 1,000 received" in text and "through NATS: p50" in text
+
+
+def test_relay_command_stops_cleanly_on_sigterm(nats_server: NatsServer, upstream: FakeKiyotakaServer):
+    """A real relay process, a real SIGTERM (what systemd and docker stop send): exit 0, the summary
+    counting every point relayed (status messages are counted too)."""
+    import signal
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "kiyotaka_ws", "relay", "--nats", nats_server.url, "--sub",
+                             "TRADE:BINANCE:BTCUSDT", "--nonbook-url", upstream.nonbook_url, "--api-key", "test-key"],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(root), "PYTHONUNBUFFERED": "1"})
+    try:
+        assert upstream.wait_subscribed(1, timeout=20)
+        time.sleep(0.3)
+        upstream.publish(trades("BINANCE", "BTCUSDT", 0, 25))
+        time.sleep(0.5)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert time.monotonic() - started < 5 and "Traceback" not in err
+    relayed = re.search(r"relayed (\d+) messages \(0 dropped while NATS was unreachable, 0 left unpublished", err)
+    assert relayed is not None and int(relayed.group(1)) >= 25, err  # the points, plus status messages

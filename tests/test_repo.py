@@ -23,7 +23,7 @@ def test_ci_runs_the_readme_test_command():
 
 def test_top_level_layout():
     allowed = {"setup.cfg", "setup.py", "kiyotaka_ws", "tests", "examples", "README.md", "LICENSE",
-               "CHANGELOG.md", ".ci", ".gitignore", ".git"}
+               "CHANGELOG.md", ".ci", ".gitignore", ".git", ".ruff.toml"}
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=False).stdout.split()
     if not tracked:
         pytest.skip("not a git checkout")
@@ -34,8 +34,8 @@ def test_ruff_is_clean():
     ruff = shutil.which("ruff") or (pathlib.Path(sys.executable).parent / "ruff")
     if not pathlib.Path(ruff).exists():
         pytest.skip("ruff is not installed (it is in the dev extra)")
-    result = subprocess.run([str(ruff), "check", "--target-version", "py39", "--ignore", "PYI034",
-                             "kiyotaka_ws", "tests", "examples"], cwd=ROOT, capture_output=True, text=True, check=False)
+    # Settings live in .ruff.toml, so a plain "ruff check" (yours, an editor's) is the same check.
+    result = subprocess.run([str(ruff), "check"], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

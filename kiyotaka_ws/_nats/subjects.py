@@ -78,6 +78,7 @@ def series_subject(prefix: str, series: Mapping[str, Any]) -> str:
 
 
 def status_subject(prefix: str, family: str) -> str:
+    """The subject of a family's statuses and drop notices: ``<prefix>._status.<family>``."""
     return f"{prefix}.{STATUS_TOKEN}.{family}"
 
 
