@@ -37,6 +37,7 @@ def _frame(first: int, count: int, t0: int) -> bytes:
 
 
 def write_capture(path: str, points: int, per_frame: int) -> None:
+    """Write a capture of ``points`` TRADE points, ``per_frame`` to a brotli frame, to ``path``."""
     recorder = Recorder(path)
     recorder.open()
     tap = recorder.tap("nonbook")
@@ -87,6 +88,7 @@ def _replay(path: str, results: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m kiyotaka_ws.bench_export``: export and replay speed and peak RSS, side by side."""
     parser = argparse.ArgumentParser(prog="python -m kiyotaka_ws.bench_export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", type=int, default=1_000_000)
