@@ -1,5 +1,5 @@
 """``python -m kiyotaka_ws``: the same as the ``kiyotaka-ws`` command."""
 
-from .cli import main
+from ._cli.command import main
 
 raise SystemExit(main())

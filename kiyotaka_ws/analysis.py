@@ -20,7 +20,7 @@ metadata (``kiyotaka_ws.damaged``, ``kiyotaka_ws.dropped``, ...).
 Memory. ``record_batches`` holds at most ``rows`` rows (and ``MAX_BATCH_LEVELS`` book or profile
 levels) per channel before it hands a batch over: ``kiyotaka-ws export`` writes each as a Parquet
 row group, so a capture larger than RAM exports. ``to_arrow`` and ``to_pandas`` build a whole
-table in memory, by nature. Measured (``nice python -m kiyotaka_ws.bench_export --points 1000000``:
+table in memory, by nature. Measured (``nice python -m kiyotaka_ws._cli.bench_export --points 1000000``:
 TRADE points, 10 per brotli frame, a 35 MiB capture; one run on a shared, loaded 2-core machine):
 export to Parquet 90,800 points/s at a peak RSS of 179 MB (69 MB after the imports alone; 178 MB
 for a 200,000-point capture: the peak does not grow with the capture), where a replay of the same

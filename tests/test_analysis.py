@@ -24,7 +24,7 @@ from kiyotaka_ws import (
     KiyotakaClient,
     analysis,
 )
-from kiyotaka_ws.cli import main
+from kiyotaka_ws._cli.command import main
 from kiyotaka_ws.recording import Recorder, RecordingReader, inspect_recording
 from kiyotaka_ws.testing import (
     FakeKiyotakaServer,

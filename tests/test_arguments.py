@@ -358,7 +358,7 @@ def test_max_retries_counts_the_same_in_the_library() -> None:
 
 
 def test_cli_help_says_retries_as_the_library_does() -> None:
-    from kiyotaka_ws.cli import build_parser
+    from kiyotaka_ws._cli.command import build_parser
 
     for command in ("stream", "record", "relay"):
         parser = build_parser()

@@ -112,7 +112,7 @@ class _Collect:
 
 
 def test_demo_market_trades_at_the_book_buys_at_the_ask_sells_at_the_bid():
-    from kiyotaka_ws.demo import Market
+    from kiyotaka_ws._cli.demo import Market
 
     server = _Collect()
     market = Market(server, seed=7)

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from kiyotaka_ws.cli import main
+from kiyotaka_ws._cli.command import main
 from kiyotaka_ws.testing import FakeKiyotakaServer, trade_point
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -59,7 +59,7 @@ def test_examples_use_only_the_public_api():
     for path in sorted((ROOT / "examples").glob("*.py")):
         imports = [line for line in path.read_text().splitlines() if line.startswith(("import ", "from "))]
         assert imports and all(allowed.match(line) for line in imports), (path.name, imports)
-        assert "_runner" not in path.read_text() and "kiyotaka_ws.demo" not in path.read_text()
+        assert "_runner" not in path.read_text() and "kiyotaka_ws._cli" not in path.read_text()
     assert not (ROOT / "examples" / "_runner.py").exists()
 
 
@@ -452,7 +452,7 @@ def test_demo_ctrl_c_still_summarises():
 
 
 def test_readme_documents_the_commands_and_exit_codes():
-    from kiyotaka_ws import cli
+    from kiyotaka_ws._cli import command as cli
 
     readme = (ROOT / "README.md").read_text()
     commands = readme[readme.index("## Command line"):readme.index("## Troubleshooting")]

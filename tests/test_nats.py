@@ -25,7 +25,7 @@ from kiyotaka_ws import (
     State,
     SubscriptionError,
 )
-from kiyotaka_ws.cli import main
+from kiyotaka_ws._cli.command import main
 from kiyotaka_ws.nats import Relay, escape_token, series_subject, unescape_token
 from kiyotaka_ws.testing import FakeKiyotakaServer, book_point, trade_point
 
@@ -511,7 +511,7 @@ def test_relay_fails_loudly_when_jetstream_is_off(nats_server: NatsServer, upstr
 
 
 def test_nats_bench_smoke() -> None:
-    from kiyotaka_ws.nats_bench import run_nats_bench
+    from kiyotaka_ws._cli.nats_bench import run_nats_bench
 
     _nats_binary()
     out = io.StringIO()

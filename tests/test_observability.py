@@ -326,7 +326,7 @@ def test_metrics_register_and_a_handle_stops_the_server(make_client: Any) -> Non
 # -- kiyotaka-ws stream --stats --------------------------------------------------------------------
 
 def test_stream_stats_prints_a_line_per_interval(capsys: Any) -> None:
-    from kiyotaka_ws.cli import main
+    from kiyotaka_ws._cli.command import main
     with FakeKiyotakaServer(api_key="k") as server:
         stop = threading.Event()
 
@@ -357,7 +357,7 @@ def test_stream_stats_prints_a_line_per_interval(capsys: Any) -> None:
 
 def test_stats_line_wording() -> None:
     from kiyotaka_ws import ConnectionStats
-    from kiyotaka_ws.cli import stats_line
+    from kiyotaka_ws._cli.command import stats_line
     before = ConnectionStats(events=100, frames=10)
     now = ConnectionStats(events=1100, frames=110, dropped=2, reconnects=1, conflated=3, queue_depth=4,
                           feed_latency=Percentiles(0.0123, 0.02, 0.0456, 0.05, 10))

@@ -113,7 +113,7 @@ class _Hide:
         return None
 sys.meta_path.insert(0, _Hide())
 sys.argv = ["kiyotaka-ws", *{argv!r}]
-from kiyotaka_ws.cli import main
+from kiyotaka_ws._cli.command import main
 sys.exit(main())
 """
 
@@ -166,7 +166,7 @@ def test_wait_ready_returns_false_on_timeout_while_subscription_wait_raises(serv
 
 
 def _help(capsys: pytest.CaptureFixture[str], command: str) -> str:
-    from kiyotaka_ws.cli import main
+    from kiyotaka_ws._cli.command import main
 
     assert main([command, "--help"]) == 0
     return capsys.readouterr().out
@@ -189,14 +189,14 @@ def test_help_texts_speak_of_each_command_s_own_options_and_exit_codes(capsys: p
 def test_loggers_are_named_by_module_under_the_kiyotaka_ws_parent():
     import re
 
-    for path in (ROOT / "kiyotaka_ws").glob("*.py"):
+    for path in (ROOT / "kiyotaka_ws").rglob("*.py"):
         for name in re.findall(r"logging\.getLogger\(([^)]*)\)", path.read_text()):
-            assert name in ("__name__", '"kiyotaka_ws"') and (name == "__name__" or path.name == "cli.py"), (
+            assert name in ("__name__", '"kiyotaka_ws"') and (name == "__name__" or path.name == "command.py"), (
                 path.name, name)
 
 
 def test_event_times_print_in_utc_with_z(capsys: pytest.CaptureFixture[str]):
-    from kiyotaka_ws.cli import main
+    from kiyotaka_ws._cli.command import main
 
     with FakeKiyotakaServer(api_key="k") as server:
         def publish() -> None:
@@ -216,7 +216,7 @@ def test_event_times_print_in_utc_with_z(capsys: pytest.CaptureFixture[str]):
 def test_verbose_lines_name_the_family_once(capsys: pytest.CaptureFixture[str]):
     import socket
 
-    from kiyotaka_ws.cli import main
+    from kiyotaka_ws._cli.command import main
 
     with socket.socket() as probe:  # a port nobody listens on: refused at once
         probe.bind(("127.0.0.1", 0))

@@ -29,7 +29,7 @@ from kiyotaka_ws import (
     State,
     Trade,
 )
-from kiyotaka_ws.cli import main
+from kiyotaka_ws._cli.command import main
 from kiyotaka_ws.protocol import FrameDecoder
 from kiyotaka_ws.recording import (
     GAP,

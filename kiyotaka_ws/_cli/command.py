@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -20,28 +19,22 @@ from typing import Any, Callable, NamedTuple, NoReturn, TextIO
 
 import attrs
 
-from ._arguments import REGIONS
-from ._transport import one_line, redact_url
-from .channels import WIRE_NAMES, Channel, make_spec, param_option
-from .client import KiyotakaClient
-from .errors import (
+from .._arguments import REGIONS
+from .._transport import one_line, redact_url
+from ..channels import WIRE_NAMES, Channel, make_spec, param_option
+from ..client import KiyotakaClient
+from ..errors import (
     AuthenticationError,
     ConfigurationError,
     ConnectionFailedError,
     KiyotakaError,
     SubscriptionError,
 )
-from .events import (
-    BookSnapshot,
+from ..events import (
     Event,
-    FundingRate,
-    Liquidation,
-    OpenInterest,
-    Trade,
-    TradeAggregation,
-    VolumeProfile,
 )
-from .status import ConnectionStats, ConnectionStatus, State
+from ..status import ConnectionStats, ConnectionStatus, State
+from .console import format_event, run_for, sigterm_stops, terminated
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_NO_CONNECTION, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_FAILURE = EXIT_REJECTED  # the older name
@@ -90,64 +83,8 @@ _PROG = "kiyotaka-ws"
 _EXTRA_OF_MODULE = {"websockets": "testing", "nats": "nats", "prometheus_client": "metrics", "rich": "testing"}
 
 
-# Set by SIGTERM while a command runs: the streaming commands stop cleanly, as on --seconds.
-_terminated = threading.Event()
-
-
-@contextlib.contextmanager
-def _sigterm_stops() -> Iterator[None]:
-    """For the command's duration, SIGTERM asks for a clean stop (exit 0) instead of killing it.
-
-    Service managers (systemd, ``docker stop``) send SIGTERM and expect a prompt exit 0; the
-    handler only sets an event that ``run_for`` and the relay's loop look at every 0.2 s, so the
-    stop itself (recorder flush, relay buffer) runs on the main thread, as on Ctrl-C. Outside the
-    main thread (``main`` called from a thread) no handler can be installed and nothing changes.
-    """
-    _terminated.clear()
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: _terminated.set())
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 class UsageError(Exception):
     """A bad command line: the message is the one line ``main`` prints before returning 2."""
-
-
-def format_event(event: Event) -> str:
-    """One human-readable line for an event."""
-    when = event.datetime.strftime("%H:%M:%S.%f")[:-3] + "Z" if event.datetime else "--:--:--.---Z"  # UTC
-    where = f"{event.exchange or '*'}:{event.symbol or event.coin or '?'}"
-    if isinstance(event, (Trade, Liquidation)):
-        side = event.side.value if event.side else "?"
-        kind = "TRADE" if isinstance(event, Trade) else "LIQUIDATION"
-        return f"{when} {kind:<11} {where:<24} {side:<4} {event.amount:>12.6g} @ {event.price:,.2f}"
-    if isinstance(event, TradeAggregation):
-        side = event.side.value if event.side else "?"
-        return (f"{when} TRADE_AGG   {where:<24} {side:<4} o={event.open:,.2f} h={event.high:,.2f} "
-                f"l={event.low:,.2f} c={event.close:,.2f} v={event.volume:.6g}")
-    if isinstance(event, BookSnapshot):
-        bid, ask = event.best_bid, event.best_ask
-        bid_text = f"{bid.size:.4g} @ {bid.price:,.2f}" if bid else "-"
-        ask_text = f"{ask.size:.4g} @ {ask.price:,.2f}" if ask else "-"
-        spread = f"{event.spread:,.2f}" if event.spread is not None else "-"
-        return (f"{when} BOOK        {where:<24} bid {bid_text}  ask {ask_text}  spread {spread}  "
-                f"levels {len(event.bids)}/{len(event.asks)}")
-    if isinstance(event, FundingRate):
-        rate = f"{event.rate:.6%}" if event.rate is not None else "n/a"
-        predicted = f"{event.predicted_rate:.6%}" if event.predicted_rate is not None else "n/a"
-        return f"{when} FUNDING     {where:<24} rate {rate}  predicted {predicted}"
-    if isinstance(event, OpenInterest):
-        return f"{when} OPEN_INT    {where:<24} {event.open_interest:,.2f}"
-    if isinstance(event, VolumeProfile):
-        poc = max(event.levels, key=lambda lv: lv.buy_volume + lv.sell_volume, default=None)
-        poc_text = f"POC {poc.price:,.2f}" if poc else "empty"
-        return f"{when} VOL_PROFILE {where:<24} {len(event.levels)} levels  {poc_text}"
-    return f"{when} {event.channel.value} {where}"  # pragma: no cover - every channel is handled above
 
 
 def event_to_json(event: Event) -> str:
@@ -231,47 +168,6 @@ def endpoint_url(channel: Channel, region: str, url: str | None) -> str:
     if url is None:
         url = REGIONS[region] + ("/ws" if channel.family == "book" else "/nonbook/ws")
     return redact_url(url)
-
-
-def run_for(client: KiyotakaClient, seconds: float | None) -> bool:
-    """Run the client until ``seconds`` pass (when given), it stops, or it fails; returns True on timeout.
-
-    ``run_forever()`` runs on a helper thread while this (main) thread waits in short slices, so
-    Ctrl-C is noticed at once whatever the client's threads are doing: it stops the client and
-    raises ``KeyboardInterrupt``. SIGTERM (see ``_sigterm_stops``) stops the client and returns
-    False, like a clean end. A fatal error of the client (``run_forever()`` raised) is raised here.
-    """
-    failure: list[BaseException] = []
-
-    def _run() -> None:
-        try:
-            client.run_forever()
-        except BaseException as exc:  # noqa: BLE001 - handed over to the main thread
-            failure.append(exc)
-
-    runner = threading.Thread(target=_run, name="kiyotaka-ws-cli-run", daemon=True)
-    deadline = None if seconds is None else time.monotonic() + seconds
-    timed_out = False
-    runner.start()
-    try:
-        while runner.is_alive():
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                timed_out = True
-                client.stop()
-                break
-            if _terminated.is_set():
-                client.stop()
-                break
-            runner.join(0.2 if remaining is None else min(remaining, 0.2))
-    except KeyboardInterrupt:
-        client.stop()
-        raise
-    finally:
-        runner.join(10)
-    if failure:
-        raise failure[0]
-    return timed_out
 
 
 class _StreamReport:
@@ -482,7 +378,7 @@ def parse_sub(text: str) -> Sub:
 
 def _recording_path(text: str) -> str:
     """``--out``: a file in an existing directory, new or already a recording (appended to)."""
-    from .recording import Recorder, RecordingError
+    from ..recording import Recorder, RecordingError
 
     try:
         Recorder.check(text)
@@ -563,7 +459,7 @@ def cmd_record(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def cmd_relay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``kiyotaka-ws relay``: hold the upstream connections, publish every point to NATS."""
-    from .nats import Relay
+    from ..nats import Relay
 
     subs = [parse_sub(text) for text in args.sub]
     if not subs:
@@ -596,7 +492,7 @@ def cmd_relay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     interrupted = False
     try:
         while deadline is None or time.monotonic() < deadline:
-            if relay.client.done or report.fatal is not None or _terminated.is_set():
+            if relay.client.done or report.fatal is not None or terminated.is_set():
                 break
             time.sleep(0.1)
             if next_stats is not None and time.monotonic() >= next_stats:
@@ -639,7 +535,7 @@ def _finish(report: _StreamReport, fatal: KiyotakaError | None, url: str, timed_
 
 
 def _open_recording(path: str) -> Any:
-    from .recording import RecordingError, inspect_recording
+    from ..recording import RecordingError, inspect_recording
 
     try:
         return inspect_recording(path)
@@ -906,7 +802,7 @@ def _count(text: str) -> int:
 
 
 def _version() -> str:
-    from ._version import __version__
+    from .._version import __version__
     return __version__
 
 
@@ -958,7 +854,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     try:
-        with _library_logging(err, verbose=getattr(args, "verbose", False)), _sigterm_stops():
+        with _library_logging(err, verbose=getattr(args, "verbose", False)), sigterm_stops():
             if args.command == "demo":
                 from .demo import run_demo
                 return run_demo(args.seconds, out, plain=args.plain)
@@ -977,7 +873,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             if args.command == "inspect":
                 return cmd_inspect(args, out, err)
             if args.command == "nats-bench":
-                from .nats import check_available
+                from ..nats import check_available
                 from .nats_bench import run_nats_bench
                 check_available()  # before any process is started
                 return run_nats_bench(points=args.points, rate=args.rate, seconds=args.seconds, out=out)

@@ -43,7 +43,7 @@ def _free_port() -> int:
 
 
 def _consumer(nats_url: str, total: int, pipe: Any) -> None:
-    from .client import KiyotakaClient
+    from ..client import KiyotakaClient
 
     done = threading.Event()
     lat: list[float] = []
@@ -74,7 +74,7 @@ def _consumer(nats_url: str, total: int, pipe: Any) -> None:
 
 
 def _phase(nats_url: str, blaster_port: int, total: int, rate: float, ctx: Any) -> dict[str, Any]:
-    from .nats import Relay
+    from ..nats import Relay
 
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_consumer, args=(nats_url, total, child), daemon=True)

@@ -1,6 +1,6 @@
 """What exporting a capture costs, next to replaying it (measured, never asserted).
 
-    python -m kiyotaka_ws.bench_export [--points 1000000] [--per-frame 10]
+    python -m kiyotaka_ws._cli.bench_export [--points 1000000] [--per-frame 10]
 
 Writes a capture of ``--points`` TRADE points (brotli frames of ``--per-frame`` points, through a
 real ``Recorder``), then, each in a fresh process: the export to Parquet (``export_capture``),
@@ -23,7 +23,7 @@ from typing import Any
 
 import brotli  # type: ignore[import-untyped]
 
-from .recording import Recorder
+from ..recording import Recorder
 
 
 def _frame(first: int, count: int, t0: int) -> bytes:
@@ -60,12 +60,12 @@ def _peak_mb() -> float:
 def _floor(results: Any) -> None:
     import pyarrow.parquet  # type: ignore[import-untyped, unused-ignore]  # noqa: F401
 
-    from . import analysis  # noqa: F401
+    from .. import analysis  # noqa: F401
     results.put(("floor (import only)", 0, 0.0, _peak_mb()))
 
 
 def _export(path: str, folder: str, results: Any) -> None:
-    from .analysis import export_capture
+    from ..analysis import export_capture
 
     started = time.perf_counter()
     stats = export_capture(path, folder, channels=["TRADE"])
@@ -73,7 +73,7 @@ def _export(path: str, folder: str, results: Any) -> None:
 
 
 def _replay(path: str, results: Any) -> None:
-    from .client import KiyotakaClient
+    from ..client import KiyotakaClient
 
     count = [0]
 
@@ -88,8 +88,8 @@ def _replay(path: str, results: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m kiyotaka_ws.bench_export``: export and replay speed and peak RSS, side by side."""
-    parser = argparse.ArgumentParser(prog="python -m kiyotaka_ws.bench_export", description=__doc__,
+    """``python -m kiyotaka_ws._cli.bench_export``: export and replay speed and peak RSS, side by side."""
+    parser = argparse.ArgumentParser(prog="python -m kiyotaka_ws._cli.bench_export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", type=int, default=1_000_000)
     parser.add_argument("--per-frame", type=int, default=10)

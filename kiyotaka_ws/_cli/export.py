@@ -13,9 +13,9 @@ import os
 import time
 from typing import Any, TextIO
 
-from .analysis import FORMATS, CaptureStats, export_capture, file_name
-from .channels import Channel, parse_channel
-from .recording import recording_files
+from ..analysis import FORMATS, CaptureStats, export_capture, file_name
+from ..channels import Channel, parse_channel
+from ..recording import recording_files
 
 
 def add_parser(commands: Any) -> None:

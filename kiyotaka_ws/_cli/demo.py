@@ -23,11 +23,11 @@ import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from .cli import format_event, run_for
-from .client import KiyotakaClient
-from .errors import KiyotakaError
-from .events import BookSnapshot, Event, FundingRate, Liquidation, OpenInterest, Trade
-from .status import ConnectionStats, ConnectionStatus
+from ..client import KiyotakaClient
+from ..errors import KiyotakaError
+from ..events import BookSnapshot, Event, FundingRate, Liquidation, OpenInterest, Trade
+from ..status import ConnectionStats, ConnectionStatus
+from .console import format_event, run_for
 
 EXCHANGE, SYMBOL, BLOCK = "BINANCE_FUTURES", "BTCUSDT", 10.0
 _GREEN, _RED, _DIM, _BOLD, _RESET = "\x1b[32m", "\x1b[31m", "\x1b[2m", "\x1b[1m", "\x1b[0m"
@@ -276,7 +276,7 @@ def use_color(environ: Any = None) -> bool:
 @contextlib.contextmanager
 def fake_market(seed: int | None = None) -> Iterator[dict[str, Any]]:
     """A local FakeKiyotakaServer with the demo's synthetic market; yields ``KiyotakaClient`` kwargs."""
-    from .testing import FakeKiyotakaServer  # needs the "testing" extra
+    from ..testing import FakeKiyotakaServer  # needs the "testing" extra
 
     with FakeKiyotakaServer(api_key="demo-key") as server:
         market = Market(server, seed=seed)
@@ -289,7 +289,7 @@ def fake_market(seed: int | None = None) -> Iterator[dict[str, Any]]:
 
 def run_demo(seconds: float, out: TextIO, plain: bool = False, seed: int | None = None) -> int:
     """Run the offline demo for ``seconds`` (Ctrl-C ends it early). Returns the exit code."""
-    from .testing import FakeKiyotakaServer  # needs the "testing" extra
+    from ..testing import FakeKiyotakaServer  # needs the "testing" extra
 
     redraw = not plain and out.isatty()
     view = View(out, seconds, redraw, color=use_color())

@@ -28,9 +28,9 @@ from urllib.parse import parse_qs, urlsplit
 import brotli
 import websocket
 
-from . import protocol
-from .client import KiyotakaClient
-from .events import Trade
+from .. import protocol
+from ..client import KiyotakaClient
+from ..events import Trade
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 EXCHANGE, SYMBOL = "BENCH", "BTCUSDT"

@@ -26,11 +26,11 @@ import time
 
 import brotli
 
-from . import protocol
+from .. import protocol
+from ..client import KiyotakaClient
+from ..dispatch import EventQueue
+from ..recording import Recorder
 from .bench import EXCHANGE, SYMBOL, blaster_process, run_client, trade_points
-from .client import KiyotakaClient
-from .dispatch import EventQueue
-from .recording import Recorder
 
 
 def tap_cost(folder: str, frames: int = 50_000) -> None:
