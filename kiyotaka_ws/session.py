@@ -56,7 +56,7 @@ import threading
 import time
 from typing import Any, Callable, NamedTuple
 
-from . import protocol, wire
+from . import protocol
 from ._arguments import Options
 from ._transport import (
     Cancel,
@@ -65,6 +65,7 @@ from ._transport import (
     HandshakeRejected,
     dial,
     redact_url,
+    wire,
 )
 from ._version import __version__
 from .channels import ChannelSpec

@@ -34,7 +34,7 @@ VOCABULARY, TRANSPORT, SEAM, CORE, FACADE, TOOLS = "vocabulary", "transport", "s
 LAYERS = {
     "errors": VOCABULARY, "status": VOCABULARY, "channels": VOCABULARY, "events": VOCABULARY,
     "protocol": VOCABULARY, "_version": VOCABULARY, "threads": VOCABULARY,
-    "_transport": TRANSPORT, "wire": TRANSPORT,
+    "_transport": TRANSPORT,
     "source": SEAM,
     "session": CORE, "dispatch": CORE, "fastpath": CORE, "latency": CORE, "recording": CORE,
     "replay": CORE, "external": CORE, "_arguments": CORE,
@@ -180,7 +180,7 @@ def test_every_module_has_a_layer() -> None:
 def test_the_transport_imports_nothing_of_kiyotaka() -> None:
     fail_with([f"{where(i.source, i.line)}: {i.source} imports {i.target}"
                for i in IMPORTS if layer_of(i.source) == TRANSPORT and layer_of(i.target) != TRANSPORT],
-              "the transport (_transport/, wire.py) imports nothing of kiyotaka_ws outside itself")
+              "the transport (_transport/) imports nothing of kiyotaka_ws outside itself")
 
 
 def test_nothing_below_the_facade_imports_it() -> None:

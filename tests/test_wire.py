@@ -1,4 +1,4 @@
-"""kiyotaka_ws.wire against crafted frames on real loopback sockets (no mocks)."""
+"""kiyotaka_ws._transport.wire against crafted frames on real loopback sockets (no mocks)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kiyotaka_ws.wire import (
+from kiyotaka_ws._transport.wire import (
     BINARY,
     CLOSE,
     DEFAULT_MAX_FRAGMENTS,

@@ -4,8 +4,7 @@
 bounded byte stream the handshakes read from), ``proxy.py`` (HTTP CONNECT, SOCKS4/4a/5/5h via
 socksio), ``upgrade.py`` (the WebSocket upgrade via websocket-client), ``head.py`` (one HTTP answer
 head via websocket-client's reader), ``tls.py`` (``sslopt``), ``urls.py`` (target parsing and the
-one URL redactor), ``errors.py`` (the failure tree). The framing after the upgrade is
-``kiyotaka_ws.wire``.
+one URL redactor), ``errors.py`` (the failure tree). The framing after the upgrade is ``wire.py``.
 
 This package imports nothing from ``kiyotaka_ws`` outside itself: its failures are its own
 (``DialError``, ``BadArgument``) and its callers map them.

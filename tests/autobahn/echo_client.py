@@ -1,4 +1,4 @@
-"""Autobahn|Testsuite echo client on kiyotaka_ws.wire.WebSocket (run by run.sh, not by pytest).
+"""Autobahn|Testsuite echo client on kiyotaka_ws._transport.wire.WebSocket (run by run.sh, not by pytest).
 
 The client's own transport (``kiyotaka_ws._transport.dial``: the cancellable connect, then
 websocket-client's upgrade over that socket, reading the answer byte by byte so nothing past it is
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from kiyotaka_ws._transport import Cancel, dial
-from kiyotaka_ws.wire import TEXT, WebSocket, WireError
+from kiyotaka_ws._transport.wire import TEXT, WebSocket, WireError
 
 AGENT = "kiyotaka-ws-wire"
 

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Autobahn|Testsuite (cases 1-10: 12.* and 13.* need permessage-deflate) against kiyotaka_ws.wire.
+# Autobahn|Testsuite (cases 1-10: 12.* and 13.* need permessage-deflate) against kiyotaka_ws._transport.wire.
 #
 # Setup, once (Autobahn|Testsuite runs on Python 2.7 only):
 #   ~/.pyenv/versions/2.7.18/bin/python -m pip install 'virtualenv<20.22'
