@@ -58,7 +58,7 @@ from .errors import KiyotakaError
 from .status import State
 from .threads import join_by
 
-log = logging.getLogger("kiyotaka_ws.metrics")
+log = logging.getLogger(__name__)
 
 MAX_SCRAPES = 8         # connections served at once
 SCRAPE_TIMEOUT = 5.0    # seconds a connection may wait on each read or write of its socket

@@ -104,7 +104,7 @@ _CHUNK = 1 << 20
 _WRITE_RECORDS = 256             # records per write() while writing a batch
 _CLOSED, _FAILED = 1, 2
 _TIME = operator.itemgetter(1)
-log = logging.getLogger("kiyotaka_ws.recording")
+log = logging.getLogger(__name__)
 
 
 class RecordingError(KiyotakaError, ValueError):
