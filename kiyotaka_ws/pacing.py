@@ -16,6 +16,7 @@ tests):
 - ``settle_permanent(channels, rejection)``: a batch rejected PERMANENT -> the channels rejected
   for good and the requests to retry (the channels the error named apart, else the two halves),
   so bad channels are isolated in at most ``2 * bad * ceil(log2(n)) + 1`` requests.
+  ``named``/``named_exactly``: which channels of a batch an error names.
 - ``RateLimitBackoff``: the delay before re-sending rate-limited channels (``retry_after``
   honoured up to a cap, else exponential with full jitter) and the count of consecutive rate-limit
   failures, so the caller warns once after ``warn_after`` of them.
@@ -382,12 +383,9 @@ def _symbols(channel: Any) -> set[str]:
     return {v for k in ("symbol", "coin") if isinstance(v := channel.get(k), str) and v}
 
 
-def named(channels: Sequence[T], rejection: Rejection,
-          symbols: Callable[[T], set[str]] = _symbols) -> tuple[T, ...]:
-    """The channels of the batch the error names: a channel object (or a list of them) in
-    ``data`` (``channel``/``channels``, or ``data`` itself), else a ``symbol`` in ``data``, else a
-    symbol that is a whole word of the message. ``symbols(channel)`` gives a channel's symbols
-    (default: a channel object's ``symbol`` and ``coin``)."""
+def named_exactly(channels: Sequence[T], rejection: Rejection) -> tuple[T, ...]:
+    """The channels of the batch whose channel object the error carries: in ``data``
+    (``channel``/``channels``, or ``data`` itself, a channel object or a list of them)."""
     data = rejection.data
     objects: list[Any] = []
     if isinstance(data, Mapping):
@@ -397,9 +395,20 @@ def named(channels: Sequence[T], rejection: Rejection,
         objects.append(data)
     elif isinstance(data, list):
         objects.extend(data)
-    hits = tuple(c for c in channels if any(_same(c, o) for o in objects))
+    return tuple(c for c in channels if any(_same(c, o) for o in objects))
+
+
+def named(channels: Sequence[T], rejection: Rejection,
+          symbols: Callable[[T], set[str]] = _symbols) -> tuple[T, ...]:
+    """The channels of the batch the error names: ``named_exactly``, else those with a
+    ``symbol``/``coin`` given in ``data``, else those with a symbol that is a whole word of the
+    message (case-sensitive; ``_`` and ``-`` join words, so ``BTC`` is not in ``BTC-USDT``).
+    ``symbols(channel)`` gives a channel's symbols (default: a channel object's ``symbol`` and
+    ``coin``)."""
+    hits = named_exactly(channels, rejection)
     if hits:
         return hits
+    data = rejection.data
     words: set[str] = set()
     if isinstance(data, Mapping):
         words.update(v for k in ("symbol", "coin") if isinstance(v := data.get(k), str))
@@ -417,21 +426,26 @@ def settle_permanent(channels: Sequence[T], rejection: Rejection,
     """Split a batch rejected PERMANENT until its bad channels are isolated.
 
     - one channel: rejected for good;
-    - the error names some (not all) of the batch (``named``): a single named one is rejected,
-      several named ones are retried together, and the others are retried together;
+    - the error carries exactly one of the batch's channel objects (``named_exactly``): that one
+      is rejected, the others are retried together;
+    - the error names some (not all) of the batch otherwise (``named``: by symbol, a guess): the
+      named ones are retried together (alone, if one: a wrong guess costs one request, never a
+      good channel), and the others together;
     - otherwise (named none or all, or ``too_large``): the two halves are retried.
     Each retried request that fails again is settled the same way, so ``b`` bad channels among
-    ``n`` take at most ``2 * b * ceil(log2(n)) + 1`` requests in all, and the good ones pass.
+    ``n`` named by nothing take at most ``2 * b * ceil(log2(n)) + 1`` requests in all, and the
+    good ones pass.
     """
     batch = tuple(channels)
     if len(batch) <= 1:
         return Settlement(batch, ())
-    suspects = () if rejection.too_large else named(batch, rejection, symbols)
-    if suspects and len(suspects) < len(batch):
-        rest = tuple(c for c in batch if c not in suspects)
-        if len(suspects) == 1:
-            return Settlement(suspects, (rest,))
-        return Settlement((), (suspects, rest))
+    if not rejection.too_large:
+        exact = named_exactly(batch, rejection)
+        if len(exact) == 1:
+            return Settlement(exact, (tuple(c for c in batch if c not in exact),))
+        suspects = exact or named(batch, rejection, symbols)
+        if suspects and len(suspects) < len(batch):
+            return Settlement((), (suspects, tuple(c for c in batch if c not in suspects)))
     half = len(batch) // 2
     return Settlement((), (batch[:half], batch[half:]))
 

@@ -274,6 +274,22 @@ def test_classify_reads_retry_after_from_data_error_or_siblings_and_the_limit() 
     assert too_large.too_large and too_large.kind == PERMANENT
 
 
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+                               st.sampled_from(["code", "message", "data", "retry_after", "limit", "channel",
+                                                "symbol", "x"]), inner, max_size=5), max_leaves=15)
+
+
+@settings(max_examples=150, deadline=None)
+@given(error=json_values, siblings=st.dictionaries(st.sampled_from(["message", "retry_after", "data"]), json_values))
+def test_any_error_a_server_sends_is_classified_and_settled_without_raising(error: Any, siblings: Any) -> None:
+    rejection = classify(error, siblings)
+    assert rejection.kind in (RATE_LIMITED, SUBSCRIPTION_LIMIT, PERMANENT)
+    assert rejection.retry_after is None or 0 <= rejection.retry_after < math.inf
+    out = settle_permanent([ch("A"), ch("B"), ch("C")], rejection)
+    assert sorted(c["symbol"] for part in (out.rejected, *out.retry) for c in part) == ["A", "B", "C"]
+
+
 # -- isolating bad channels -----------------------------------------------------------------
 
 
@@ -281,14 +297,19 @@ def ch(symbol: str, type_: str = "TRADE") -> dict[str, str]:
     return {"type": type_, "exchange": "X", "symbol": symbol}
 
 
-def test_a_named_channel_is_rejected_alone_and_the_rest_retried() -> None:
+def test_a_channel_object_in_the_error_is_rejected_and_a_named_symbol_retried_alone() -> None:
     batch = [ch("A"), ch("BAD"), ch("C")]
-    by_message = settle_permanent(batch, classify({"code": -32602, "message": "INVALID_SYMBOL: BAD"}))
-    assert by_message.rejected == (ch("BAD"),) and by_message.retry == ((ch("A"), ch("C")),)
     by_data = settle_permanent(batch, classify({"code": 1, "message": "no", "data": {"channel": ch("C")}}))
-    assert by_data.rejected == (ch("C"),)
+    assert by_data.rejected == (ch("C"),) and by_data.retry == ((ch("A"), ch("BAD")),)
+    by_list = settle_permanent(batch, classify({"code": 1, "message": "no", "data": [ch("A")]}))
+    assert by_list.rejected == (ch("A"),)
+    # a symbol in the message or in data is a guess: retried alone, rejected only if it fails alone
+    by_message = settle_permanent(batch, classify({"code": -32602, "message": "INVALID_SYMBOL: BAD"}))
+    assert by_message.rejected == () and by_message.retry == ((ch("BAD"),), (ch("A"), ch("C")))
     by_symbol = settle_permanent(batch, classify({"code": 1, "message": "no", "data": {"symbol": "A"}}))
-    assert by_symbol.rejected == (ch("A"),)
+    assert by_symbol.retry == ((ch("A"),), (ch("BAD"), ch("C")))
+    assert settle_permanent([ch("BAD")], classify({"code": -32602, "message": "INVALID_SYMBOL: BAD"})).rejected == (
+        ch("BAD"),)
 
 
 def test_a_word_inside_another_names_nothing_and_an_unnamed_batch_is_halved() -> None:
