@@ -487,4 +487,5 @@ class RateLimitBackoff:
 
     @property
     def warn_now(self) -> bool:
+        """True right after the ``warn_after``-th consecutive failure (once per run of failures)."""
         return self.failures == self.warn_after
