@@ -97,11 +97,6 @@ def whole(minimum: int, maximum: int | None = None, *, also: int | None = None, 
     return Check(expected, accepts)
 
 
-def rate(low: float, high: float, what: str) -> Check:
-    """A number in ``[low, high]``, as a float."""
-    return Check(f"a number of {what} from {low:g} to {high:g}", lambda v: _is_number(v) and low <= v <= high, float)
-
-
 def flag() -> Check:
     """``True`` or ``False``: not 0/1, not a string."""
     return Check("True or False", lambda v: isinstance(v, bool))
@@ -276,12 +271,6 @@ CLIENT = Table("KiyotakaClient", {
     "record": optional(Check("a file path", _path), "not to record"),
     "record_rotate_bytes": optional(whole(1024), "not to rotate by size"),
     "record_rotate_seconds": optional(seconds(), "not to rotate by time"),
-    # Kiyotaka documents no limits (protocol notes, section 7 #17): 50 channels per request and
-    # 10 requests a second are what exchange APIs of this kind accept.
-    "max_channels_per_request": whole(1, 10_000),
-    # at least one request per 100 s (so every wait stays far below MAX_SECONDS)
-    "max_requests_per_second": rate(0.01, 1e6, "requests per second"),
-    "max_subscriptions_per_connection": optional(whole(1), "for no limit until the server names one"),
 }, rules=(
     Rule(("backoff_initial", "backoff_max"), lambda v: v["backoff_max"] >= v["backoff_initial"],
          "backoff_max: must be >= backoff_initial ({backoff_initial}), got {backoff_max}"),

@@ -262,9 +262,6 @@ class KiyotakaClient:
         record: str | os.PathLike[str] | None = None,
         record_rotate_bytes: int | None = None,
         record_rotate_seconds: float | None = None,
-        max_channels_per_request: int = 50,
-        max_requests_per_second: float = 10.0,
-        max_subscriptions_per_connection: int | None = None,
     ) -> None:
         args = CLIENT.check(locals())  # ConfigurationError naming the first bad argument
         urls = {BOOK: _endpoint(book_url, region, BOOK), NONBOOK: _endpoint(nonbook_url, region, NONBOOK)}
@@ -283,9 +280,7 @@ class KiyotakaClient:
             stale_timeout=stale_timeout, auth_timeout=float(auth_timeout),
             subscribe_timeout=float(subscribe_timeout), connect_timeout=float(connect_timeout),
             send_timeout=float(send_timeout), max_frame_bytes=max_frame_bytes, max_retries=max_retries,
-            sslopt=_tls(sslopt, urls), proxy=args["proxy"], max_channels_per_request=max_channels_per_request,
-            max_requests_per_second=float(max_requests_per_second),
-            max_subscriptions_per_connection=max_subscriptions_per_connection)
+            sslopt=_tls(sslopt, urls), proxy=args["proxy"])
         self._hooks = Hooks()
         self._ids = itertools.count(1)  # request ids: never reused in this client's lifetime
         self._lock = threading.Lock()   # guards the registry below; never held around user code or I/O

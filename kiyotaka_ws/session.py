@@ -93,9 +93,6 @@ class Options:
     max_retries: int | None = None
     sslopt: dict[str, Any] | None = None
     proxy: Proxy | None = None
-    max_channels_per_request: int = 50
-    max_requests_per_second: float = 10.0
-    max_subscriptions_per_connection: int | None = None
 
 
 class Backoff:

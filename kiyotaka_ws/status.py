@@ -67,5 +67,3 @@ class ConnectionStats:
     queue_delay: Percentiles | None = None
     handler_time: Percentiles | None = None
     conflated: int = 0        # snapshots skipped by conflate=True handlers (a newer one was due)
-    shards: int = 1           # connections the family's subscriptions are spread over
-    requests_sent: int = 0    # subscribe/unsubscribe requests sent (several channels each)

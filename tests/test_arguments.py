@@ -92,9 +92,6 @@ BAD: dict[str, dict[str, tuple[Any, Any]]] = {
         "record": (5, "/no/such/directory/r.kwsrec"),
         "record_rotate_bytes": ("1", 10),
         "record_rotate_seconds": ("1", 0),
-        "max_channels_per_request": (50.0, 0),
-        "max_requests_per_second": ("10", 0.001),
-        "max_subscriptions_per_connection": (True, 0),
     },
     "replay": {"path": (5, ""), "speed": ("1", 0)},
     "from_nats": {
@@ -212,15 +209,6 @@ def test_good_arguments_still_pass_and_are_kept(recording: str) -> None:
     client = KiyotakaClient("k", backoff_initial=1, backoff_max=1, ping_interval=None, auth_timeout=0,
                             max_retries=0, proxy="socks5://u:p@127.0.0.1:1080", rng=lambda: 0.5)
     assert client._options.backoff_initial == 1.0 and client._options.proxy is not None
-    assert (client._options.max_channels_per_request, client._options.max_requests_per_second,
-            client._options.max_subscriptions_per_connection) == (50, 10.0, None)  # the defaults
-    paced = KiyotakaClient("k", max_channels_per_request=1, max_requests_per_second=2,
-                           max_subscriptions_per_connection=1000)
-    assert paced._options.max_requests_per_second == 2.0 and type(paced._options.max_requests_per_second) is float
-    assert paced._options.max_subscriptions_per_connection == 1000
-    stats = paced.stats()["nonbook"]
-    assert (stats.shards, stats.requests_sent) == (1, 0)
-    paced.stop(0)
     consumer = KiyotakaClient.from_nats(["nats://a:1", "nats://b:2"], jetstream=True, start_time=0)
     assert consumer._sources.settings.start_time == datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)  # type: ignore[attr-defined]
     assert _relay(max_bytes=-1, max_age=60).max_bytes == -1
