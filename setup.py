@@ -6,7 +6,7 @@ from setuptools.command.egg_info import egg_info
 # What an unpacked sdist needs to run its own tests, in MANIFEST.in syntax (tests/test_sdist.py
 # builds an sdist, installs it in a fresh virtual environment and runs some of them).
 SDIST_EXTRAS = """
-include CHANGELOG.md LICENSE README.md .ci/run .ruff.toml
+include CHANGELOG.md LICENSE README.md .ci/run
 recursive-include tests *.py *.sh *.json
 recursive-include examples *.py
 prune tests/autobahn/reports

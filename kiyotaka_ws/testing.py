@@ -18,6 +18,22 @@ or rejects, as configured), sends brotli or plain frames as each client asked, r
 points to the subscribers whose channels match their ``series``, records every message it gets,
 and injects faults: abrupt drops, close codes, raw bytes, silence, rejected symbols.
 
+Limits mode (each off by default, as the server was before): ``max_requests_per_second`` (a
+token bucket per connection with a burst of ``min(5, rate)``, as ``kiyotaka_ws.pacing`` paces the
+client), ``max_channels_per_request`` and ``max_subscriptions_per_connection``. A request over a
+limit is rejected whole, nothing of it applied, with a JSON-RPC error::
+
+    rate:           {"code": 429, "message": "TOO_MANY_REQUESTS", "data": {"retry_after": <s>}}
+    channels:       {"code": -32602, "message": "TOO_MANY_CHANNELS: at most N channels per request",
+                     "data": {"max_channels_per_request": N}}
+    subscriptions:  {"code": 4290, "message": "SUBSCRIPTION_LIMIT: at most N subscriptions per connection",
+                     "data": {"limit": N}}
+
+checked in that order (then ``reject_symbol``, whose error names no channel and rejects the whole
+batch). Control requests (subscribe, unsubscribe, unsubscribe_all; not authenticate) count
+against the rate, rejected ones included; ``request_counts()``, ``max_burst()`` and
+``rejections()`` say what the server saw.
+
 A point builder for each channel makes points exactly as the service sends them:
 ``trade_point``, ``trade_agg_point``, ``book_point``, ``liquidation_point``,
 ``funding_rate_point``, ``open_interest_point`` and ``volume_profile_point``.
@@ -47,6 +63,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 
 from .channels import BOOK, NONBOOK
+from .pacing import TokenBucket
 
 __all__ = [
     "FakeKiyotakaServer",
@@ -63,6 +80,8 @@ __all__ = [
 
 _PATHS = {"/ws": BOOK, "/nonbook/ws": NONBOOK}
 ANSWER, SILENT, REJECT = "answer", "silent", "reject"
+_CONTROL = ("public/subscribe", "public/unsubscribe", "public/unsubscribe_all")
+RATE_LIMITED_ERROR, TOO_MANY_CHANNELS_ERROR, SUBSCRIPTION_LIMIT_ERROR = 429, -32602, 4290
 
 
 class Received:
@@ -90,10 +109,11 @@ class Received:
 class _Session:
     """One client connection as the server sees it."""
 
-    def __init__(self, number: int, family: str, conn: ServerConnection) -> None:
+    def __init__(self, number: int, family: str, conn: ServerConnection, bucket: TokenBucket | None) -> None:
         self.number = number
         self.family = family
         self.conn = conn
+        self.bucket = bucket
         self.authenticated = False
         self.brotli = False
         # keyed by their canonical JSON: a subscribe or unsubscribe costs O(its channels), not
@@ -124,14 +144,29 @@ class FakeKiyotakaServer:
     delays every answer (a slow server). ``compress_replies`` brotli-compresses answers too when
     the client asked for brotli. ``port=0`` picks a free port; after a ``stop()``, ``start()``
     listens on the same port again (a server restart).
+
+    ``max_requests_per_second``, ``max_channels_per_request``, ``max_subscriptions_per_connection``
+    (None: no limit) enforce limits per connection, as the module docstring describes.
     """
 
     def __init__(self, api_key: str | None = "test-key", *, host: str = "127.0.0.1", port: int = 0,
                  auth_reply: str = ANSWER, subscribe_reply: str = ANSWER, reply_delay: float = 0.0,
-                 compress_replies: bool = False) -> None:
+                 compress_replies: bool = False, max_requests_per_second: float | None = None,
+                 max_channels_per_request: int | None = None,
+                 max_subscriptions_per_connection: int | None = None) -> None:
         for name, value in (("auth_reply", auth_reply), ("subscribe_reply", subscribe_reply)):
             if value not in (ANSWER, SILENT, REJECT):
                 raise ValueError(f"{name}: expected 'answer', 'silent' or 'reject', got {value!r}")
+        if max_requests_per_second is not None and not max_requests_per_second > 0:
+            raise ValueError(f"max_requests_per_second: expected a positive number or None, "
+                             f"got {max_requests_per_second!r}")
+        for name, limit in (("max_channels_per_request", max_channels_per_request),
+                            ("max_subscriptions_per_connection", max_subscriptions_per_connection)):
+            if limit is not None and not (isinstance(limit, int) and limit >= 1):
+                raise ValueError(f"{name}: expected a whole number >= 1 or None, got {limit!r}")
+        self.max_requests_per_second = max_requests_per_second
+        self.max_channels_per_request = max_channels_per_request
+        self.max_subscriptions_per_connection = max_subscriptions_per_connection
         self.api_key = api_key
         self.host = host
         self.auth_reply = auth_reply
@@ -144,6 +179,9 @@ class FakeKiyotakaServer:
         self._sessions: dict[int, _Session] = {}
         self._received: list[Received] = []
         self._rejected_symbols: dict[str, tuple[int, str]] = {}
+        # connection number -> arrival times of its control requests (monotonic seconds)
+        self._request_times: dict[int, list[float]] = {}
+        self._rejections: dict[int, int] = {}  # error code -> how many requests it rejected
         self._connections = 0
         self._silent = False
         self._server: Server | None = None
@@ -373,6 +411,31 @@ class FakeKiyotakaServer:
             session.conn.close(code, reason)
         return len(sessions)
 
+    def request_counts(self) -> dict[int, int]:
+        """Control requests (subscribe, unsubscribe, unsubscribe_all) per connection number,
+        rejected ones included, since the server was created."""
+        with self._lock:
+            return {number: len(times) for number, times in self._request_times.items()}
+
+    def max_burst(self, window: float = 1.0) -> int:
+        """The most control requests one connection sent within any ``window`` seconds."""
+        with self._lock:
+            series = [list(times) for times in self._request_times.values()]
+        most = 0
+        for times in series:
+            start = 0
+            for end, at in enumerate(times):
+                while at - times[start] > window:
+                    start += 1
+                most = max(most, end - start + 1)
+        return most
+
+    def rejections(self) -> dict[int, int]:
+        """How many control requests each limit rejected, by error code (429 rate, -32602 channels
+        per request, 4290 subscriptions per connection)."""
+        with self._lock:
+            return dict(self._rejections)
+
     def set_silent(self, silent: bool = True) -> None:
         """While silent the server sends nothing: no data, no answers (pongs still go out)."""
         self._silent = silent
@@ -429,7 +492,8 @@ class FakeKiyotakaServer:
         family = _PATHS[conn.request.path.split("?", 1)[0]]
         with self._lock:
             self._connections += 1
-            session = _Session(self._connections, family, conn)
+            bucket = None if self.max_requests_per_second is None else TokenBucket(self.max_requests_per_second)
+            session = _Session(self._connections, family, conn, bucket)
             self._sessions[session.number] = session
         self._notify()
         try:
@@ -479,6 +543,13 @@ class FakeKiyotakaServer:
             self._reply(session, req_id, error={"code": 401, "message": "not authenticated"})
             return
         channels = [c for c in params.get("channels") or [] if isinstance(c, dict)]
+        over = self._over_limit(session, method, channels)
+        if over is not None:
+            with self._lock:
+                self._rejections[over["code"]] = self._rejections.get(over["code"], 0) + 1
+            if self.subscribe_reply != SILENT:
+                self._reply(session, req_id, error=over)
+            return
         if method == "public/subscribe":
             session.brotli = params.get("compression") == "brotli"
             rejected = self._rejection(channels)
@@ -499,6 +570,31 @@ class FakeKiyotakaServer:
         self._notify()
         if self.subscribe_reply == ANSWER:
             self._reply(session, req_id, result={"channels": channels})
+
+    def _over_limit(self, session: _Session, method: str, channels: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The error for a control request over a limit (nothing of it applied), or None."""
+        now = time.monotonic()
+        with self._lock:
+            self._request_times.setdefault(session.number, []).append(now)
+        if session.bucket is not None:
+            wait = session.bucket.take(now)
+            if wait > 0:
+                return {"code": RATE_LIMITED_ERROR, "message": "TOO_MANY_REQUESTS",
+                        "data": {"retry_after": round(wait, 3)}}
+        most = self.max_channels_per_request
+        if most is not None and len(channels) > most:
+            return {"code": TOO_MANY_CHANNELS_ERROR, "message": f"TOO_MANY_CHANNELS: at most {most} channels per request",
+                    "data": {"max_channels_per_request": most}}
+        limit = self.max_subscriptions_per_connection
+        if limit is not None and method == "public/subscribe":
+            with self._lock:
+                new = {_channel_key(c) for c in channels} - session.channels.keys()
+                held = len(session.channels)
+            if held + len(new) > limit:
+                return {"code": SUBSCRIPTION_LIMIT_ERROR,
+                        "message": f"SUBSCRIPTION_LIMIT: at most {limit} subscriptions per connection",
+                        "data": {"limit": limit}}
+        return None
 
     def _rejection(self, channels: list[dict[str, Any]]) -> tuple[int, str] | None:
         with self._lock:

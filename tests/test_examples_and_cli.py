@@ -467,3 +467,38 @@ def test_bench_recording_smoke(capsys):
     assert main(["bench", "--recording", "--points", "5000", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
     assert "with the recorder's tap" in out and "replay" in out and "pacing at speed 1.0" in out
+
+
+def test_bench_subscriptions_quick_reports_every_count_and_never_crashes(capsys):
+    """Against the limited fake server: one row per phase and count, and an honest verdict."""
+    assert main(["bench", "--subscriptions", "10,30", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "enforcing 10 requests/s, 50 channels per request, 1,000 subscriptions per connection" in out
+    rows = [line.split() for line in out.splitlines() if line.strip().split(" ")[0] in ("10", "30")]
+    assert [(row[0], row[1]) for row in rows] in (
+        [("10", "start"), ("10", "reconnect"), ("30", "start"), ("30", "reconnect")],
+        [("10", "start"), ("30", "start")])  # a start not READY has no reconnect row
+    assert "every phase READY with every channel held: " in out
+
+
+def test_bench_subscriptions_bad_counts_are_usage_errors(capsys):
+    assert main(["bench", "--subscriptions", "10,0"]) == 2
+    assert "--subscriptions" in capsys.readouterr().err
+
+
+def test_bench_subscriptions_reports_a_start_that_never_gets_ready(monkeypatch):
+    import functools
+    import io
+
+    from kiyotaka_ws import bench_subscriptions
+    from kiyotaka_ws.testing import FakeKiyotakaServer
+
+    monkeypatch.setattr(bench_subscriptions, "FakeKiyotakaServer",
+                        functools.partial(FakeKiyotakaServer, subscribe_reply="silent"))
+    out = io.StringIO()
+    started = time.monotonic()
+    assert bench_subscriptions.run_subscriptions_bench([5], bound=1.0, out=out) == 0
+    assert time.monotonic() - started < 15
+    text = out.getvalue()
+    assert "not READY in 1 s" in text and "reconnect" not in text.split("phase", 1)[1].split("held:")[0]
+    assert "every channel held: NO" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import brotli
 import pytest
@@ -148,3 +149,110 @@ def test_feed_publishes_in_the_background_until_the_server_stops():
             assert wait_until(lambda: len(got) >= 20)
     assert not [t for t in threading.enumerate() if t.name.startswith("fake-kiyotaka-feed")]
     assert [e.price for e in got] == sorted(e.price for e in got)
+
+
+# -- limits mode --------------------------------------------------------------------------------
+
+
+def request(ws, method, channels, req_id):
+    ws.send(json.dumps({"jsonrpc": "2.0", "id": req_id, "method": method,
+                        "params": {"channels": channels, "version": "v2"}}))
+    answer = json.loads(ws.recv())
+    assert answer["id"] == req_id
+    return answer
+
+
+def trades(*symbols):
+    return [{**TRADE_CHANNEL, "symbol": s} for s in symbols]
+
+
+def test_limits_are_off_by_default(server):
+    ws = connect(server)
+    ws.recv()
+    for i in range(20):
+        assert "result" in request(ws, "public/subscribe", trades(*(f"S{i}-{j}" for j in range(60))), 10 + i)
+    assert server.wait_subscribed(1200)
+    assert server.request_counts() == {1: 20} and server.rejections() == {}
+    assert server.max_burst() == 20 and server.max_burst(window=0.0) == 1
+    ws.close()
+
+
+def test_a_request_over_the_rate_is_refused_with_429_and_retry_after():
+    with FakeKiyotakaServer(max_requests_per_second=1.0) as limited:
+        ws = connect(limited)
+        ws.recv()
+        assert "result" in request(ws, "public/subscribe", trades("A"), 2)
+        refused = request(ws, "public/subscribe", trades("B"), 3)
+        assert refused["error"]["code"] == 429 and refused["error"]["message"] == "TOO_MANY_REQUESTS"
+        retry_after = refused["error"]["data"]["retry_after"]
+        assert 0 < retry_after <= 1.0
+        assert [c["symbol"] for c in limited.subscriptions()] == ["A"]  # nothing of it applied
+        time.sleep(retry_after + 0.05)   # what the server asked for, not a guess
+        assert "result" in request(ws, "public/subscribe", trades("B"), 4)
+        assert limited.request_counts() == {1: 3} and limited.rejections() == {429: 1}
+        # the rate is per connection: a second one has its own bucket
+        other = connect(limited)
+        other.recv()
+        assert "result" in request(other, "public/unsubscribe", trades("X"), 2)
+        ws.close()
+        other.close()
+
+
+def test_a_request_with_too_many_channels_is_refused_whole():
+    with FakeKiyotakaServer(max_channels_per_request=3) as limited:
+        ws = connect(limited)
+        ws.recv()
+        refused = request(ws, "public/subscribe", trades("A", "B", "C", "D"), 2)
+        assert refused["error"] == {"code": -32602, "message": "TOO_MANY_CHANNELS: at most 3 channels per request",
+                                    "data": {"max_channels_per_request": 3}}
+        assert limited.subscriptions() == []
+        assert "result" in request(ws, "public/subscribe", trades("A", "B", "C"), 3)
+        assert "error" in request(ws, "public/unsubscribe", trades("A", "B", "C", "D"), 4)
+        assert len(limited.subscriptions()) == 3
+        ws.close()
+
+
+def test_a_subscribe_over_the_connection_limit_is_refused_whole():
+    with FakeKiyotakaServer(max_subscriptions_per_connection=3) as limited:
+        ws = connect(limited)
+        ws.recv()
+        assert "result" in request(ws, "public/subscribe", trades("A", "B"), 2)
+        refused = request(ws, "public/subscribe", trades("B", "C", "D"), 3)   # B is held: 2 new
+        assert refused["error"] == {"code": 4290, "message": "SUBSCRIPTION_LIMIT: at most 3 subscriptions per connection",
+                                    "data": {"limit": 3}}
+        assert sorted(c["symbol"] for c in limited.subscriptions()) == ["A", "B"]
+        assert "result" in request(ws, "public/subscribe", trades("B", "C"), 4)   # exactly full
+        assert "result" in request(ws, "public/unsubscribe", trades("A"), 5)
+        assert "result" in request(ws, "public/subscribe", trades("D"), 6)     # room again
+        other = connect(limited)   # the limit is per connection
+        other.recv()
+        assert "result" in request(other, "public/subscribe", trades("E", "F", "G"), 2)
+        assert limited.rejections() == {4290: 1}
+        ws.close()
+        other.close()
+
+
+def test_a_rejected_symbol_rejects_its_whole_batch_without_naming_it(server):
+    server.reject_symbol("BAD")
+    ws = connect(server)
+    ws.recv()
+    refused = request(ws, "public/subscribe", trades("A", "BAD", "C"), 2)
+    assert refused["error"] == {"code": -32602, "message": "INVALID_SYMBOL"}
+    assert server.subscriptions() == []
+    assert "result" in request(ws, "public/subscribe", trades("A", "C"), 3)
+    ws.close()
+
+
+def test_limits_are_checked_before_a_bad_symbol_and_bad_limits_are_refused():
+    with FakeKiyotakaServer(max_channels_per_request=1) as limited:
+        limited.reject_symbol("BAD")
+        ws = connect(limited)
+        ws.recv()
+        assert request(ws, "public/subscribe", trades("A", "BAD"), 2)["error"]["code"] == -32602
+        assert limited.rejections() == {-32602: 1}
+        ws.close()
+    for bad in ({"max_requests_per_second": 0}, {"max_channels_per_request": 0},
+                {"max_subscriptions_per_connection": 1.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            FakeKiyotakaServer(**bad)
+

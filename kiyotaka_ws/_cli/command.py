@@ -748,6 +748,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the client's JSON parser (default: orjson when installed)")
     bench.add_argument("--busy", type=int, default=0, metavar="N",
                        help="run N processes that only burn CPU beside the whole benchmark (not a quiet machine)")
+    bench.add_argument("--subscriptions", type=_counts, nargs="?", const="100,1000,5000", metavar="N[,N...]",
+                       help="instead: N TRADE subscriptions against a fake server enforcing 10 requests/s, "
+                            "50 channels per request and 1,000 subscriptions per connection; time to READY "
+                            "at start and after the server drops every connection (default 100,1000,5000)")
     bench.add_argument("--series", type=_count, default=8, metavar="N",
                        help="every case again with N series interleaved in each frame, one registration per "
                             "series (default 8; 1: single-series rows only)")
@@ -799,6 +803,11 @@ def _count(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return value
+
+
+def _counts(text: str) -> list[int]:
+    """``N[,N...]``: whole numbers >= 1."""
+    return [_count(part) for part in text.split(",")]
 
 
 def _version() -> str:
@@ -858,6 +867,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             if args.command == "demo":
                 from .demo import run_demo
                 return run_demo(args.seconds, out, plain=args.plain)
+            if args.command == "bench" and args.subscriptions:
+                from .bench_subscriptions import run_subscriptions_bench
+                counts = _counts(args.subscriptions) if isinstance(args.subscriptions, str) else args.subscriptions
+                return run_subscriptions_bench(counts, quick=args.quick, out=out)
             if args.command == "bench" and args.recording:
                 from .bench_recording import run_recording_bench
                 return run_recording_bench(points=args.points or 1_000_000, per_frame=args.per_frame,
