@@ -490,7 +490,7 @@ def test_bench_subscriptions_reports_a_start_that_never_gets_ready(monkeypatch):
     import functools
     import io
 
-    from kiyotaka_ws import bench_subscriptions
+    from kiyotaka_ws._cli import bench_subscriptions
     from kiyotaka_ws.testing import FakeKiyotakaServer
 
     monkeypatch.setattr(bench_subscriptions, "FakeKiyotakaServer",

@@ -23,10 +23,10 @@ from typing import TextIO
 
 import attrs
 
-from .client import KiyotakaClient
-from .errors import KiyotakaError, SubscriptionError
-from .status import ConnectionStatus, State
-from .testing import FakeKiyotakaServer
+from ..client import KiyotakaClient
+from ..errors import KiyotakaError, SubscriptionError
+from ..status import ConnectionStatus, State
+from ..testing import FakeKiyotakaServer
 
 RATE, PER_REQUEST, PER_CONNECTION = 10.0, 50, 1_000
 COUNTS = (100, 1_000, 5_000)
