@@ -391,3 +391,18 @@ def test_setup_cfg_lists_every_package() -> None:
     listed = {name.strip() for name in config["options"]["packages"].split(",")}
     packages = {m for m in MODULES if _is_package(m)}
     assert packages == listed, f"setup.cfg [options] packages: add {sorted(packages - listed)}"
+
+
+def test_the_client_offers_the_host_seam() -> None:
+    """What extras and tools use of a client is ``source.Host``, and ``KiyotakaClient`` has all of it."""
+    import inspect
+
+    from kiyotaka_ws import KiyotakaClient
+    from kiyotaka_ws.source import Host
+
+    members = [name for name in vars(Host) if not name.startswith("_")]
+    assert members and not [name for name in members if not hasattr(KiyotakaClient, name)]
+    for name in members:
+        mine, theirs = getattr(Host, name), getattr(KiyotakaClient, name)
+        if inspect.isfunction(mine):
+            assert list(inspect.signature(mine).parameters) == list(inspect.signature(theirs).parameters), name
