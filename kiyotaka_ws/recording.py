@@ -51,8 +51,8 @@ Cost on the hot path: the reader only stamps each frame into its family's bounde
 frame: header, CRC, write). A full buffer drops and counts frames (a GAP record marks the place),
 never blocks the reader. A write error (or any unexpected exception on the recorder's thread)
 ends the recording, is reported once through ``on_error`` and kept in its stats; the client
-carries on. A path that exists but is not a recording is refused when the client is built
-(``ConfigurationError``). Figures: ``kiyotaka-ws bench --recording`` (CHANGELOG).
+carries on. ``stop()`` writes what is buffered and closes the file. A path that exists but is not
+a recording is refused when the client is built (``ConfigurationError``). Figures: ``kiyotaka-ws bench --recording`` (CHANGELOG).
 """
 
 from __future__ import annotations
