@@ -190,6 +190,13 @@ def recording_files(path: PathLike) -> list[str]:
 
 
 def _check_header(head: bytes, path: str) -> None:
+    """Refuse a file that is not a recording this library reads. A header shorter than 16 bytes
+    (a file just created, or torn by a crash) passes only while it is the start of ours: a short
+    file of anything else is not a recording, to be read as empty or overwritten."""
+    if len(head) < _FILE_HEADER.size:
+        if not _FILE_HEADER.pack(MAGIC, FORMAT_VERSION, 0, 0).startswith(head):
+            raise RecordingError(f"{path}: not a kiyotaka-ws recording")
+        return
     magic, version, _flags, _reserved = _FILE_HEADER.unpack(head)
     if magic != MAGIC:
         raise RecordingError(f"{path}: not a kiyotaka-ws recording")
@@ -281,7 +288,7 @@ class Recorder:
             raise FileNotFoundError(f"no such directory: {folder!r}")
         if os.path.isdir(base):
             raise IsADirectoryError(f"{base!r} is a directory")
-        if os.path.exists(base) and os.path.getsize(base) >= _FILE_HEADER.size:
+        if os.path.isfile(base):  # a regular file: a device (/dev/full, a FIFO) has no header to check
             with open(base, "rb") as f:
                 _check_header(f.read(_FILE_HEADER.size), base)
 
@@ -507,9 +514,7 @@ class RecordingReader:
             raise FileNotFoundError(f"no recording at {os.fspath(path)!r}")
         for name in self.files:
             with open(name, "rb") as f:
-                head = f.read(_FILE_HEADER.size)
-            if len(head) == _FILE_HEADER.size:
-                _check_header(head, name)
+                _check_header(f.read(_FILE_HEADER.size), name)
         self.torn = 0
         self.skipped_bytes = 0
         self.missing = 0  # rotated segments deleted before they could be read
