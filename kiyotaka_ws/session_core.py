@@ -194,7 +194,7 @@ def rejects_key(code: int | None) -> bool:
     return code is not None and (code in _REJECTED_KEY_CLOSE_CODES or 4000 <= code <= 4999)
 
 
-def safe_url(url: str) -> str:
+def _safe_url(url: str) -> str:
     """The URL without its query (which could carry credentials in a proxy setup)."""
     return url.split("?", 1)[0]
 
@@ -331,9 +331,19 @@ class SessionCore:
         return None if self._conn is None else self._conn.number
 
     @property
+    def shown_url(self) -> str:
+        """The URL as logs may show it (without its query)."""
+        return _safe_url(self.url)
+
+    @property
     def dialing(self) -> bool:
         """A ``Connect`` went out and neither ``connected`` nor ``failed_to_connect`` came back."""
         return self._dialing
+
+    @property
+    def pending_count(self) -> int:
+        """Requests awaiting an answer (at most ``MAX_PENDING``); safe to read from any thread."""
+        return len(self._pending)
 
     @property
     def pending_ids(self) -> list[int]:
@@ -377,10 +387,10 @@ class SessionCore:
         self._dialing = False
         if rejected:
             if status in (401, 403):
-                return self._give_up(AuthenticationError(f"API key rejected: HTTP {status} from {safe_url(self.url)}"))
+                return self._give_up(AuthenticationError(f"API key rejected: HTTP {status} from {_safe_url(self.url)}"))
             if status in (400, 404, 410):
                 return self._give_up(ConnectionFailedError(
-                    f"HTTP {status} from {safe_url(self.url)}: wrong URL?",
+                    f"HTTP {status} from {_safe_url(self.url)}: wrong URL?",
                     family=self.family, status=status, url=self.url))
         elif not retryable:
             return self._give_up(ConnectionFailedError(

@@ -297,6 +297,8 @@ def test_answers_on_an_old_connection_are_ignored() -> None:
     assert c.answer(1, ok(auth_id), 5.1) == []
     assert c.heard(1, Heard.FRAME, 5.1, 5.1) == [] and c.state is State.CONNECTING
     assert c.lost(1, 5.2, "late") == [] and c.conn == 2
+    actions = c.tick(10.0)  # past auth_timeout: live, but nothing came on connection 2 itself
+    assert Ping(2) in actions and State.READY not in states(actions)
 
 
 # -- reconnecting ------------------------------------------------------------------------------------
