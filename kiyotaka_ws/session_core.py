@@ -112,12 +112,16 @@ class Connect:
 
 @attrs.frozen
 class Send:
+    """Send ``request`` on connection ``conn`` (with the send timeout; a failure: ``io_failed``)."""
+
     conn: int
     request: Request
 
 
 @attrs.frozen
 class Ping:
+    """Send a ping on ``conn`` (a failure: ``io_failed``)."""
+
     conn: int
 
 
@@ -131,6 +135,8 @@ class Kill:
 
 @attrs.frozen
 class SetState:
+    """Post a ``ConnectionStatus`` (and set or clear ``ready``)."""
+
     state: State
     attempt: int = 0
     reason: str | None = None
@@ -138,6 +144,8 @@ class SetState:
 
 @attrs.frozen
 class Settle:
+    """Settle a wire subscription: ``sub.settle(state, error)`` wakes its waiters."""
+
     sub: Any
     state: str
     error: KiyotakaError | None = None

@@ -470,10 +470,10 @@ class CoreMachine(RuleBasedStateMachine):
                 assert self.core.conn in self.heard_on, "READY before anything was heard"
                 self.ready_conn = self.core.conn
 
-    @rule(dt=st.floats(0.0, 20.0))
-    def tick(self, dt: float) -> None:
+    @rule(dt=st.floats(0.0, 20.0), blocked=st.booleans())
+    def tick(self, dt: float, blocked: bool) -> None:
         self.now += dt
-        self.apply(self.core.tick(self.now, reader_blocked=False))
+        self.apply(self.core.tick(self.now, reader_blocked=blocked))
 
     @precondition(lambda self: self.core.conn is None and not self.core.done)
     @rule()
