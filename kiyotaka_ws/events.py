@@ -4,6 +4,12 @@ Decoding follows the protocol notes: every ``series`` field is optional, timesta
 ``{seconds, nanoseconds}`` or ``{s, ns}`` with missing parts meaning 0, a missing number means 0
 (protobuf-JSON leaves zeros out) except the funding rates, which may be genuinely absent. Anything
 of the wrong type raises ``DecodeError`` and nothing else.
+
+Every event has ``channel``, ``exchange``, ``symbol``, ``coin``, ``normalized_symbol``,
+``category``, ``time_ns`` (the exchange's time, or None), the properties ``timestamp`` (float
+seconds) and ``datetime`` (UTC), and, out of equality, hashing and repr, ``raw`` (the point as
+received) and ``received_ns`` (the local receive time: see ``kiyotaka_ws.latency``). Book and
+volume-profile levels (``BookLevel``, ``VolumeLevel``: named tuples) run nearest to mid first.
 """
 
 from __future__ import annotations

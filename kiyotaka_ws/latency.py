@@ -11,6 +11,15 @@ bound is at most 1.25 times its lower bound) from 1.024 us up; smaller values (a
 a feed latency under clock skew) fall in bucket 0, values from 2**62 ns (146 years: a bogus
 exchange time) in the last; 256 buckets in all.
 Each percentile is reported as the upper bound of its bucket, capped by the exact maximum.
+
+Who records what: the dispatcher adds ``feed_latency`` (``received_ns`` minus the exchange's
+``time_ns``: network, exchange and service delays, and any clock difference), ``queue_delay``
+(the first handler's start minus ``received_ns``) and ``handler_time`` (each handler call) on the
+first event and the last point of each frame, about 0.4 us per frame in all (see ``dispatch``).
+``received_ns`` is the local ``time.time_ns()`` when the reader read the frame; in a replay, the
+recorded receive time; from NATS, when the batch's first point arrived. Why our own histograms
+and not a library's: fixed memory, no allocation and no lock on the hot path, and a sliding
+window that a monitoring read can copy from any thread.
 """
 
 from __future__ import annotations

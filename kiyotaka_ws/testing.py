@@ -38,6 +38,15 @@ A point builder for each channel makes points exactly as the service sends them:
 ``trade_point``, ``trade_agg_point``, ``book_point``, ``liquidation_point``,
 ``funding_rate_point``, ``open_interest_point`` and ``volume_profile_point``.
 Needs the ``testing`` extra (``websockets``).
+
+More of the kit: ``client_kwargs()`` (the key and URLs for a ``KiyotakaClient``), ``feed(batches,
+interval)`` publishes from a generator in the background (stopped with the server), ``play(path)``
+serves a recording, ``stop()`` then ``start()`` restarts on the same port; faults
+``drop_connections()`` (TCP reset), ``close_connections(code)``, ``publish_raw(bytes)``,
+``send_error(...)``, ``set_silent()``, ``reject_symbol()``; what clients sent is in ``received``,
+``requests(method)`` and ``subscriptions()``. Point builders take the exchange, the symbol and the
+channel's values as keywords (``time_ns`` defaults to now) and extra ``series`` fields by wire
+name (``normalizedSymbol="BTC-USDT"``).
 """
 
 from __future__ import annotations

@@ -287,7 +287,7 @@ def test_10_pending_requests_are_bounded(make_client):
             client.on_trade(lambda e: None, exchange=EX, symbol=SYM).unsubscribe()
         assert srv.wait_for(lambda s: len(s.requests("public/unsubscribe")) == MAX_PENDING // 2 + 200, timeout=30)
         session = client._families["nonbook"].session
-        assert len(session._pending) <= MAX_PENDING
+        assert session._core.pending_count <= MAX_PENDING
 
 
 def test_11_grouped_and_per_symbol_points_go_to_their_own_registrations(server, make_client):

@@ -36,7 +36,7 @@ LAYERS = {
     "protocol": VOCABULARY, "_version": VOCABULARY, "threads": VOCABULARY,
     "_transport": TRANSPORT,
     "source": SEAM,
-    "session": CORE, "dispatch": CORE, "fastpath": CORE, "latency": CORE, "recording": CORE,
+    "session": CORE, "session_core": CORE, "dispatch": CORE, "fastpath": CORE, "latency": CORE, "recording": CORE,
     "replay": CORE, "external": CORE, "_arguments": CORE, "pacing": CORE,
     "_nats": CORE,  # the NATS consumer is a source, like a recording...
     "_nats.relay": FACADE,  # ... while the relay is built on a client

@@ -279,9 +279,14 @@ def test_paced_replay_keeps_the_recorded_gaps(tmp_path: Path) -> None:
         client.run_forever()
         measured = [(b - a) * 1000 for a, b in zip(arrivals, arrivals[1:])]
         expected = [g / speed for g in gaps_ms[1:]]
-        worst = max(abs(m - e) for m, e in zip(measured, expected))
-        print(f"speed {speed}: worst inter-arrival error {worst:.2f} ms")
-        assert len(arrivals) == len(gaps_ms) and worst < 50  # loose: a busy CI machine
+        errors = sorted(abs(m - e) for m, e in zip(measured, expected))
+        print(f"speed {speed}: inter-arrival errors {[round(e, 1) for e in errors]} ms")
+        assert len(arrivals) == len(gaps_ms)
+        # The median gap error, not the worst: one scheduling hiccup on a busy machine is not a
+        # pacing fault, while an unpaced replay errs by the whole gap (30-80 ms) almost every time.
+        assert errors[len(errors) // 2] < 15
+        total, expected_total = sum(measured), sum(expected)
+        assert expected_total * 0.9 <= total < expected_total + 2000
 
 
 def test_replay_errors_and_lifecycle(tmp_path: Path) -> None:
@@ -527,3 +532,18 @@ def test_cli_usage_errors_exit_2_with_one_line(capsys: Any, monkeypatch: Any, ar
     lines = captured.err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("kiyotaka-ws: error: ") and named in lines[0], captured.err
     assert "KIYOTAKA_API_KEY" not in lines[0]
+
+
+def test_a_short_file_that_is_not_a_recording_is_refused_not_read_as_empty_or_overwritten(tmp_path: Path) -> None:
+    """A file shorter than the 16-byte header passes only while it is the start of ours (a file just
+    created, or a header torn by a crash); anything else is refused, and a recorder never truncates it."""
+    junk = tmp_path / "notes.txt"
+    junk.write_bytes(b"hello\n")
+    with pytest.raises(ConfigurationError, match="not a kiyotaka-ws recording"):
+        KiyotakaClient.replay(junk)
+    with pytest.raises(ConfigurationError, match="record"):
+        KiyotakaClient(api_key="k", record=junk).start()
+    assert junk.read_bytes() == b"hello\n"
+    torn = tmp_path / "torn.kwsrec"
+    torn.write_bytes(b"KWSREC")  # a recorder's header cut short: an empty recording
+    assert list(RecordingReader(torn)) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,31 @@ def test_ci_runs_the_readme_test_command():
     assert f'pip install -e ".[dev]" && {test_command}' in readme
     assert 'pip install --quiet -e ".[dev]"' in ci
     assert "kiyotaka-ws demo" in readme
+
+
+README_MAX_BYTES = 27_000  # issue 21: a README of about 25 KB; the rest lives in CHANGELOG and docstrings
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation but ``-`` dropped, spaces to ``-``."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readme_is_short_with_a_table_of_contents_matching_its_headings():
+    raw = (ROOT / "README.md").read_bytes()
+    assert len(raw) <= README_MAX_BYTES, f"README.md is {len(raw)} bytes; move detail to docstrings or CHANGELOG"
+    text = re.sub(r"^```.*?^```", "", raw.decode(), flags=re.DOTALL | re.MULTILINE)  # no code-block comments
+    headings = re.findall(r"^(#{1,3}) (.+)$", text, flags=re.MULTILINE)
+    anchors = {_anchor(title) for _, title in headings}
+    contents = text[text.index("## Contents\n"):]
+    contents = contents[:contents.index("\n#")]
+    links = re.findall(r"\]\(#([^)]+)\)", contents)
+    assert links, "no table of contents"
+    assert [link for link in links if link not in anchors] == []  # every entry leads somewhere
+    main = [_anchor(title) for level, title in headings[1:] if len(level) <= 2 and title != "Contents"]
+    assert [anchor for anchor in main if anchor not in links] == []  # every section is listed
+    order = [main.index(link) for link in links if link in main]
+    assert order == sorted(order)  # listed in the README's order: guide, topics, reference
 
 
 def test_top_level_layout():

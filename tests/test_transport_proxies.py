@@ -79,7 +79,10 @@ def pproxy_server(scheme: str, credentials: str | None = None) -> Iterator[tuple
     try:
         yield server.sockets[0].getsockname()[1], log
     finally:
-        server.close()
+        async def close() -> None:  # on the server's own loop: close() from another thread races it
+            server.close()
+
+        runner.run(close())
         runner.close()
 
 

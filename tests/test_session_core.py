@@ -1,0 +1,552 @@
+"""The session's rules, driven without threads or sockets: events in, actions out, a fake clock in ms."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from kiyotaka_ws.channels import Channel, ChannelSpec
+from kiyotaka_ws.errors import (
+    AuthenticationError,
+    ConnectionFailedError,
+    SubscriptionError,
+)
+from kiyotaka_ws.session_core import (
+    ACTIVE,
+    ASSUMED,
+    AUTH,
+    MAX_PENDING,
+    MAX_RETRY_AFTER,
+    PENDING,
+    REJECTED,
+    SUBSCRIBE,
+    UNSUBSCRIBE,
+    Connect,
+    GiveUp,
+    Heard,
+    Kill,
+    Ping,
+    Report,
+    Send,
+    SessionCore,
+    SetState,
+    Settings,
+    Settle,
+)
+from kiyotaka_ws.status import State
+
+
+@attrs.define(eq=False)
+class FakeSub:
+    spec: ChannelSpec
+
+
+def spec(symbol: str) -> ChannelSpec:
+    return ChannelSpec(Channel.TRADE, "BINANCE", symbol, "SPOT")
+
+
+def core(rng: float = 0.5, **overrides: Any) -> SessionCore:
+    return SessionCore("nonbook", "wss://example/ws?k=1", Settings(**overrides), itertools.count(1),
+                       rng=lambda: rng)
+
+
+def sends(actions: list[Any], method: str | None = None) -> list[Send]:
+    return [a for a in actions if isinstance(a, Send) and (method is None or a.request.method == method)]
+
+
+def states(actions: list[Any]) -> list[State]:
+    return [a.state for a in actions if isinstance(a, SetState)]
+
+
+def up(c: SessionCore, conn: int = 1, now: float = 0.0) -> int:
+    """Start (if needed) and connect; return the auth request's id."""
+    if c.state is State.STOPPED:
+        assert Connect() in c.start(now)
+    (auth,) = sends(c.connected(conn, now), AUTH)
+    return auth.request.id
+
+
+def live(c: SessionCore, conn: int = 1, now: float = 0.0) -> list[Any]:
+    """Connected and authenticated, with the server heard: the actions of the auth answer."""
+    auth_id = up(c, conn, now)
+    return c.answer(conn, {"id": auth_id, "result": True}, now)
+
+
+def ok(request_id: int) -> dict[str, Any]:
+    return {"id": request_id, "result": True}
+
+
+def rejected(request_id: int, code: int = 10001, text: str = "bad symbol") -> dict[str, Any]:
+    return {"id": request_id, "error": {"code": code, "message": text}}
+
+
+# -- authentication ----------------------------------------------------------------------------------
+
+def test_auth_answer_goes_live_and_ready_at_once() -> None:
+    c = core()
+    actions = live(c)
+    assert states(actions) == [State.READY]
+
+
+def test_no_auth_answer_goes_on_after_auth_timeout_to_the_millisecond() -> None:
+    c = core(auth_timeout=5.0)
+    up(c)
+    c.add(FakeSub(spec("A")), 0.1)
+    assert sends(c.tick(4.999)) == [] and c.wake_at == pytest.approx(5.0)
+    (sub,) = sends(c.tick(5.0), SUBSCRIBE)
+    assert sub.request.specs == (spec("A"),)
+
+
+def test_auth_rejection_is_fatal() -> None:
+    c = core()
+    auth_id = up(c)
+    (give_up,) = c.answer(1, rejected(auth_id, 401, "bad key"), 0.2)
+    assert isinstance(give_up, GiveUp) and isinstance(give_up.error, AuthenticationError)
+    assert "bad key" in str(give_up.error) and c.done
+    assert c.tick(100.0) == [] and c.add(FakeSub(spec("B")), 100.0) == []
+
+
+def test_auth_timeout_waits_while_the_reader_is_blocked_and_after() -> None:
+    c = core(auth_timeout=5.0)
+    up(c)
+    c.tick(6.0, reader_blocked=True)
+    assert c.state is State.CONNECTING and c.wake_at == pytest.approx(6.5)
+    c.heard(1, Heard.BACKLOG, 6.2, 6.2)  # it waited on a full queue until 6.2: answers may be unread
+    c.tick(11.1)
+    assert c.state is State.CONNECTING and c.wake_at == pytest.approx(11.2)
+    assert Ping(1) in c.tick(11.2)  # gone on; nothing heard yet, so READY asks for a pong
+
+
+# -- subscriptions ---------------------------------------------------------------------------------
+
+def test_subscribe_answered_settles_active() -> None:
+    c = core()
+    live(c)
+    a = FakeSub(spec("A"))
+    (send,) = sends(c.add(a, 1.0))
+    assert Settle(a, ACTIVE) in c.answer(1, ok(send.request.id), 1.01)
+
+
+def test_subscribe_timeout_assumes_then_a_late_rejection_still_counts() -> None:
+    c = core(subscribe_timeout=10.0, ping_interval=None)
+    auth_id = up(c)
+    a = FakeSub(spec("A"))
+    c.add(a, 0.0)
+    (send,) = sends(c.answer(1, ok(auth_id), 0.5), SUBSCRIBE)
+    c.tick(10.499)
+    assert c.sub_state(a.spec) == PENDING and c.wake_at == pytest.approx(10.5)
+    actions = c.tick(10.5)
+    assert Settle(a, ASSUMED) in actions and states(actions) == [State.READY]
+    late = c.answer(1, rejected(send.request.id), 11.0)
+    (settle,) = [x for x in late if isinstance(x, Settle)]
+    assert settle.state == REJECTED and isinstance(settle.error, SubscriptionError)
+    assert Report(settle.error) in late
+
+
+def test_subscribe_timeout_never_concluded_while_the_reader_waits_on_a_full_queue() -> None:
+    c = core(subscribe_timeout=10.0, ping_interval=None)
+    live(c)
+    a = FakeSub(spec("A"))
+    c.add(a, 1.0)
+    c.tick(30.0, reader_blocked=True)
+    assert c.sub_state(a.spec) == PENDING
+    c.heard(1, Heard.BACKLOG, 30.0, 30.0)
+    c.tick(39.999)
+    assert c.sub_state(a.spec) == PENDING
+    assert Settle(a, ASSUMED) in c.tick(40.0)
+
+
+def test_unsubscribe_never_overtakes_its_subscribe_and_a_removed_spec_is_not_replayed() -> None:
+    c = core()
+    live(c)
+    a = FakeSub(spec("A"))
+    sent = sends(c.add(a, 1.0)) + sends(c.remove(a.spec, 1.0))
+    assert [s.request.method for s in sent] == [SUBSCRIBE, UNSUBSCRIBE]
+    assert sent[0].request.id < sent[1].request.id
+    c.lost(1, 2.0, "reset")
+    c.tick(10.0)
+    replay = live(c, 2, 10.0)
+    assert sends(replay, SUBSCRIBE) == []
+
+
+def test_a_rejected_subscription_is_not_unsubscribed_nor_replayed() -> None:
+    c = core()
+    live(c)
+    a, b = FakeSub(spec("A")), FakeSub(spec("B"))
+    (sa,) = sends(c.add(a, 1.0))
+    c.add(b, 1.0)
+    c.answer(1, rejected(sa.request.id), 1.1)
+    assert c.remove(a.spec, 1.2) == [] or not sends(c.remove(a.spec, 1.2))
+    c.lost(1, 2.0, "reset")
+    c.tick(100.0)
+    assert [s.request.specs for s in sends(live(c, 2, 100.0), SUBSCRIBE)] == [(b.spec,)]
+
+
+def test_remove_of_a_queued_subscribe_drops_both() -> None:
+    class Closed:
+        def take(self, now: float) -> bool:
+            return now >= 5.0
+
+        def ready_at(self, now: float) -> float:
+            return 5.0
+
+        def reset(self, now: float) -> None:
+            pass
+
+    a, b = FakeSub(spec("A")), FakeSub(spec("B"))
+    c2 = SessionCore("nonbook", "wss://x", Settings(ping_interval=None), itertools.count(1), pacer=Closed())
+    c2.start(0.0)
+    c2.add(a, 0.0)
+    c2.connected(1, 0.0)  # the auth goes out unpaced: it is not in the outbox
+    assert sends(c2.answer(1, ok(1), 0.0)) == [] and [i.sub for i in c2.outbox] == [a]
+    assert c2.state is not State.READY  # READY waits for the queued subscribe
+    assert sends(c2.remove(a.spec, 0.2)) == [] and c2.outbox == []
+    c2.add(b, 0.3)
+    assert c2.tick(1.0) == [] and c2.wake_at == pytest.approx(5.0)
+    assert [s.request.specs for s in sends(c2.tick(5.0))] == [(b.spec,)]
+
+
+def test_a_packer_puts_several_channels_in_one_request() -> None:
+    c = SessionCore("nonbook", "wss://x", Settings(ping_interval=None), itertools.count(1),
+                    packer=lambda intents: 2)
+    subs = [FakeSub(spec(s)) for s in "ABC"]
+    for sub in subs:
+        c.add(sub, 0.0)
+    auth_id = up(c)
+    replay = sends(c.answer(1, ok(auth_id), 0.1), SUBSCRIBE)
+    assert [s.request.specs for s in replay] == [(subs[0].spec, subs[1].spec), (subs[2].spec,)]
+    answered = c.answer(1, ok(replay[0].request.id), 0.2)
+    assert Settle(subs[0], ACTIVE) in answered and Settle(subs[1], ACTIVE) in answered
+
+
+# -- liveness ----------------------------------------------------------------------------------------
+
+def test_ping_every_interval_and_a_pong_in_time_keeps_the_link() -> None:
+    c = core(ping_interval=10.0, ping_timeout=10.0)
+    live(c)
+    assert c.tick(9.999) == [] and c.wake_at == pytest.approx(10.0)
+    assert c.tick(10.0) == [Ping(1)]
+    c.heard(1, Heard.PONG, 19.999, 19.999)
+    assert c.tick(19.999) == [] and c.tick(20.0) == [Ping(1)]
+
+
+def test_a_missing_pong_kills_the_link_to_the_millisecond() -> None:
+    c = core(ping_interval=10.0, ping_timeout=10.0)
+    live(c)
+    c.tick(10.0)
+    assert c.tick(19.999) == [] and c.wake_at == pytest.approx(20.0)
+    assert c.tick(20.0) == [Kill(1, "no pong within 10.0s")]
+    assert c.tick(21.0) == []  # once
+    (state,) = c.lost(1, 21.0, "aborted")
+    assert state == SetState(State.DISCONNECTED, 1, "no pong within 10.0s")
+
+
+def test_any_byte_answers_a_ping_but_not_before_it_was_sent() -> None:
+    c = core(ping_interval=10.0, ping_timeout=10.0)
+    live(c)
+    c.heard(1, Heard.BYTES, 9.0, 9.0)
+    c.tick(10.0)
+    assert c.tick(20.0) == [Kill(1, "no pong within 10.0s")]
+    c2 = core(ping_interval=10.0, ping_timeout=10.0)
+    live(c2)
+    c2.tick(10.0)
+    c2.heard(1, Heard.BYTES, 10.5, 10.5)  # a partial frame after the ping: the link lives
+    assert c2.tick(20.0) == [Ping(1)]
+
+
+def test_stale_counts_data_bytes_not_pongs() -> None:
+    c = core(stale_timeout=30.0, ping_interval=None)
+    live(c)
+    c.heard(1, Heard.DATA, 20.0, 20.0)
+    assert c.tick(49.999) == [] and c.wake_at == pytest.approx(50.0)
+    c.heard(1, Heard.PONG, 49.0, 49.0)
+    c.heard(1, Heard.BYTES, 49.5, 49.5)
+    assert c.tick(50.0) == [Kill(1, "no data for 30.0s")]
+
+
+# -- READY needs the server --------------------------------------------------------------------------
+
+def test_ready_by_timers_alone_asks_for_a_pong() -> None:
+    c = core(auth_timeout=1.0)
+    up(c)
+    actions = c.tick(1.0)
+    assert Ping(1) in actions and State.READY not in states(actions)
+    assert states(c.heard(1, Heard.PONG, 1.01, 1.01)) == [State.READY]
+
+
+def test_ready_proof_ping_unanswered_kills() -> None:
+    c = core(auth_timeout=1.0, ping_interval=10.0, ping_timeout=3.0)
+    up(c)
+    c.tick(1.0)
+    assert c.tick(3.999) == [] and c.tick(4.0) == [Kill(1, "no pong within 3.0s")]
+    assert c.state is State.CONNECTING
+
+
+def test_answers_on_an_old_connection_are_ignored() -> None:
+    c = core()
+    auth_id = up(c)
+    c.lost(1, 1.0, "reset")
+    c.tick(5.0)
+    up(c, 2, 5.0)
+    assert c.answer(1, ok(auth_id), 5.1) == []
+    assert c.heard(1, Heard.FRAME, 5.1, 5.1) == [] and c.state is State.CONNECTING
+    assert c.lost(1, 5.2, "late") == [] and c.conn == 2
+    actions = c.tick(10.0)  # past auth_timeout: live, but nothing came on connection 2 itself
+    assert Ping(2) in actions and State.READY not in states(actions)
+
+
+# -- reconnecting ------------------------------------------------------------------------------------
+
+def test_backoff_full_jitter_bounds_with_a_fixed_rng() -> None:
+    for rng, expected in ((0.0, [0.5, 0.5, 0.5]), (1.0, [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0])):
+        c = core(rng=rng, backoff_initial=0.5, backoff_max=30.0)
+        c.start(0.0)
+        now = 0.0
+        for delay in expected:
+            c.failed_to_connect(now, "refused")
+            assert c.wake_at == pytest.approx(now + delay)
+            assert c.tick(now + delay - 0.001) == []
+            now += delay
+            assert Connect() in c.tick(now)
+
+
+def test_backoff_resets_after_a_stable_connection() -> None:
+    c = core(rng=1.0, backoff_initial=1.0, backoff_max=30.0)
+    c.start(0.0)
+    c.failed_to_connect(0.0, "refused")
+    c.tick(1.0)
+    c.failed_to_connect(1.0, "refused")   # attempt 1: up to 2 s
+    assert c.wake_at == pytest.approx(3.0)
+    c.tick(3.0)
+    live(c, 1, 3.0)
+    (state,) = c.lost(1, 12.999, "reset")  # up 9.999 s: not stable
+    assert state.attempt == 3 and c.wake_at == pytest.approx(12.999 + 4.0)
+    c.tick(17.0)
+    live(c, 2, 17.0)
+    c.lost(2, 27.0, "reset")  # up 10 s: stable, the backoff starts over
+    assert c.wake_at == pytest.approx(28.0)
+
+
+def test_retry_after_is_honoured_and_capped() -> None:
+    c = core(rng=0.0)
+    c.start(0.0)
+    (state,) = c.failed_to_connect(0.0, "HTTP 503 Service Unavailable", status=503, retry_after=7.0,
+                                   rejected=True)
+    assert state == SetState(State.DISCONNECTED, 1, "HTTP 503 Service Unavailable")
+    assert c.wake_at == pytest.approx(7.0)
+    c.tick(7.0)
+    c.failed_to_connect(7.0, "HTTP 429", status=429, retry_after=10**9, rejected=True)
+    assert c.wake_at == pytest.approx(7.0 + MAX_RETRY_AFTER)
+
+
+@pytest.mark.parametrize("status, error", [(401, AuthenticationError), (403, AuthenticationError),
+                                           (404, ConnectionFailedError), (400, ConnectionFailedError)])
+def test_permanent_handshake_rejections_give_up(status: int, error: type) -> None:
+    c = core()
+    c.start(0.0)
+    (give_up,) = c.failed_to_connect(0.0, f"HTTP {status}", status=status, rejected=True)
+    assert isinstance(give_up, GiveUp) and type(give_up.error) is error
+    assert "k=1" not in str(give_up.error)  # the query (a secret, maybe) is never said
+
+
+@pytest.mark.parametrize("max_retries", [0, 1, 3])
+def test_max_retries_gives_up_after_n_plus_1_failed_attempts(max_retries: int) -> None:
+    c = core(max_retries=max_retries, backoff_initial=0.01, backoff_max=0.01)
+    attempts = 0
+    now = 0.0
+    actions = c.start(now)
+    while Connect() in actions:
+        attempts += 1
+        up(c, attempts, now)
+        actions = c.lost(attempts, now + 0.001, "closed")  # never READY
+        now += 1.0
+        actions += c.tick(now)
+    (give_up,) = [a for a in actions if isinstance(a, GiveUp)]
+    assert attempts == max_retries + 1
+    assert f"(max_retries={max_retries})" in str(give_up.error)
+
+
+def test_a_connection_that_reached_ready_resets_the_failure_count() -> None:
+    c = core(max_retries=1, backoff_initial=0.01, backoff_max=0.01)
+    c.start(0.0)
+    c.failed_to_connect(0.0, "refused")
+    c.tick(1.0)
+    live(c, 1, 1.0)
+    c.lost(1, 2.0, "reset")
+    c.tick(3.0)
+    assert not c.done and not any(isinstance(a, GiveUp) for a in c.failed_to_connect(3.0, "refused"))
+
+
+def test_reconnect_false_gives_up_on_the_first_loss() -> None:
+    c = core(reconnect=False)
+    live(c)
+    (give_up,) = c.lost(1, 1.0, "reset")
+    assert isinstance(give_up, GiveUp) and "reconnect=False" in str(give_up.error)
+
+
+def test_a_close_rejecting_the_key_during_auth_is_fatal_and_after_it_is_not() -> None:
+    c = core()
+    up(c)
+    (give_up,) = c.lost(1, 0.1, "policy", close_code=4001)
+    assert isinstance(give_up.error, AuthenticationError)
+    c2 = core()
+    live(c2)
+    assert states(c2.lost(1, 0.1, "policy", close_code=4001)) == [State.DISCONNECTED]
+
+
+# -- bookkeeping ----------------------------------------------------------------------------------------
+
+def test_request_ids_never_reused_across_connections() -> None:
+    c = core(ping_interval=None)
+    ids: list[int] = []
+    for conn in range(1, 4):
+        now = conn * 100.0
+        c.tick(now)
+        actions = c.connected(conn, now)
+        actions += c.add(FakeSub(spec(f"A{conn}")), now)
+        actions += c.answer(conn, ok(sends(actions, AUTH)[0].request.id), now)  # replays A1.. and sends
+        actions += c.add(FakeSub(spec(f"B{conn}")), now)
+        ids += [s.request.id for s in sends(actions)]
+        c.lost(conn, now + 1, "reset")
+    assert len(ids) == len(set(ids)) == 3 + (1 + 3 + 5) + 3  # auths, replays (A1; A1 B1 A2; ...), B adds
+
+
+def test_pending_requests_are_bounded() -> None:
+    c = core(ping_interval=None)
+    live(c)
+    for i in range(MAX_PENDING + 50):
+        c.add(FakeSub(ChannelSpec(Channel.TRADE, "X", f"S{i}", "SPOT")), 1.0)
+    assert len(c.pending_ids) == MAX_PENDING
+
+
+def test_stop_ends_everything() -> None:
+    c = core()
+    live(c)
+    assert c.stop(1.0) == [SetState(State.STOPPED)]
+    assert c.tick(100.0) == [] and c.wake_at is None and c.stop(2.0) == []
+
+
+# -- random event sequences ---------------------------------------------------------------------------
+
+SYMBOLS = [spec(s) for s in "ABCDE"]
+
+
+class CoreMachine(RuleBasedStateMachine):
+    """Random events, the invariants the shell relies on checked after each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.core = SessionCore("nonbook", "wss://x", Settings(max_retries=None), itertools.count(1),
+                                rng=lambda: 0.5)
+        self.now = 0.0
+        self.conns = itertools.count(1)
+        self.ids_seen: set[int] = set()
+        self.removed: dict[ChannelSpec, FakeSub] = {}
+        self.subs: dict[ChannelSpec, FakeSub] = {}
+        self.sent_on: dict[int, int] = {}     # request id -> connection
+        self.heard_on: set[int] = set()       # connections the server was heard on
+        self.ready_conn: int | None = None
+        self.apply(self.core.start(0.0))
+
+    def apply(self, actions: list[Any]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                rid = action.request.id
+                assert rid not in self.ids_seen, "a request id was reused"
+                self.ids_seen.add(rid)
+                self.sent_on[rid] = action.conn
+                assert action.conn == self.core.conn
+                if action.request.method == SUBSCRIBE:
+                    for s in action.request.specs:
+                        sub = self.subs.get(s)
+                        assert sub is not None, "a removed subscription was sent again"
+            elif isinstance(action, SetState) and action.state is State.READY:
+                assert self.core.conn in self.heard_on, "READY before anything was heard"
+                self.ready_conn = self.core.conn
+
+    @rule(dt=st.floats(0.0, 20.0), blocked=st.booleans())
+    def tick(self, dt: float, blocked: bool) -> None:
+        self.now += dt
+        self.apply(self.core.tick(self.now, reader_blocked=blocked))
+
+    @precondition(lambda self: self.core.conn is None and not self.core.done)
+    @rule()
+    def connect(self) -> None:
+        if self.core.wake_at is not None:
+            self.now = max(self.now, self.core.wake_at)
+            self.apply(self.core.tick(self.now))
+        self.apply(self.core.connected(next(self.conns), self.now))
+
+    @precondition(lambda self: self.core.dialing)
+    @rule()
+    def dial_fails(self) -> None:
+        self.apply(self.core.failed_to_connect(self.now, "refused"))
+
+    @precondition(lambda self: self.core.conn is not None)
+    @rule(kind=st.sampled_from(list(Heard)))
+    def heard(self, kind: Heard) -> None:
+        conn = self.core.conn
+        assert conn is not None
+        if kind in (Heard.FRAME, Heard.PONG):
+            self.heard_on.add(conn)
+        self.apply(self.core.heard(conn, kind, self.now, self.now))
+
+    @precondition(lambda self: self.core.conn is not None)
+    @rule(data=st.data(), fail=st.booleans())
+    def answer(self, data: st.DataObject, fail: bool) -> None:
+        pending = self.core.pending_ids
+        conn = self.core.conn
+        assert conn is not None
+        if not pending:
+            return
+        rid = data.draw(st.sampled_from(pending))
+        if self.sent_on[rid] == conn:
+            self.heard_on.add(conn)
+        if fail and rid == min(pending):
+            fail = False  # keep auth rejections rare: the machine would stop at once
+        self.apply(self.core.answer(conn, rejected(rid) if fail else ok(rid), self.now))
+
+    @precondition(lambda self: self.core.conn is not None)
+    @rule()
+    def lose(self) -> None:
+        conn = self.core.conn
+        assert conn is not None
+        self.apply(self.core.lost(conn, self.now, "reset"))
+        assert self.core.pending_ids == [], "pending requests outlived their connection"
+
+    @rule(symbol=st.sampled_from(SYMBOLS))
+    def add(self, symbol: ChannelSpec) -> None:
+        sub = FakeSub(symbol)
+        if symbol not in self.subs:
+            self.subs[symbol] = sub
+        self.apply(self.core.add(sub, self.now))
+
+    @rule(symbol=st.sampled_from(SYMBOLS))
+    def remove(self, symbol: ChannelSpec) -> None:
+        self.subs.pop(symbol, None)
+        self.apply(self.core.remove(symbol, self.now))
+
+    @invariant()
+    def deadlines_are_finite_and_ahead(self) -> None:
+        wake = self.core.wake_at
+        assert wake is None or wake < float("inf")
+
+    @invariant()
+    def pending_belong_to_the_current_connection(self) -> None:
+        for rid in self.core.pending_ids:
+            assert self.sent_on[rid] == self.core.conn
+
+    @invariant()
+    def ready_only_with_the_server_heard(self) -> None:
+        if self.core.state is State.READY:
+            assert self.core.conn in self.heard_on
+
+
+TestCoreMachine = CoreMachine.TestCase
+TestCoreMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
