@@ -247,7 +247,7 @@ def _side(series: dict[str, Any]) -> Side | None:
     return SIDES.get(value)  # UNKNOWN_SIDE and future values: None
 
 
-def _flat_numbers(payload: dict[str, Any], key: str, width: int) -> list:
+def _flat_numbers(payload: dict[str, Any], key: str, width: int) -> list[float]:
     values = payload.get(key)
     if values is None:
         return []
@@ -268,40 +268,50 @@ def _levels(payload: dict[str, Any], key: str) -> tuple[BookLevel, ...]:
 
 
 # Decoders build events positionally: the common fields, then the channel's own (faster than kwargs).
+# The classes are called through these names because a type checker maps positions onto attrs
+# fields in declaration order, which the keyword-only ``raw``/``received_ns`` do not follow.
+_new_trade: Callable[..., Trade] = Trade
+_new_trade_agg: Callable[..., TradeAggregation] = TradeAggregation
+_new_book: Callable[..., BookSnapshot] = BookSnapshot
+_new_liquidation: Callable[..., Liquidation] = Liquidation
+_new_funding: Callable[..., FundingRate] = FundingRate
+_new_open_interest: Callable[..., OpenInterest] = OpenInterest
+_new_volume_profile: Callable[..., VolumeProfile] = VolumeProfile
 
-def _trade(head: tuple, series: dict[str, Any], p: dict[str, Any], raw: Any, rx: int | None) -> Trade:
-    return Trade(*head, _id(p), _num(p, "price"), _num(p, "amount"), _side(series), raw=raw, received_ns=rx)
+
+def _trade(head: tuple[Any, ...], series: dict[str, Any], p: dict[str, Any], raw: Any, rx: int | None) -> Trade:
+    return _new_trade(*head, _id(p), _num(p, "price"), _num(p, "amount"), _side(series), raw=raw, received_ns=rx)
 
 
-def _trade_agg(head: tuple, series: dict[str, Any], p: dict[str, Any], raw: Any, rx: int | None) -> TradeAggregation:
-    return TradeAggregation(*head, _num(p, "open"), _num(p, "high"), _num(p, "low"), _num(p, "close"),
+def _trade_agg(head: tuple[Any, ...], series: dict[str, Any], p: dict[str, Any], raw: Any, rx: int | None) -> TradeAggregation:
+    return _new_trade_agg(*head, _num(p, "open"), _num(p, "high"), _num(p, "low"), _num(p, "close"),
                             _num(p, "volume"), _side(series), _time_ns(p, "firstTimestamp"),
                             _time_ns(p, "lastTimestamp"), raw=raw, received_ns=rx)
 
 
-def _book(head: tuple, series: dict[str, Any], p: dict[str, Any], raw: Any, rx: int | None) -> BookSnapshot:
-    return BookSnapshot(*head, _levels(p, "bids"), _levels(p, "asks"), _opt_num(series, "blockSize"), raw=raw, received_ns=rx)
+def _book(head: tuple[Any, ...], series: dict[str, Any], p: dict[str, Any], raw: Any, rx: int | None) -> BookSnapshot:
+    return _new_book(*head, _levels(p, "bids"), _levels(p, "asks"), _opt_num(series, "blockSize"), raw=raw, received_ns=rx)
 
 
-def _liquidation(head: tuple, series: dict[str, Any], p: dict[str, Any], raw: Any, rx: int | None) -> Liquidation:
-    return Liquidation(*head, _id(p), _num(p, "price"), _num(p, "amount"), _side(series), raw=raw, received_ns=rx)
+def _liquidation(head: tuple[Any, ...], series: dict[str, Any], p: dict[str, Any], raw: Any, rx: int | None) -> Liquidation:
+    return _new_liquidation(*head, _id(p), _num(p, "price"), _num(p, "amount"), _side(series), raw=raw, received_ns=rx)
 
 
-def _funding(head: tuple, series: dict[str, Any], p: dict[str, Any], raw: Any, rx: int | None) -> FundingRate:
-    return FundingRate(*head, _opt_num(p, "fundingRate"), _opt_num(p, "predictedFundingRate"), raw=raw, received_ns=rx)
+def _funding(head: tuple[Any, ...], series: dict[str, Any], p: dict[str, Any], raw: Any, rx: int | None) -> FundingRate:
+    return _new_funding(*head, _opt_num(p, "fundingRate"), _opt_num(p, "predictedFundingRate"), raw=raw, received_ns=rx)
 
 
-def _open_interest(head: tuple, series: dict[str, Any], p: dict[str, Any], raw: Any, rx: int | None) -> OpenInterest:
-    return OpenInterest(*head, _num(p, "openInterest"), raw=raw, received_ns=rx)
+def _open_interest(head: tuple[Any, ...], series: dict[str, Any], p: dict[str, Any], raw: Any, rx: int | None) -> OpenInterest:
+    return _new_open_interest(*head, _num(p, "openInterest"), raw=raw, received_ns=rx)
 
 
-def _volume_profile(head: tuple, series: dict[str, Any], p: dict[str, Any], raw: Any, rx: int | None) -> VolumeProfile:
+def _volume_profile(head: tuple[Any, ...], series: dict[str, Any], p: dict[str, Any], raw: Any, rx: int | None) -> VolumeProfile:
     flat = _flat_numbers(p, "profile", 3)
     levels = tuple(map(VolumeLevel._make, zip(flat[0::3], flat[1::3], flat[2::3])))
-    return VolumeProfile(*head, levels, _opt_num(series, "blockSize"), raw=raw, received_ns=rx)
+    return _new_volume_profile(*head, levels, _opt_num(series, "blockSize"), raw=raw, received_ns=rx)
 
 
-_Decoder = Callable[[tuple, dict[str, Any], dict[str, Any], Any, "int | None"], Event]
+_Decoder = Callable[[tuple[Any, ...], dict[str, Any], dict[str, Any], Any, "int | None"], Event]
 
 # series.type -> (channel, payload key, decoder)
 _DECODERS: dict[str, tuple[Channel, str, _Decoder]] = {

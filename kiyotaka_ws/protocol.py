@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterable
 from typing import Any, Callable
 
-import brotli
+import brotli  # type: ignore[import-untyped]
 
 from .errors import DecodeError
 from .events import excerpt
@@ -30,7 +30,7 @@ _stdlib_decode = json.JSONDecoder(parse_constant=_refuse_constant).decode
 
 
 def _stdlib_loads(payload: bytes | str) -> Any:
-    if type(payload) is not str:  # strict UTF-8, like orjson (json.loads would also guess UTF-16/32)
+    if not isinstance(payload, str):  # strict UTF-8, like orjson (json.loads would also guess UTF-16/32)
         payload = bytes(payload).decode("utf-8")
     return _stdlib_decode(payload)
 
@@ -38,7 +38,7 @@ def _stdlib_loads(payload: bytes | str) -> Any:
 try:
     import orjson as _orjson
 except ImportError:  # pragma: no cover - PyPy, or an install without it
-    _orjson = None
+    _orjson = None  # type: ignore[assignment]
 
 _loads: Callable[[bytes | str], Any] = _stdlib_loads
 
@@ -67,7 +67,7 @@ def json_parser() -> str:
 
 def _is_utf8(payload: bytes | str) -> bool:
     try:
-        payload.encode("utf-8") if type(payload) is str else bytes(payload).decode("utf-8")  # type: ignore[union-attr]
+        payload.encode("utf-8") if isinstance(payload, str) else bytes(payload).decode("utf-8")
     except UnicodeError:
         return False
     return True
@@ -176,7 +176,7 @@ class FrameDecoder:
     def _decompress(self, data: bytes) -> bytes:
         decompressor = brotli.Decompressor()
         try:
-            out = decompressor.process(data, output_buffer_limit=self.max_bytes + 1)
+            out: bytes = decompressor.process(data, output_buffer_limit=self.max_bytes + 1)
         except brotli.error:
             if _looks_like_json(data):  # the server may send plain JSON in binary frames
                 return data

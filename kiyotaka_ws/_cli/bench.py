@@ -25,7 +25,7 @@ import time
 from typing import Any, Callable, TextIO
 from urllib.parse import parse_qs, urlsplit
 
-import brotli
+import brotli  # type: ignore[import-untyped]
 import websocket
 
 from .. import protocol
@@ -207,13 +207,13 @@ def run_bare(url: str, total: int, compression: str | None, latency: bool = Fals
                 now = time.time_ns()
                 lat.extend((now - _ns(p)) / 1e3 for p in points)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    ws.shutdown()  # no close handshake: the blaster never answers one
+    ws.shutdown()  # type: ignore[no-untyped-call]  # no close handshake: the blaster never answers one
     return Result(total, wall, cpu, lat)
 
 
 def _ns(point: dict[str, Any]) -> int:
     ts = point["trade"]["timestamp"]
-    return ts["seconds"] * 10**9 + ts.get("nanoseconds", 0)
+    return int(ts["seconds"]) * 10**9 + int(ts.get("nanoseconds", 0))
 
 
 def run_client(url: str, total: int, compression: str | None, latency: bool = False, series: int = 1) -> Result:
@@ -328,13 +328,13 @@ def run_bench(points: int = 200_000, rounds: int = 5, quick: bool = False, out: 
                 out.write(f"{case['case']:<16}{cells}{rate['client']:>14,.0f}{ratios}{cpu['client']:>14.2f}\n")
                 out.flush()
         # Latency: paced, alternating like the throughput runs; the p99 is reported for every round.
-        rate, seconds = 10_000, (1 if quick else 3)
-        url = f"{base}&mode=brotli&per=5&n={rate * seconds}&rate={rate}"
+        paced, seconds = 10_000, (1 if quick else 3)
+        url = f"{base}&mode=brotli&per=5&n={paced * seconds}&rate={paced}"
         latencies: dict[str, list[list[float]]] = {"bare": [], "client": []}
         for _ in range(rounds):
-            latencies["bare"].append(run_bare(url, rate * seconds, "brotli", latency=True).latencies)
-            latencies["client"].append(run_client(url, rate * seconds, "brotli", latency=True).latencies)
-        report["latency_us"] = {"rate": rate, "seconds_per_round": seconds,
+            latencies["bare"].append(run_bare(url, paced * seconds, "brotli", latency=True).latencies)
+            latencies["client"].append(run_client(url, paced * seconds, "brotli", latency=True).latencies)
+        report["latency_us"] = {"rate": paced, "seconds_per_round": seconds,
                                 **{name: _latency_summary(runs) for name, runs in latencies.items()}}
         report["rss_mib"] = {"first": round(rss[0], 1), "last": round(rss[-1], 1), "runs": len(rss)}
         if as_json:
@@ -343,7 +343,7 @@ def run_bench(points: int = 200_000, rounds: int = 5, quick: bool = False, out: 
         for name, summary in report["latency_us"].items():
             if isinstance(summary, dict):
                 rounds_p99 = ", ".join(f"{v:,}" for v in summary["p99_per_round"])
-                out.write(f"latency {name:<7} at {rate:,} pts/s (send -> handler): p50 {summary['p50']:,} us, "
+                out.write(f"latency {name:<7} at {paced:,} pts/s (send -> handler): p50 {summary['p50']:,} us, "
                           f"p99 {summary['p99']:,} us (per round: {rounds_p99}), max {summary['max']:,} us\n")
         out.write(f"memory: RSS {rss[0]:.1f} MiB after the first run, {rss[-1]:.1f} MiB after run {len(rss)}\n")
     finally:

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 
-import brotli
+import brotli  # type: ignore[import-untyped]
 
 from .. import protocol
 from ..client import KiyotakaClient
