@@ -254,11 +254,11 @@ class FastPath:
     The symbol only picks the candidates; ``==`` on whole dicts decides, so a hit is exact
     provided no remembered ``blockSize`` equals a bool (0 or 1): such series are not remembered.
 
-    Measured (callgrind, instructions per point, ``/tmp`` micro-benchmark of the real decoder and
-    dispatcher, 50 points per frame): one series or eight interleaved now cost the same; with the
-    last two series seen overall, eight interleaved series missed on every point (~7,000 more).
-    An exact key per point costs more than the ``==`` it saves: ``tuple(series.items())`` ~7,000,
-    the eight routing fields ~5,000, against ~2,200 for ``==`` and ~400 for the symbol lookup.
+    Measured (callgrind, instructions per trade point in ``run``, 50 points per frame): 13,000 for
+    one series and 12,100 for eight interleaved; with the last two series seen overall it was
+    12,300 and 18,800 (eight interleaved series missed on every point). An exact key per point
+    costs more than the ``==`` it would save: ``tuple(series.items())`` ~7,000 and the values
+    tuple with a check ~6,100, against ~2,200 for ``==`` and ~700 for finding the symbol's pair.
     """
 
     def __init__(self, routes: Any) -> None:
@@ -275,7 +275,7 @@ class FastPath:
     def run(self, points: list[Any], start: int, received_ns: int | None = None, ns: int = _NS) -> list[_Hit]:
         """What ``route`` answers for each of ``points[start:start + RUN_POINTS]``, in one loop
         (a call per point less, two for trades: the dispatcher's hot path)."""
-        recent_of = self._recent.get
+        recent_of = self._recent
         lookup = self._lookup
         none = _NOTHING_RECENT
         hits: list[_Hit] = []
@@ -290,7 +290,9 @@ class FastPath:
                 append(None)
                 continue
             try:
-                recent = recent_of(series.get("symbol"), none)
+                recent = recent_of[series.get("symbol")]
+            except KeyError:  # no series of this symbol remembered yet
+                recent = none
             except TypeError:  # an unhashable symbol: the general path words it
                 append(None)
                 continue
