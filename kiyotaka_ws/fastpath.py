@@ -88,6 +88,7 @@ def builder(cls: type) -> Callable[..., Any]:
         exec(source, scope)  # noqa: S102 - fixed source built from the class's own field names
         build: Callable[..., Any] = scope["build"]
         if _same_as_init(cls, build, own):
+            build.twin = twin  # type: ignore[attr-defined]  # FastPath.run fills trades' twins inline
             return build
     scope = {"cls": cls}
     call = f"cls(*head, time_ns, {', '.join(own)}, raw=raw, received_ns=received_ns)"
@@ -163,8 +164,12 @@ _Head = tuple[tuple[Channel, Any, Any, Any, Any, Any], Any, Any]
 
 
 # Trades and liquidations, the busiest channels, are decoded inline by ``FastPath.run``: their
-# cache entries hold (payload key, builder) where the others hold a decoder function.
-_TRADE_LIKE = {"TRADE": ("trade", _new_trade), "LIQUIDATION": ("liquidation", _new_liquidation)}
+# cache entries hold (payload key, builder, twin or None, class) where the others hold a decoder
+# function; with a twin (see ``builder``) the event is filled inline too (~560 instructions per
+# point less than calling the builder), else the builder is called.
+_TRADE_LIKE = {"TRADE": ("trade", _new_trade, getattr(_new_trade, "twin", None), Trade),
+               "LIQUIDATION": ("liquidation", _new_liquidation, getattr(_new_liquidation, "twin", None), Liquidation)}
+assert [f.name for f in attrs.fields(Trade)] == [f.name for f in attrs.fields(Liquidation)]  # one inline fill for both
 
 
 def _trade_agg(head: _Head, point: dict, rx: int | None) -> Event:
@@ -277,7 +282,7 @@ class FastPath:
         (a call per point less, two for trades: the dispatcher's hot path)."""
         recent_of = self._recent
         lookup = self._lookup
-        none = _NOTHING_RECENT
+        none: Any = _NOTHING_RECENT
         hits: list[_Hit] = []
         append = hits.append
         for point in points[start:start + RUN_POINTS]:
@@ -317,7 +322,7 @@ class FastPath:
                 continue
             # A trade or a liquidation: subscripts (a missing key or a non-object raises, and the
             # general path decides) and the documented {seconds, nanoseconds} timestamp inline.
-            payload_key, new = decode
+            payload_key, new, twin, cls = decode
             try:
                 p = point[payload_key]
                 id_, price, amount, ts = p["id"], p["price"], p["amount"], p["timestamp"]
@@ -332,7 +337,20 @@ class FastPath:
                 append(None)
                 continue
             common, side, _ = head
-            append((handlers, new(common, seconds * ns + nanos, point, received_ns, id_, price, amount, side)))
+            if twin is None:
+                append((handlers, new(common, seconds * ns + nanos, point, received_ns, id_, price, amount, side)))
+                continue
+            e = twin()  # what ``builder`` does, inline: the busiest channels
+            e.channel, e.exchange, e.symbol, e.coin, e.normalized_symbol, e.category = common
+            e.time_ns = seconds * ns + nanos
+            e.raw = point
+            e.received_ns = received_ns
+            e.id = id_
+            e.price = price
+            e.amount = amount
+            e.side = side
+            e.__class__ = cls
+            append((handlers, e))
         return hits
 
     def _lookup(self, series: dict[str, Any]) -> _Entry | None:

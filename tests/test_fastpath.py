@@ -204,7 +204,7 @@ def interleaved_frames(draw: Any) -> list[Any]:
     return out
 
 
-@settings(max_examples=400, deadline=None,
+@settings(max_examples=200, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(frame=interleaved_frames(), run_points=st.sampled_from([1, 3, 64]))
 def test_fast_path_matches_the_general_path_with_interleaved_series(frame, run_points, monkeypatch):
@@ -250,7 +250,7 @@ def test_differential_test_can_fail(monkeypatch):
     for point in frame:
         point["series"]["exchange"], point["series"]["symbol"] = "X", "S"
     original = fastpath_module._new_trade
-    off_by_one = ("trade", lambda *a: original(*a[:5], a[5] + 1, *a[6:]))  # (head, time_ns, raw, rx, id, price, ...)
+    off_by_one = ("trade", lambda *a: original(*a[:5], a[5] + 1, *a[6:]), None, Trade)  # (head, time_ns, raw, rx, id, price, ...)
     monkeypatch.setitem(fastpath_module._FAST_DECODERS, "TRADE", (Channel.TRADE, off_by_one, False))
     assert run(frame, general=False, monkeypatch=monkeypatch) != run(frame, general=True, monkeypatch=monkeypatch)
 
