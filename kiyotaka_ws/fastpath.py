@@ -11,11 +11,23 @@ Four things make it fast:
 
 - Routing is cached per ``RouteTable`` (immutable: a new table means a new ``FastPath``), keyed on
   every series field routing and the event's head read; a cache hit also vouches for their types
-  and holds the head ready-made (see ``FastPath``).
+  and holds the head ready-made. The last two series of each symbol are remembered, so a frame
+  interleaving many symbols costs what a single-symbol frame does (see ``FastPath``).
 - Validation is exact-type checks inline, no helper call per field in the common case.
 - Events are built by ``builder()``: see there.
 - ``FastPath.run`` does a run of up to ``RUN_POINTS`` points in one loop, trades and liquidations
-  (the busiest channels) without even a decoder call.
+  (the busiest channels) without a decoder or builder call.
+
+Where a trade point's time goes (callgrind, instructions per point, 50 points per frame, brotli,
+the real ``FrameDecoder`` and ``Dispatcher`` with one counting handler): brotli + orjson parse
+14,600 (the ``orjson.loads`` loop's whole cost); ``FastPath.run`` ~12,000, of which the series
+``==`` ~2,200, finding the symbol's remembered pair ~500, the event ~2,500 (allocating it alone
+~1,500), the rest reading and checking fields; delivery and the handler call ~3,000. The floor of
+an attrs event plus one checked handler call, with no parse, routing or checks at all, is ~4,500,
+more than the ~3,400 that 0.8x the orjson loop would leave per point: that ratio is out of reach
+in pure Python with these events. Typed decoding (msgspec Structs) parses for ~8,900 against
+orjson's ~12,600, but ``raw`` must be the point dict as received, so dicts are parsed as well
+(~21,600 together): not used. msgspec's untyped decoder costs what orjson does.
 """
 
 from __future__ import annotations
