@@ -187,6 +187,52 @@ def test_fast_path_matches_the_general_path_across_runs(frame, run_points, monke
     assert fast == run(frame, general=True, monkeypatch=monkeypatch)
 
 
+@st.composite
+def interleaved_frames(draw: Any) -> list[Any]:
+    """Points of several series interleaved in one frame (a multi-symbol stream): a few series,
+    some grouped by coin (no symbol), each point a copy of one of them, sides varying."""
+    series_points = draw(st.lists(points(), min_size=2, max_size=8))
+    for point in series_points:
+        if type(point) is dict and type(point.get("series")) is dict and draw(rarely(3)):
+            point["series"].pop("symbol", None)  # grouped: routed by coin
+    out = []
+    for index in draw(st.lists(st.integers(0, len(series_points) - 1), min_size=1, max_size=40)):
+        point = copy.deepcopy(series_points[index])
+        if type(point) is dict and type(point.get("series")) is dict and draw(rarely(2)):
+            point["series"]["side"] = draw(STRINGS["side"])
+        out.append(point)
+    return out
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(frame=interleaved_frames(), run_points=st.sampled_from([1, 3, 64]))
+def test_fast_path_matches_the_general_path_with_interleaved_series(frame, run_points, monkeypatch):
+    with monkeypatch.context() as patch:
+        patch.setattr(fastpath_module, "RUN_POINTS", run_points)
+        fast = run(frame, general=False, monkeypatch=monkeypatch)
+    assert fast == run(frame, general=True, monkeypatch=monkeypatch)
+
+
+def test_interleaved_series_hit_the_cache(monkeypatch):
+    """Routing does not depend on how series interleave: once each series (and side) has been
+    seen, eight series interleaved point by point take no further key lookup."""
+    routes = RouteTable()
+    for k in range(8):
+        routes = routes.updated(make_spec("TRADE", exchange="X", symbol=f"S{k}"), (print,))
+    fast = FastPath(routes)
+    frame = []
+    for i in range(160):
+        point = copy.deepcopy(TRADE)
+        point["series"].update(exchange="X", symbol=f"S{i % 8}", side="BUY" if i // 8 % 2 else "SELL")
+        frame.append(point)
+    lookups = []
+    original = FastPath._lookup
+    monkeypatch.setattr(FastPath, "_lookup", lambda self, series: lookups.append(1) or original(self, series))
+    assert all(fast.run(frame, start) for start in range(0, len(frame), RUN_POINTS))
+    assert len(lookups) == 16  # 8 symbols x 2 sides, each once
+
+
 def test_documented_examples_take_the_fast_path():
     """Every documented example is decoded by the fast path itself, to the general path's event."""
     for example in EXAMPLES:
@@ -204,7 +250,7 @@ def test_differential_test_can_fail(monkeypatch):
     for point in frame:
         point["series"]["exchange"], point["series"]["symbol"] = "X", "S"
     original = fastpath_module._new_trade
-    off_by_one = ("trade", lambda *a: original(*a[:5], a[5] + 1, *a[6:]))  # (head, time_ns, raw, rx, id, price, ...)
+    off_by_one = ("trade", lambda *a: original(*a[:5], a[5] + 1, *a[6:]), None, Trade)  # (head, time_ns, raw, rx, id, price, ...)
     monkeypatch.setitem(fastpath_module._FAST_DECODERS, "TRADE", (Channel.TRADE, off_by_one, False))
     assert run(frame, general=False, monkeypatch=monkeypatch) != run(frame, general=True, monkeypatch=monkeypatch)
 
