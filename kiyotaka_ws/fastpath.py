@@ -86,7 +86,7 @@ def builder(cls: type) -> Callable[..., Any]:
              and all(f.validator is None and f.converter is None and f.on_setattr in (None, attrs.setters.NO_OP)
                      for f in attrs.fields(cls))
              and names[:len(_COMMON) + 3] == [*_COMMON, "time_ns", "raw", "received_ns"]
-             and [n for n in (*Event.__slots__, *slots) if n != "__weakref__"] == names)
+             and [n for n in (*getattr(Event, "__slots__", ()), *slots) if n != "__weakref__"] == names)
     args = ", ".join(("head", "time_ns", "raw", "received_ns", *own))
     if plain:
         # Both attribute hooks must be object's for CPython to keep its fast generic setattr.
@@ -145,7 +145,7 @@ def _time(ts: Any) -> int | None:
     if type(ts) is dict:
         seconds, nanos = ts.get("seconds"), ts.get("nanoseconds", 0)
         if type(seconds) is int and type(nanos) is int and 0 <= nanos < _NS:
-            return seconds * _NS + nanos  # type: ignore[no-any-return]
+            return seconds * _NS + nanos
     raise _Fallback  # {s, ns}, quoted integers, a missing "seconds": the general path's business
 
 
@@ -162,7 +162,7 @@ def _flat(values: Any, width: int) -> list[float]:
 
 def _opt_float(value: Any) -> float | None:
     if type(value) is float or value is None:
-        return value  # type: ignore[no-any-return]
+        return value
     return _float(value)
 
 
@@ -184,7 +184,7 @@ _TRADE_LIKE = {"TRADE": ("trade", _new_trade, getattr(_new_trade, "twin", None),
 assert [f.name for f in attrs.fields(Trade)] == [f.name for f in attrs.fields(Liquidation)]  # one inline fill for both
 
 
-def _trade_agg(head: _Head, point: dict, rx: int | None) -> Event:
+def _trade_agg(head: _Head, point: dict[str, Any], rx: int | None) -> Event:
     p = point.get("tradeAggregation")
     if type(p) is not dict:
         raise _Fallback
@@ -197,7 +197,7 @@ def _trade_agg(head: _Head, point: dict, rx: int | None) -> Event:
                           _time(p.get("firstTimestamp")), _time(p.get("lastTimestamp")))
 
 
-def _book(head: _Head, point: dict, rx: int | None) -> Event:
+def _book(head: _Head, point: dict[str, Any], rx: int | None) -> Event:
     p = point.get("blockBookSnapshot")
     if type(p) is not dict:
         raise _Fallback
@@ -208,7 +208,7 @@ def _book(head: _Head, point: dict, rx: int | None) -> Event:
                      tuple(map(BookLevel._make, zip(asks[0::2], asks[1::2]))), block)
 
 
-def _funding(head: _Head, point: dict, rx: int | None) -> Event:
+def _funding(head: _Head, point: dict[str, Any], rx: int | None) -> Event:
     p = point.get("fundingRate")
     if type(p) is not dict:
         raise _Fallback
@@ -217,7 +217,7 @@ def _funding(head: _Head, point: dict, rx: int | None) -> Event:
                         _opt_float(p.get("predictedFundingRate")))
 
 
-def _open_interest(head: _Head, point: dict, rx: int | None) -> Event:
+def _open_interest(head: _Head, point: dict[str, Any], rx: int | None) -> Event:
     p = point.get("openInterest")
     if type(p) is not dict:
         raise _Fallback
@@ -227,7 +227,7 @@ def _open_interest(head: _Head, point: dict, rx: int | None) -> Event:
     return _new_open_interest(head[0], _time(p.get("timestamp")), point, rx, value)  # type: ignore[no-any-return]
 
 
-def _volume_profile(head: _Head, point: dict, rx: int | None) -> Event:
+def _volume_profile(head: _Head, point: dict[str, Any], rx: int | None) -> Event:
     p = point.get("volumeProfileAggregation")
     if type(p) is not dict:
         raise _Fallback
@@ -237,7 +237,7 @@ def _volume_profile(head: _Head, point: dict, rx: int | None) -> Event:
                                tuple(map(VolumeLevel._make, zip(flat[0::3], flat[1::3], flat[2::3]))), block)
 
 
-_Decoder = Callable[[_Head, dict, "int | None"], Event]
+_Decoder = Callable[[_Head, "dict[str, Any]", "int | None"], Event]
 # series.type -> (channel, decoder (or _TRADE_LIKE's pair), whether the event carries series.blockSize)
 _FAST_DECODERS: dict[str, tuple[Channel, Any, bool]] = {
     "TRADE": (Channel.TRADE, _TRADE_LIKE["TRADE"], False),
@@ -280,7 +280,7 @@ class FastPath:
 
     def __init__(self, routes: Any) -> None:
         self.routes = routes
-        self._entries: dict[tuple, _Entry | None] = {}
+        self._entries: dict[tuple[Any, ...], _Entry | None] = {}
         # symbol -> [series, entry, series, entry, the slot the next remembered series replaces]
         self._recent: dict[Any, list[Any]] = {}
 
@@ -390,7 +390,7 @@ class FastPath:
             recent[4] = 2 - slot
         return entry
 
-    def _add(self, key: tuple, series: dict[str, Any]) -> _Entry | None:
+    def _add(self, key: tuple[Any, ...], series: dict[str, Any]) -> _Entry | None:
         kind, symbol, coin, exchange, category, nsym, side, block = key
         found = _FAST_DECODERS.get(kind) if type(kind) is str else None
         if found is None or not all(v is None or type(v) is str for v in key[1:7]):
