@@ -264,6 +264,8 @@ CLIENT = Table("KiyotakaClient", {
     "sslopt": optional(Check("a dict of ssl options", lambda v: isinstance(v, Mapping)), "for the defaults"),
     "proxy": optional(Check("a proxy URL", _proxy, _parse_proxy, show=_url_shown), "for a direct connection"),
     "max_retries": optional(whole(0), "to retry for ever"),
+    "max_channels_per_request": whole(1),
+    "max_requests_per_second": seconds(what="number of requests per second"),
     "max_queue_bytes": whole(1024),
     "connect_timeout": seconds(),
     "send_timeout": seconds(),

@@ -2,7 +2,7 @@
 
 The client drives every family's source through the same small interface as a live ``Session``:
 ``start``, ``started``, ``add``, ``remove``, ``answer``, ``fail``, ``stop``, ``join``, and the
-read-only ``ready``, ``state``, ``fatal``, ``reconnects``, ``frames``, ``bytes``,
+read-only ``ready``, ``state``, ``fatal``, ``reconnects``, ``requests_sent``, ``frames``, ``bytes``,
 ``last_frame_age``. ``ExternalSource`` holds the part of it that every non-socket source shares;
 its ``driver`` (the replay's player, the NATS connection) owns the thread that feeds the queue.
 """
@@ -46,6 +46,7 @@ class ExternalSource:
         self.state = State.STOPPED
         self.fatal: KiyotakaError | None = None
         self.reconnects = 0
+        self.requests_sent = 0  # nothing is sent to a server
         self.frames = 0
         self.bytes = 0
         self.last_rx: float | None = None  # time.monotonic() of the last frame
