@@ -76,3 +76,31 @@ def test_a_thousand_channels_with_a_bad_symbol_at_ten_requests_a_second() -> Non
                     assert server.wait_for(lambda s: s.connection_count == 2, timeout=10)
         finally:
             client.stop(5)
+
+
+def test_a_client_faster_than_the_server_is_rate_limited_and_loses_nothing() -> None:
+    """Paced at 100 requests/s against a server allowing 10 and 5 channels per request: many 429s,
+    each batch sent again after the server's retry_after; none becomes a SubscriptionError."""
+    symbols = [f"S{i:04d}USDT" for i in range(200)]
+    bad = symbols[77]
+    good = [s for s in symbols if s != bad]
+    with FakeKiyotakaServer(max_requests_per_second=10.0, max_channels_per_request=5) as server:
+        server.reject_symbol(bad)
+        counter = Counter()
+        client = KiyotakaClient(**server.client_kwargs(), compression=None, max_requests_per_second=100.0,
+                                max_channels_per_request=5)
+        client.on_error(counter.error)
+        for symbol in symbols:
+            client.on_trade(counter.trade, exchange=EX, symbol=symbol)
+        try:
+            client.start()
+            assert client.wait_ready(30)
+            assert server.wait_for(lambda s: len(s.subscriptions()) == len(good), timeout=5)
+            assert server.rejections().get(429, 0) > 0  # the rate limit was hit, and retried
+            with counter.lock:
+                errors = list(counter.errors)
+            assert [e.channel["symbol"] for e in errors if isinstance(e, SubscriptionError)  # type: ignore[index]
+                    ] == [bad], errors
+            assert all(isinstance(e, (SubscriptionError, RateLimited)) for e in errors), errors
+        finally:
+            client.stop(5)
