@@ -12,6 +12,7 @@ from .errors import (
                      EventsDropped,
                      HandlerError,
                      KiyotakaError,
+                     RateLimited,
                      ServerError,
                      SubscriptionError,
 )
@@ -49,6 +50,7 @@ __all__ = [
                      "Liquidation",
                      "OpenInterest",
                      "Percentiles",
+                     "RateLimited",
                      "ServerError",
                      "Side",
                      "State",

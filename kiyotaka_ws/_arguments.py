@@ -55,6 +55,8 @@ class Options:
     send_timeout: float = 10.0
     max_frame_bytes: int = 16 * 2**20
     max_retries: int | None = None
+    max_channels_per_request: int = 50
+    max_requests_per_second: float = 10.0
     sslopt: dict[str, Any] | None = None
     proxy: Proxy | None = None
 
@@ -287,6 +289,8 @@ CLIENT = Table("KiyotakaClient", {
     "sslopt": optional(Check("a dict of ssl options", lambda v: isinstance(v, Mapping)), "for the defaults"),
     "proxy": optional(Check("a proxy URL", _proxy, _parse_proxy, show=_url_shown), "for a direct connection"),
     "max_retries": optional(whole(0), "to retry for ever"),
+    "max_channels_per_request": whole(1),
+    "max_requests_per_second": seconds(what="number of requests per second"),
     "max_queue_bytes": whole(1024),
     "connect_timeout": seconds(),
     "send_timeout": seconds(),

@@ -215,7 +215,8 @@ class _Family:
             dropped=self.queue.dropped_total, reconnects=session.reconnects, queue_depth=self.queue.depth,
             last_frame_age=session.last_frame_age, skipped=disp.skipped,
             feed_latency=disp.feed_latency.percentiles(), queue_delay=disp.queue_delay.percentiles(),
-            handler_time=disp.handler_time.percentiles(), conflated=disp.conflated)
+            handler_time=disp.handler_time.percentiles(), conflated=disp.conflated,
+            requests_sent=session.requests_sent)
 
 
 _running: weakref.WeakSet[KiyotakaClient] = weakref.WeakSet()
@@ -262,6 +263,8 @@ class KiyotakaClient:
         sslopt: dict[str, Any] | None = None,
         proxy: str | None = None,
         max_retries: int | None = None,
+        max_channels_per_request: int = 50,
+        max_requests_per_second: float = 10.0,
         max_queue_bytes: int = 64 * 2**20,
         connect_timeout: float = 10.0,
         send_timeout: float = 10.0,
@@ -287,6 +290,8 @@ class KiyotakaClient:
             stale_timeout=stale_timeout, auth_timeout=float(auth_timeout),
             subscribe_timeout=float(subscribe_timeout), connect_timeout=float(connect_timeout),
             send_timeout=float(send_timeout), max_frame_bytes=max_frame_bytes, max_retries=max_retries,
+            max_channels_per_request=max_channels_per_request,
+            max_requests_per_second=float(max_requests_per_second),
             sslopt=_tls(sslopt, urls), proxy=args["proxy"])
         self._hooks = Hooks()
         self._ids = itertools.count(1)  # request ids: never reused in this client's lifetime

@@ -40,6 +40,22 @@ class ServerError(KiyotakaError):
         self.data = data
 
 
+class RateLimited(KiyotakaError):
+    """A warning, not a failure: the server kept refusing requests as too many (a rate limit).
+
+    Passed to ``on_error`` once after ``failures`` rate-limit rejections in a row on ``family``;
+    the channels are never rejected for it: the session keeps re-sending them after a backoff that
+    honours the server's ``retry_after`` (seconds, or None when it gave none).
+    """
+
+    def __init__(self, message: str, *, family: str = "", failures: int = 0,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.family = family
+        self.failures = failures
+        self.retry_after = retry_after
+
+
 class DecodeError(KiyotakaError):
     """A frame or point that could not be decoded; ``excerpt`` shows its start."""
 

@@ -3,7 +3,7 @@
 A family fed by something other than a Kiyotaka socket (a recording, NATS) offers the client the
 same interface as a live ``Session``: ``start``, ``started``, ``add``, ``remove``, ``answer``,
 ``fail``, ``stop``, ``join``, and the read-only ``ready``, ``state``, ``fatal``, ``reconnects``,
-``frames``, ``bytes``, ``last_frame_age``. Its ``driver`` (the replay's player, the NATS
+``requests_sent``, ``frames``, ``bytes``, ``last_frame_age``. Its ``driver`` (the replay's player, the NATS
 connection) owns the thread that feeds the queue and sets the state through ``set_state``.
 """
 
@@ -46,6 +46,7 @@ class ExternalSource:
         self.state = State.STOPPED
         self.fatal: KiyotakaError | None = None
         self.reconnects = 0
+        self.requests_sent = 0  # nothing is sent to a server
         self.frames = 0
         self.bytes = 0
         self.last_rx: float | None = None  # time.monotonic() of the last frame

@@ -1,16 +1,11 @@
 """The rules for sending many subscriptions to a server with limits: pure, no threads, no clock.
 
-Layer: core (imports only the standard library and attrs). The session core owns one of each per
-connection and passes the time in (``time.monotonic()`` seconds in production, a fake clock in
+Layer: core (imports only the standard library and attrs). The session core (``session_core``,
+whose ordered outbox packs the requests) owns a bucket per connection and passes the time in (``time.monotonic()`` seconds in production, a fake clock in
 tests):
 
 - ``TokenBucket``: at most ``rate`` requests per second with a small burst; ``take(now)`` says
   "send now" (0.0) or how many seconds to wait.
-- ``Packer``: the pending subscribe/unsubscribe operations of one connection, in the user's order,
-  packed into requests of at most ``max_channels`` channels of one method. Per channel, a pending
-  operation and a later opposite one cancel (neither reaches the server); nothing ever overtakes
-  an earlier operation on the same channel. Requests to send again (rate-limited, or halves of a
-  rejected batch) go back in front with ``retry`` and are sent as they are.
 - ``classify(error)``: a JSON-RPC (or REST-style) error -> RATE_LIMITED (retry after a delay),
   SUBSCRIPTION_LIMIT (the connection is full: shard) or PERMANENT.
 - ``settle_permanent(channels, rejection)``: a batch rejected PERMANENT -> the channels rejected
@@ -21,8 +16,7 @@ tests):
   honoured up to a cap, else exponential with full jitter) and the count of consecutive rate-limit
   failures, so the caller warns once after ``warn_after`` of them.
 
-Bounds: a ``Packer`` holds at most one entry per channel (its size is the number of channels the
-caller has in flight); the bucket and the backoff hold a few numbers.
+Bounds: the bucket and the backoff hold a few numbers.
 """
 
 from __future__ import annotations
@@ -30,16 +24,13 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections import OrderedDict, deque
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Generic, TypeVar
 
 import attrs
 
-SUBSCRIBE, UNSUBSCRIBE = "public/subscribe", "public/unsubscribe"
 RATE_LIMITED, SUBSCRIPTION_LIMIT, PERMANENT = "RATE_LIMITED", "SUBSCRIPTION_LIMIT", "PERMANENT"
 
-K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 
 
@@ -81,188 +72,6 @@ class TokenBucket:
         if wait == 0.0:
             self._tokens = max(0.0, self._tokens - 1.0)
         return wait
-
-
-# -- packing ----------------------------------------------------------------------------------
-
-@attrs.frozen
-class Request(Generic[K]):
-    """One request to send: ``method`` (``SUBSCRIBE`` or ``UNSUBSCRIBE``) for ``channels``."""
-
-    method: str
-    channels: tuple[K, ...]
-
-
-class _Retry(Generic[K]):
-    """A request put back to be sent again as it is: never merged with others."""
-
-    __slots__ = ("channels", "method")
-
-    def __init__(self, method: str, channels: Sequence[K]) -> None:
-        self.method = method
-        self.channels: dict[K, None] = dict.fromkeys(channels)
-
-
-class Packer(Generic[K]):
-    """The subscribe/unsubscribe operations of one connection, packed into requests of one method.
-
-    Channels are any hashable key (the session's canonical channel JSON, say). Operations are
-    wire-level changes, so per channel they alternate (subscribe, unsubscribe, subscribe, ...).
-    Each channel has at most one operation in flight and one waiting, so no operation ever
-    overtakes an earlier one on its channel, whatever the server answers:
-
-    - ``add(method, channel)`` queues an operation. A waiting operation followed by the opposite
-      one cancels both (a subscribe never sent need not be undone; an unsubscribe never sent
-      leaves the subscription held): ``add`` returns False. A repeat is merged (True). An
-      operation on a channel in flight waits for its answer (True).
-    - ``pop()`` returns the next request and marks its channels in flight: the oldest retry as
-      it is; else the method of the oldest waiting operation, with up to ``max_channels`` waiting
-      channels of that method in the order they were queued (channels of different methods may
-      be grouped apart: the server cannot tell).
-    - the answer to a request, per channel: ``done(channels)`` (applied), ``retry(method,
-      parts)`` (not applied, send again: rate-limited, or the halves of a rejected batch; each
-      part goes back in front as one request, never merged, so a bisection converges), or
-      ``rejected(channel)`` (refused for good). Each returns the channels whose waiting operation
-      cancelled against it (neither is sent); after ``done`` a waiting operation is queued.
-
-    Size: one entry per channel with an operation waiting or in flight.
-    """
-
-    def __init__(self, max_channels: int) -> None:
-        if max_channels < 1:
-            raise ValueError(f"max_channels: expected a whole number >= 1, got {max_channels!r}")
-        self.max_channels = max_channels
-        # channel -> sequence number, per method, oldest first; a channel waits in one place at
-        # most: a queue, a retry, or (behind its own request in flight) _behind
-        self._queues: dict[str, OrderedDict[K, int]] = {SUBSCRIBE: OrderedDict(), UNSUBSCRIBE: OrderedDict()}
-        self._next = 0
-        self._retries: deque[_Retry[K]] = deque()
-        self._in_retry: dict[K, _Retry[K]] = {}
-        self._in_flight: dict[K, str] = {}   # channel -> method of its request in flight
-        self._behind: dict[K, str] = {}      # channel in flight -> the operation waiting for its answer
-
-    def __len__(self) -> int:
-        """How many channels have an operation waiting (not counting those in flight)."""
-        return sum(len(q) for q in self._queues.values()) + len(self._in_retry) + len(self._behind)
-
-    @property
-    def in_flight(self) -> int:
-        """How many channels have a request in flight."""
-        return len(self._in_flight)
-
-    def pending(self, channel: K) -> str | None:
-        """The method of the operation waiting on ``channel`` (not in flight), or None."""
-        if channel in self._behind:
-            return self._behind[channel]
-        retry = self._in_retry.get(channel)
-        if retry is not None:
-            return retry.method
-        return next((m for m, q in self._queues.items() if channel in q), None)
-
-    def add(self, method: str, channel: K) -> bool:
-        """Queue ``method`` on ``channel``: True if it waits (or merged into a waiting one), False
-        if it cancelled the waiting opposite one (then neither is sent)."""
-        other = _opposite(method)
-        if channel in self._in_flight:
-            waiting = self._behind.get(channel)
-            if waiting is None:
-                self._behind[channel] = method
-                return True
-            if waiting == method:
-                return True
-            del self._behind[channel]
-            return False
-        retry = self._in_retry.get(channel)
-        if retry is not None:
-            if retry.method == method:
-                return True
-            self._drop_from_retry(channel, retry)
-            return False
-        if self._queues[other].pop(channel, None) is not None:
-            return False
-        if channel not in self._queues[method]:
-            self._queues[method][channel] = self._next
-            self._next += 1
-        return True
-
-    def pop(self) -> Request[K] | None:
-        """The next request to send, its channels now in flight; None when nothing waits."""
-        if self._retries:
-            retry = self._retries.popleft()
-            for channel in retry.channels:
-                del self._in_retry[channel]
-            request = Request(retry.method, tuple(retry.channels))
-        else:
-            heads = [(next(iter(q.values())), m) for m, q in self._queues.items() if q]
-            if not heads:
-                return None
-            method = min(heads)[1]
-            queue = self._queues[method]
-            taken: list[K] = []
-            while queue and len(taken) < self.max_channels:
-                taken.append(queue.popitem(last=False)[0])
-            request = Request(method, tuple(taken))
-        self._in_flight.update(dict.fromkeys(request.channels, request.method))
-        return request
-
-    def done(self, channels: Iterable[K]) -> list[K]:
-        """The server applied the request on ``channels``: they leave flight, and an operation
-        waiting behind one is queued (at the back). Returns [] (nothing cancels)."""
-        for channel in channels:
-            if self._in_flight.pop(channel, None) is not None:
-                waiting = self._behind.pop(channel, None)
-                if waiting is not None:
-                    self.add(waiting, channel)
-        return []
-
-    def rejected(self, channel: K) -> list[K]:
-        """The server refused the operation on ``channel`` for good: the wire state did not
-        change, so an opposite operation waiting behind it is cancelled (returned)."""
-        method = self._in_flight.pop(channel, None)
-        waiting = self._behind.pop(channel, None)
-        if method is not None and waiting is not None and waiting != method:
-            return [channel]
-        if waiting is not None:
-            self.add(waiting, channel)
-        return []
-
-    def retry(self, method: str, parts: Iterable[Sequence[K]]) -> list[K]:
-        """The server did not apply ``parts`` (channels of requests of ``method``, usually in
-        flight): put them back in front, in this order, each to be sent as one request as it
-        is. A channel with the opposite operation waiting cancels it instead (returned: neither
-        is sent); an empty part is dropped."""
-        other = self._queues[_opposite(method)]
-        cancelled: list[K] = []
-        kept: list[_Retry[K]] = []
-        for part in parts:
-            channels = []
-            for channel in part:
-                self._in_flight.pop(channel, None)
-                waiting = self._behind.pop(channel, None)
-                if (waiting is not None and waiting != method) or other.pop(channel, None) is not None:
-                    cancelled.append(channel)
-                elif channel not in self._in_retry and channel not in self._queues[method]:
-                    channels.append(channel)
-            if channels:
-                kept.append(_Retry(method, channels))
-        for retry in reversed(kept):
-            self._retries.appendleft(retry)
-            self._in_retry.update(dict.fromkeys(retry.channels, retry))
-        return cancelled
-
-    def _drop_from_retry(self, channel: K, retry: _Retry[K]) -> None:
-        del self._in_retry[channel]
-        del retry.channels[channel]
-        if not retry.channels:
-            self._retries.remove(retry)
-
-
-def _opposite(method: str) -> str:
-    if method == SUBSCRIBE:
-        return UNSUBSCRIBE
-    if method == UNSUBSCRIBE:
-        return SUBSCRIBE
-    raise ValueError(f"method: expected {SUBSCRIBE!r} or {UNSUBSCRIBE!r}, got {method!r}")
 
 
 # -- rejections -------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ from .session_core import (  # noqa: F401
     SUBSCRIBE,
     Action,
     Backoff,
+    BucketPacer,
     Connect,
     GiveUp,
     Heard,
@@ -87,6 +88,7 @@ from .session_core import (  # noqa: F401
     Settings,
     Settle,
     answer_due,
+    at_most,
 )
 from .source import WireSub
 from .status import ConnectionStatus, State
@@ -181,7 +183,8 @@ class Session:
             backoff_max=options.backoff_max, ping_interval=options.ping_interval,
             ping_timeout=options.ping_timeout, stale_timeout=options.stale_timeout,
             auth_timeout=options.auth_timeout, subscribe_timeout=options.subscribe_timeout,
-            max_retries=options.max_retries), ids, rng)
+            max_retries=options.max_retries), ids, rng,
+            packer=at_most(options.max_channels_per_request), pacer=BucketPacer(options.max_requests_per_second))
 
         # The inbox: the only way in. Guarded by _inbox_cond; nothing else is shared.
         self._inbox: collections.deque[Any] = collections.deque()
@@ -198,6 +201,7 @@ class Session:
         self.ready = threading.Event()
         self.state = State.STOPPED
         self.reconnects = 0
+        self.requests_sent = 0
         self.frames = 0
         self.bytes = 0
         self.last_rx: float | None = None
@@ -381,6 +385,7 @@ class Session:
                 self._give_up(action.error, action.subs)
         self.expecting = self._core.expecting
         self.reconnects = self._core.reconnects
+        self.requests_sent = self._core.requests_sent
 
     def _connect(self) -> list[Action]:
         """Dial; the core hears how it went."""

@@ -28,19 +28,36 @@ Actions: ``Connect()``, ``Send(conn, Request)``, ``Ping(conn)``, ``Kill(conn, re
 ``on_error``), ``GiveUp(error, subs)`` (the family fails for good: end every ``subs``' wait).
 
 The outbox. Subscribes and unsubscribes are *intents* queued in one ordered outbox per family,
-drained onto the current connection by ``_flush``: a ``Packer`` turns the head of the queue into
-requests (today one channel per request: ``one_per_request``) and a ``Pacer`` says whether a
-request may go now (today ``Unpaced``). A queued subscribe whose spec is removed before it went
-out is dropped with its unsubscribe, so an unsubscribe never overtakes its subscribe and a removed
-spec is never sent again. A request carries a tuple of specs and its pending entry a tuple of
-subscriptions, so batches already settle per subscription; splitting a rejected batch, rate-limit
-retries and shards are the next step (issue 23) and plug in at ``Packer``, ``Pacer`` and
-``_on_subscribe_answer``.
+drained onto the current connection by ``_flush``: a ``Packer`` packs the head of the queue into
+requests of one method (``at_most(max_channels_per_request)``; ``one_per_request`` by default) and
+a ``Pacer`` says whether a request may go now (``BucketPacer(max_requests_per_second)``: a token
+bucket per connection, burst ``min(5, rate)``; ``Unpaced`` by default). The session passes both
+from the client's arguments. A queued subscribe whose spec is removed before it went out is
+dropped with its unsubscribe, so an unsubscribe never overtakes its subscribe and a removed spec is
+never sent again. A replay after a reconnect goes through the same outbox.
+
+Answers (``_on_subscribe_answer``), settled per subscription (``pacing.classify``):
+- a rate limit (429, ``RATE_LIMIT``/``TOO_MANY_REQUESTS``/``TOO_MANY``, a ``retry_after``): every
+  request on the connection is held for ``pacing.RateLimitBackoff`` (``retry_after`` honoured up
+  to 60 s) and the request's subscriptions go again, as they were, before the outbox (*retries*,
+  in the order of the requests they come from). Answers to requests sent before the hold began
+  are the same burst: they count no new failure. After 5 failures in a row one ``Report(
+  RateLimited)`` (a warning); the subscriptions stay PENDING, never rejected for it. An
+  unsubscribe is retried the same way unless its spec was registered anew.
+- a subscription limit: each channel of the batch is rejected (no sharding yet).
+- anything else: ``pacing.settle_permanent`` splits a batch until each bad channel is alone (one
+  ``SubscriptionError`` each); the parts go again as retries, the good ones end ACTIVE. One bad
+  channel in a batch of ``n`` costs at most ``2 * ceil(log2(n))`` more requests.
+A subscription removed while its subscribe waits as a retry needs no unsubscribe (never applied).
+READY waits for an empty outbox and no retries; ``requests_sent`` counts every request.
+Measured (tests/test_session_core.py, fake clock): 1,000 channels at 10 req/s, 50 per request:
+20 requests, the last at 1.5 s.
 
 Bounds: ``MAX_PENDING`` requests await an answer (the oldest are forgotten past it); a request
 never answered is forgotten after ``max(60 s, 3 * subscribe_timeout)``; Retry-After is honoured up
 to ``MAX_RETRY_AFTER``; the outbox holds at most one intent per registered spec plus one per
-removed spec, since every intent for a removed spec still queued is dropped.
+removed spec, since every intent for a removed spec still queued is dropped; retries hold at most
+one entry per registered subscription plus the unsubscribes in flight (bounded by ``MAX_PENDING``).
 """
 
 from __future__ import annotations
@@ -54,12 +71,13 @@ from typing import Any, Callable, Protocol, Union
 
 import attrs
 
-from . import protocol
+from . import pacing, protocol
 from ._transport import redact_url
 from .errors import (
     AuthenticationError,
     ConnectionFailedError,
     KiyotakaError,
+    RateLimited,
     SubscriptionError,
     gave_up,
 )
@@ -204,6 +222,11 @@ def rejects_key(code: int | None) -> bool:
     return code is not None and (code in _REJECTED_KEY_CLOSE_CODES or 4000 <= code <= 4999)
 
 
+def _classify(answer: dict[str, Any]) -> pacing.Rejection:
+    """What an error answer means (rate limit, subscription limit, or a rejection on the merits)."""
+    return pacing.classify(answer.get("error"), {k: v for k, v in answer.items() if k != "error"})
+
+
 # -- the outbox seam ---------------------------------------------------------------------------------
 
 @attrs.frozen
@@ -224,8 +247,15 @@ class Packer(Protocol):
 
 
 def one_per_request(intents: Sequence[Intent]) -> int:
-    """Today's packing: one channel per request."""
+    """One channel per request."""
     return 1
+
+
+def at_most(max_channels: int) -> Packer:
+    """Pack up to ``max_channels`` intents of one method into a request."""
+    def packer(intents: Sequence[Intent]) -> int:
+        return min(max_channels, len(intents))
+    return packer
 
 
 class Pacer(Protocol):
@@ -240,7 +270,7 @@ class Pacer(Protocol):
 
 
 class Unpaced:
-    """Today's pacing: every request goes at once."""
+    """No pacing: every request goes at once."""
 
     def take(self, now: float) -> bool:
         return True
@@ -250,6 +280,24 @@ class Unpaced:
 
     def reset(self, now: float) -> None:
         return None
+
+
+class BucketPacer:
+    """At most ``rate`` requests per second per connection (``pacing.TokenBucket``, its small
+    burst included); a new connection starts with a full bucket."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._bucket = pacing.TokenBucket(rate)
+
+    def take(self, now: float) -> bool:
+        return self._bucket.take(now) == 0.0
+
+    def ready_at(self, now: float) -> float:
+        return now + self._bucket.delay(now)
+
+    def reset(self, now: float) -> None:
+        self._bucket = pacing.TokenBucket(self.rate)
 
 
 # -- the core ----------------------------------------------------------------------------------------
@@ -275,6 +323,17 @@ class _Pending:
     subs: tuple[Any, ...]
     conn: int
     sent: float
+    key: tuple[int, ...] = ()  # its place in the user's order (a retry keeps its request's)
+
+
+@attrs.frozen
+class _Retry:
+    """A request to send again as it is (rate-limited, or a half of a rejected batch), before the
+    outbox, in the order of ``key``: the first request's id, then the index of each split."""
+
+    key: tuple[int, ...]
+    method: str
+    subs: tuple[Any, ...]
 
 
 @attrs.define
@@ -312,6 +371,10 @@ class SessionCore:
         self._subs: dict[Hashable, Any] = {}          # registered, in registration order
         self._sub_state: dict[Hashable, str] = {}      # their states, as settled
         self._outbox: deque[Intent] = deque()         # in the order asked for
+        self._retries: list[_Retry] = []              # sorted by key; sent before the outbox
+        self._rate = pacing.RateLimitBackoff(rng=rng) # delays after rate-limit rejections
+        self._hold_until = 0.0     # rate-limited: no request goes before then
+        self._held_since = float("-inf")  # when the last rate-limit failure was counted
         self._pending: dict[int, _Pending] = {}       # in send order: the oldest first
         self._awaiting: dict[int, list[Any]] = {}     # subscribes not yet answered nor timed out
         self._conn: _Conn | None = None
@@ -327,6 +390,7 @@ class SessionCore:
         self.failed: KiyotakaError | None = None
         self.expecting = False
         self.reconnects = 0
+        self.requests_sent = 0
         self.wake_at: float | None = None
 
     # -- read-only views (for the shell and the tests) --------------------------------------------
@@ -357,6 +421,11 @@ class SessionCore:
     @property
     def outbox(self) -> list[Intent]:
         return list(self._outbox)
+
+    @property
+    def retries(self) -> list[tuple[str, tuple[Any, ...]]]:
+        """Requests waiting to be sent again (method, subscriptions), in order."""
+        return [(r.method, r.subs) for r in self._retries]
 
     def subs(self) -> list[Any]:
         return list(self._subs.values())
@@ -479,9 +548,14 @@ class SessionCore:
             else:
                 del self._awaiting[req_id]
         queued = [i for i in self._outbox if i.sub is sub]
+        retried = [r for r in self._retries if sub in r.subs]
         out: list[Action] = []
         c = self._conn
-        if queued:  # its subscribe never went out: neither goes now
+        if retried:  # its subscribe was refused and waits to go again: it need not be undone
+            self._retries = [r if r not in retried else attrs.evolve(r, subs=tuple(s for s in r.subs if s is not sub))
+                             for r in self._retries]
+            self._retries = [r for r in self._retries if r.subs]
+        if queued or retried:  # its subscribe never went out (or was not applied): neither goes now
             self._outbox = deque(i for i in self._outbox if i.sub is not sub)
         elif c is not None and c.live and state != REJECTED:
             self._outbox.append(Intent(UNSUBSCRIBE, sub))
@@ -571,10 +645,10 @@ class SessionCore:
                 self.expecting = False  # the reader stops looking into binary frames for answers
             else:
                 deadlines.append(self._expect_until)
-        if self._outbox:
+        if self._outbox or self._retries:
             self._flush(out, c, now)
-            if self._outbox:
-                deadlines.append(self._pacer.ready_at(now))
+            if self._outbox or self._retries:
+                deadlines.append(max(self._hold_until, self._pacer.ready_at(now)))
         heard = max(c.last_rx, c.unblocked_at)  # waiting on a full queue is back-pressure, not silence
         if s.ping_interval:
             outstanding = c.ping_sent is not None and heard < c.ping_sent
@@ -618,25 +692,86 @@ class SessionCore:
                 self._go_live(out, c, now)
         elif entry.method == SUBSCRIBE:
             self._awaiting.pop(req_id, None)  # type: ignore[arg-type]
-            self._on_subscribe_answer(out, entry, message if failed else None)
-        elif failed:  # an unsubscribe the server refused: nothing to undo, but say so
-            log.info("%s: unsubscribe from %s failed: %s", self.family,
-                     [sub.spec for sub in entry.subs], protocol.error_details(message)[1])
+            self._on_subscribe_answer(out, entry, message if failed else None, now)
+        elif failed:
+            if _classify(message).kind == pacing.RATE_LIMITED:
+                # not applied: send it again, for the specs not registered anew since (those
+                # are wanted on the server after all)
+                gone = tuple(sub for sub in entry.subs if sub.spec not in self._subs)
+                self._rate_limited(out, entry, gone, _classify(message), now)
+            else:  # an unsubscribe the server refused: nothing to undo, but say so
+                log.info("%s: unsubscribe from %s failed: %s", self.family,
+                         [sub.spec for sub in entry.subs], protocol.error_details(message)[1])
+        else:
+            self._rate.succeeded()
 
-    def _on_subscribe_answer(self, out: list[Action], entry: _Pending, rejection: dict[str, Any] | None) -> None:
-        """Settle every subscription of an answered subscribe (issue 23 splits batches here)."""
-        for sub in entry.subs:
-            if not self._is_current(sub):
-                continue  # removed since (and maybe registered anew): this answer is not for it
-            if rejection is not None:
-                code, text, _ = protocol.error_details(rejection)
-                error = SubscriptionError(f"subscription {sub.spec} rejected ({code}: {text})",
-                                          channel=sub.spec.wire(), code=code, server_message=text)
-                self._settle(out, sub, REJECTED, error)
-                out.append(Report(error))
-            else:
+    def _on_subscribe_answer(self, out: list[Action], entry: _Pending, answer: dict[str, Any] | None,
+                             now: float) -> None:
+        """Settle every subscription of an answered subscribe, per channel.
+
+        A rate limit sends the batch again after a backoff (``_rate_limited``); a subscription
+        limit rejects each channel (the connection is full); any other rejection of several
+        channels is split (``pacing.settle_permanent``) and the parts sent again, until each bad
+        channel is alone and rejected by itself.
+        """
+        current = tuple(sub for sub in entry.subs if self._is_current(sub))  # others: removed since
+        if answer is None:
+            self._rate.succeeded()
+            for sub in current:
                 log.debug("%s: subscribed to %s", self.family, sub.spec)
                 self._settle(out, sub, ACTIVE)
+            return
+        rejection = _classify(answer)
+        if rejection.kind == pacing.RATE_LIMITED:
+            self._rate_limited(out, entry, current, rejection, now)
+            return
+        self._rate.succeeded()  # the server answered on its merits: not rate-limited
+        code, text, _ = protocol.error_details(answer)
+        bad: tuple[Any, ...]
+        parts: tuple[tuple[Any, ...], ...]
+        if rejection.kind == pacing.SUBSCRIPTION_LIMIT:
+            bad, parts = current, ()
+        else:
+            wires = [sub.spec.wire() for sub in current]
+            by_wire = {id(w): sub for w, sub in zip(wires, current)}
+            settlement = pacing.settle_permanent(wires, rejection)
+            bad = tuple(by_wire[id(w)] for w in settlement.rejected)
+            parts = tuple(tuple(by_wire[id(w)] for w in part) for part in settlement.retry)
+        for sub in bad:
+            error = SubscriptionError(f"subscription {sub.spec} rejected ({code}: {text})",
+                                      channel=sub.spec.wire(), code=code, server_message=text)
+            self._settle(out, sub, REJECTED, error)
+            out.append(Report(error))
+        if parts:
+            log.info("%s: a batch of %d channel(s) was rejected (%s: %s); splitting it",
+                     self.family, len(current), code, text)
+        for index, part in enumerate(parts):
+            self._retry(_Retry(entry.key + (index,), SUBSCRIBE, part))
+
+    def _rate_limited(self, out: list[Action], entry: _Pending, subs: tuple[Any, ...],
+                      rejection: pacing.Rejection, now: float) -> None:
+        """``entry`` was refused as one request too many: hold every request on this connection
+        for a backoff (``retry_after`` honoured) and send ``subs`` again, in their place. Answers
+        to requests sent before the hold began are the same burst: they extend nothing."""
+        if entry.sent >= self._held_since:
+            delay = self._rate.failed(rejection.retry_after)
+            self._held_since = now
+            self._hold_until = max(self._hold_until, now + delay)
+            log.info("%s: rate-limited (%s); sending again in %.2fs", self.family, rejection.message, delay)
+            if self._rate.warn_now:
+                out.append(Report(RateLimited(
+                    f"{self.family}: {self._rate.failures} requests in a row refused as too many "
+                    f"({rejection.code}: {rejection.message}); still retrying",
+                    family=self.family, failures=self._rate.failures, retry_after=rejection.retry_after)))
+        if subs:
+            self._retry(_Retry(entry.key, entry.method, subs))
+
+    def _retry(self, retry: _Retry) -> None:
+        """Queue ``retry`` before the outbox, in the order of the requests it comes from."""
+        index = len(self._retries)
+        while index > 0 and self._retries[index - 1].key > retry.key:
+            index -= 1
+        self._retries.insert(index, retry)
 
     def _go_live(self, out: list[Action], c: _Conn, now: float) -> None:
         """Authenticated (or no answer within auth_timeout): replay every subscription, in order."""
@@ -646,6 +781,7 @@ class SessionCore:
         for sub in replay:
             self._settle(out, sub, PENDING)
         self._outbox = deque(Intent(SUBSCRIBE, sub) for sub in replay)  # what a lost link had queued is moot
+        self._retries.clear()
         if replay:
             log.info("%s: subscribing to %d channel(s)", self.family, len(replay))
         self._flush(out, c, now)
@@ -653,7 +789,12 @@ class SessionCore:
 
     def _flush(self, out: list[Action], c: _Conn, now: float) -> None:
         """Send what the outbox holds, in order, as the packer groups it and the pacer allows."""
-        while self._outbox and c.killed is None and self._pacer.take(now):
+        while (self._retries or self._outbox) and c.killed is None and now >= self._hold_until \
+                and self._pacer.take(now):
+            if self._retries:
+                retry = self._retries.pop(0)
+                self._send(out, c, retry.method, retry.subs, now, retry.key)
+                continue
             head = list(self._outbox)
             run = 1
             while run < len(head) and head[run].method == head[0].method:
@@ -662,12 +803,14 @@ class SessionCore:
             batch = [self._outbox.popleft() for _ in range(n)]
             self._send(out, c, batch[0].method, tuple(i.sub for i in batch), now)
 
-    def _send(self, out: list[Action], c: _Conn, method: str, subs: tuple[Any, ...], now: float) -> None:
+    def _send(self, out: list[Action], c: _Conn, method: str, subs: tuple[Any, ...], now: float,
+              key: tuple[int, ...] | None = None) -> None:
         """Send one request on ``c`` and remember it until answered or expired."""
         req_id = next(self._ids)
         if method == SUBSCRIBE:
             self._awaiting[req_id] = list(subs)
-        self._pending[req_id] = _Pending(method, subs, c.number, now)
+        self._pending[req_id] = _Pending(method, subs, c.number, now, key if key is not None else (req_id,))
+        self.requests_sent += 1
         s = self.settings
         self._expect_until = max(self._expect_until, now + max(s.auth_timeout, s.subscribe_timeout))
         self.expecting = True
@@ -681,8 +824,8 @@ class SessionCore:
         """READY once authenticated (or past auth_timeout), every subscription answered (or past
         subscribe_timeout), and something came from the server on ``c``: when only the timers
         say so, a ping goes out and READY waits for its pong (or any frame)."""
-        if self._conn is not c or not c.live or self._awaiting or self._outbox or self.state is State.READY \
-                or c.killed is not None:
+        if self._conn is not c or not c.live or self._awaiting or self._outbox or self._retries \
+                or self.state is State.READY or c.killed is not None:
             return
         if c.heard:
             c.reached_ready = True
@@ -713,6 +856,7 @@ class SessionCore:
         self._pending.clear()
         self._awaiting.clear()
         self._outbox.clear()
+        self._retries.clear()
         self.expecting = False
 
     def _after_attempt(self, now: float, reason: str, reached_ready: bool, up_for: float,

@@ -84,6 +84,7 @@ class Source(Protocol):
     state: State
     fatal: KiyotakaError | None
     reconnects: int
+    requests_sent: int
     frames: int
     bytes: int
 

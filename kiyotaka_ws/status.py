@@ -71,6 +71,7 @@ class ConnectionStats:
     queue_delay: Percentiles | None = None
     handler_time: Percentiles | None = None
     conflated: int = 0        # snapshots skipped by conflate=True handlers (a newer one was due)
+    requests_sent: int = 0    # requests sent to the server (authenticate, subscribe, unsubscribe)
 
 
 @attrs.define

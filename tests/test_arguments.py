@@ -85,6 +85,8 @@ BAD: dict[str, dict[str, tuple[Any, Any]]] = {
         "sslopt": ([1], {"bogus": 1}),
         "proxy": (5, "ftp://host:1"),
         "max_retries": (1.5, -1),
+        "max_channels_per_request": (2.0, 0),
+        "max_requests_per_second": ("10", 0),
         "max_queue_bytes": (True, 10),
         "connect_timeout": ("1", 0),
         "send_timeout": ("1", -5),

@@ -77,10 +77,13 @@ def test_all_seven_channels_end_to_end(server, make_client, compression, json_pa
     assert by_type[FundingRate].rate == 0.0001 and by_type[FundingRate].predicted_rate is None
     assert by_type[OpenInterest].open_interest == 72450.32
     assert by_type[VolumeProfile].levels[1].price == 4
-    subscribed = {r.message["params"]["channels"][0]["type"]: r for r in server.requests("public/subscribe")}
-    assert subscribed["BLOCK_BOOK_SNAPSHOT"].family == "book" and subscribed["TRADE"].family == "nonbook"
-    assert all(r.message["params"].get("compression") == compression for r in subscribed.values())
-    assert subscribed["TRADE_AGG"].message["params"]["channels"][0]["batchInterval"] == "1s"
+    # packed: one request per family (max_channels_per_request=50)
+    subscribed = {channel["type"]: (r, channel) for r in server.requests("public/subscribe")
+                  for channel in r.message["params"]["channels"]}
+    assert len(server.requests("public/subscribe")) == 2
+    assert subscribed["BLOCK_BOOK_SNAPSHOT"][0].family == "book" and subscribed["TRADE"][0].family == "nonbook"
+    assert all(r.message["params"].get("compression") == compression for r, _ in subscribed.values())
+    assert subscribed["TRADE_AGG"][1]["batchInterval"] == "1s"
     assert server.wait_for(lambda s: s.open_connections() == 2)
     stats = client.stats()
     assert stats["nonbook"].events == 6 and stats["book"].events == 1 and stats["book"].state is State.READY

@@ -1,4 +1,4 @@
-"""The pacing rules (kiyotaka_ws.pacing) with a fake clock: bucket, packer, classification,
+"""The pacing rules (kiyotaka_ws.pacing) with a fake clock: bucket, classification,
 bisection, rate-limit backoff. Pure: no sockets, no threads, no sleeping."""
 
 from __future__ import annotations
@@ -13,13 +13,9 @@ from hypothesis import strategies as st
 from kiyotaka_ws.pacing import (
     PERMANENT,
     RATE_LIMITED,
-    SUBSCRIBE,
     SUBSCRIPTION_LIMIT,
-    UNSUBSCRIBE,
-    Packer,
     RateLimitBackoff,
     Rejection,
-    Request,
     TokenBucket,
     classify,
     named,
@@ -76,162 +72,6 @@ def test_bucket_never_exceeds_rate_times_window_plus_burst(rate: float, gaps: li
     for i in range(len(sent)):
         for j in range(i, len(sent)):
             assert j - i + 1 <= rate * (sent[j] - sent[i]) + bucket.burst + 1e-6
-
-
-# -- packer ---------------------------------------------------------------------------------
-
-
-def drain(packer: Packer[Any]) -> list[Request[Any]]:
-    """Send everything, each request applied by the server."""
-    out = []
-    while (request := packer.pop()) is not None:
-        out.append(request)
-        packer.done(request.channels)
-    return out
-
-
-def test_packer_packs_in_order_up_to_the_limit() -> None:
-    packer: Packer[str] = Packer(2)
-    for c in "abcde":
-        assert packer.add(SUBSCRIBE, c)
-    assert drain(packer) == [Request(SUBSCRIBE, ("a", "b")), Request(SUBSCRIBE, ("c", "d")),
-                             Request(SUBSCRIBE, ("e",))]
-    assert len(packer) == 0 and packer.in_flight == 0 and packer.pop() is None
-
-
-def test_a_pending_subscribe_and_its_unsubscribe_cancel_and_nothing_reaches_the_server() -> None:
-    packer: Packer[str] = Packer(50)
-    packer.add(SUBSCRIBE, "a")
-    packer.add(SUBSCRIBE, "b")
-    assert packer.add(UNSUBSCRIBE, "a") is False
-    assert packer.pending("a") is None and packer.pending("b") == SUBSCRIBE
-    assert drain(packer) == [Request(SUBSCRIBE, ("b",))]
-
-
-def test_methods_are_grouped_by_the_oldest_waiting_operation() -> None:
-    packer: Packer[str] = Packer(50)
-    packer.add(SUBSCRIBE, "a")
-    packer.add(UNSUBSCRIBE, "x")
-    packer.add(SUBSCRIBE, "b")
-    assert drain(packer) == [Request(SUBSCRIBE, ("a", "b")), Request(UNSUBSCRIBE, ("x",))]
-
-
-def test_an_operation_on_a_channel_in_flight_waits_for_the_answer() -> None:
-    packer: Packer[str] = Packer(50)
-    packer.add(SUBSCRIBE, "a")
-    first = packer.pop()
-    assert first == Request(SUBSCRIBE, ("a",)) and packer.in_flight == 1
-    assert packer.add(UNSUBSCRIBE, "a") is True and packer.pending("a") == UNSUBSCRIBE
-    packer.add(SUBSCRIBE, "b")
-    assert packer.pop() == Request(SUBSCRIBE, ("b",))   # not the unsubscribe of a: a is in flight
-    assert packer.pop() is None
-    assert packer.done(["a"]) == []
-    assert packer.pop() == Request(UNSUBSCRIBE, ("a",))
-
-
-def test_an_operation_waiting_behind_a_rejected_or_retried_one_cancels_with_it() -> None:
-    packer: Packer[str] = Packer(50)
-    for c in "abc":
-        packer.add(SUBSCRIBE, c)
-    sent = packer.pop()
-    assert sent is not None
-    for c in "abc":
-        packer.add(UNSUBSCRIBE, c)   # the user gave up on all three while in flight
-    assert packer.add(SUBSCRIBE, "c") is False   # ... and took c back: nothing waits on c
-    assert packer.rejected("a") == ["a"]            # never held: nothing to undo
-    assert packer.retry(SUBSCRIBE, [("b",), ("c",)]) == ["b"]   # rate-limited: b cancels, c goes again
-    assert drain(packer) == [Request(SUBSCRIBE, ("c",))]
-
-
-def test_retry_puts_requests_back_in_front_as_they_are_and_an_opposite_add_cancels_there() -> None:
-    packer: Packer[str] = Packer(3)
-    for c in "abcdefg":
-        packer.add(SUBSCRIBE, c)
-    sent = packer.pop()
-    assert sent == Request(SUBSCRIBE, ("a", "b", "c"))
-    # the server refused the batch without naming the bad one: its halves go back in front
-    assert packer.retry(SUBSCRIBE, [("a",), ("b", "c")]) == []
-    assert packer.in_flight == 0 and packer.pending("c") == SUBSCRIBE and len(packer) == 7
-    assert packer.add(UNSUBSCRIBE, "a") is False and packer.pending("a") is None   # cancelled in its retry
-    assert packer.add(SUBSCRIBE, "c") is True                                    # merged
-    assert drain(packer) == [Request(SUBSCRIBE, ("b", "c")),   # never merged with d, e, f
-                             Request(SUBSCRIBE, ("d", "e", "f")), Request(SUBSCRIBE, ("g",))]
-
-
-def test_packer_refuses_an_unknown_method() -> None:
-    with pytest.raises(ValueError, match="method"):
-        Packer[str](5).add("public/unsubscribe_all", "a")
-    with pytest.raises(ValueError, match="max_channels"):
-        Packer[str](0)
-
-
-ops = st.lists(st.tuples(st.sampled_from([SUBSCRIBE, UNSUBSCRIBE]), st.integers(0, 12)), max_size=80)
-
-
-@settings(max_examples=400, deadline=None)
-@given(ops=ops, limit=st.integers(1, 7), steps=st.lists(st.sampled_from(["send", "answer"]), max_size=120),
-       bad=st.sets(st.integers(0, 12), max_size=3), refusals=st.lists(st.booleans(), max_size=30))
-def test_packer_keeps_per_channel_order_and_the_net_effect(ops: list[tuple[str, int]], limit: int, steps: list[str],
-                                                           bad: set[int], refusals: list[bool]) -> None:
-    """Interleave user operations, sends and answers (in send order, as one connection does) at
-    arbitrary points, against a server that refuses some requests for the rate (retried whole)
-    and every subscribe holding a ``bad`` channel without naming it (bisected). Every request
-    holds one method and at most ``limit`` distinct channels; the server never gets a subscribe
-    for what it holds nor an unsubscribe for what it lacks; at the end it holds exactly what the
-    user wants, and only bad channels were rejected."""
-    packer: Packer[int] = Packer(limit)
-    server: set[int] = set()
-    wanted: set[int] = set()     # the wire state the session wants
-    rejected: set[int] = set()
-    flight: list[Request[int]] = []
-    rate_refusals = iter(refusals)
-
-    def send() -> bool:
-        request = packer.pop()
-        if request is not None:
-            assert 1 <= len(request.channels) <= limit and len(set(request.channels)) == len(request.channels)
-            flight.append(request)
-        return request is not None
-
-    def answer() -> bool:
-        if not flight:
-            return False
-        request = flight.pop(0)
-        for channel in request.channels:
-            assert (channel in server) == (request.method == UNSUBSCRIBE)
-        if next(rate_refusals, False):
-            packer.retry(request.method, [request.channels])
-        elif request.method == SUBSCRIBE and bad & set(request.channels):
-            out = settle_permanent(request.channels, classify({"code": -32602, "message": "INVALID_SYMBOL"}),
-                                   symbols=lambda c: set())
-            for channel in out.rejected:
-                rejected.add(channel)
-                if not packer.rejected(channel):   # the session tells the user; the wire stays without it
-                    wanted.discard(channel)
-            packer.retry(SUBSCRIBE, out.retry)
-        else:
-            (server.update if request.method == SUBSCRIBE else server.difference_update)(request.channels)
-            packer.done(request.channels)
-        return True
-
-    actions = iter(steps)
-    for method, channel in ops:
-        step = next(actions, None)
-        if step == "send":
-            send()
-        elif step == "answer":
-            answer()
-        # wire-level changes alternate: only a change from the state wanted is queued
-        if (method == SUBSCRIBE) == (channel in wanted):
-            continue
-        (wanted.add if method == SUBSCRIBE else wanted.discard)(channel)
-        packer.add(method, channel)
-    for _ in range(10_000):
-        if not (send() or answer()):
-            break
-    assert len(packer) == 0 and packer.in_flight == 0
-    assert server == wanted
-    assert rejected <= bad
 
 
 # -- classification -------------------------------------------------------------------------

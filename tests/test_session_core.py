@@ -15,6 +15,7 @@ from kiyotaka_ws.channels import Channel, ChannelSpec
 from kiyotaka_ws.errors import (
     AuthenticationError,
     ConnectionFailedError,
+    RateLimited,
     SubscriptionError,
 )
 from kiyotaka_ws.session_core import (
@@ -27,6 +28,7 @@ from kiyotaka_ws.session_core import (
     REJECTED,
     SUBSCRIBE,
     UNSUBSCRIBE,
+    BucketPacer,
     Connect,
     GiveUp,
     Heard,
@@ -38,6 +40,7 @@ from kiyotaka_ws.session_core import (
     SetState,
     Settings,
     Settle,
+    at_most,
 )
 from kiyotaka_ws.status import State
 
@@ -223,6 +226,174 @@ def test_a_packer_puts_several_channels_in_one_request() -> None:
     assert [s.request.specs for s in replay] == [(subs[0].spec, subs[1].spec), (subs[2].spec,)]
     answered = c.answer(1, ok(replay[0].request.id), 0.2)
     assert Settle(subs[0], ACTIVE) in answered and Settle(subs[1], ACTIVE) in answered
+
+
+# -- packing, pacing, splitting and rate limits (issue 23) -----------------------------------------
+
+def paced(rate: float = 10.0, most: int = 50, **overrides: Any) -> SessionCore:
+    return SessionCore("nonbook", "wss://x", Settings(ping_interval=None, **overrides), itertools.count(1),
+                       rng=lambda: 0.5, packer=at_most(most), pacer=BucketPacer(rate))
+
+
+def serve(c: SessionCore, actions: list[Any], now: float, bad: frozenset[str] = frozenset(),
+          log: list[Send] | None = None) -> list[Any]:
+    """Answer every subscribe in ``actions`` as a server would that rejects a whole batch holding a
+    ``bad`` symbol without naming it; returns every action seen (answers' included)."""
+    seen = list(actions)
+    todo = sends(actions)
+    while todo:
+        send = todo.pop(0)
+        if log is not None:
+            log.append(send)
+        if send.request.method != SUBSCRIBE:
+            continue
+        symbols = {sp.symbol for sp in send.request.specs}
+        answer = rejected(send.request.id, -32602, "INVALID_SYMBOL") if symbols & bad else ok(send.request.id)
+        more = c.answer(1, answer, now)
+        seen += more
+        todo += sends(more)
+    return seen
+
+
+def run_until_idle(c: SessionCore, actions: list[Any], bad: frozenset[str] = frozenset(),
+                   log: list[Send] | None = None, now: float = 0.0) -> tuple[list[Any], float]:
+    """Serve, then tick at each ``wake_at`` until nothing is left to send; the actions and the time."""
+    seen = serve(c, actions, now, bad, log)
+    seen += serve(c, c.tick(now), now, bad, log)
+    while (c.outbox or c.retries) and c.wake_at is not None:
+        now = c.wake_at
+        seen += serve(c, c.tick(now), now, bad, log)
+    return seen, now
+
+
+def test_subscribes_are_packed_and_paced_in_the_users_order() -> None:
+    c = paced(rate=10.0, most=50)
+    subs = [FakeSub(spec(f"S{i:04d}")) for i in range(1000)]
+    for sub in subs:
+        c.add(sub, 0.0)
+    auth_id = up(c)
+    log: list[Send] = []
+    seen, end = run_until_idle(c, c.answer(1, ok(auth_id), 0.0), log=log)
+    assert [len(s.request.specs) for s in log] == [50] * 20
+    assert [sp for s in log for sp in s.request.specs] == [sub.spec for sub in subs]  # the user's order
+    # a burst of 5, then 10 a second: the 20th request goes at 1.5 s, not before
+    assert end == pytest.approx(1.5, abs=1e-6)
+    assert states(seen)[-1] is State.READY and c.requests_sent == 21
+
+
+def test_a_batch_rejected_without_naming_its_channel_is_split_until_the_bad_one_is_alone() -> None:
+    c = paced(rate=1000.0, most=50)
+    subs = [FakeSub(spec(f"S{i:04d}")) for i in range(200)]
+    for sub in subs:
+        c.add(sub, 0.0)
+    auth_id = up(c)
+    log: list[Send] = []
+    seen, _ = run_until_idle(c, c.answer(1, ok(auth_id), 0.0), bad=frozenset({"S0077"}), log=log)
+    reports = [a.error for a in seen if isinstance(a, Report)]
+    assert len(reports) == 1 and isinstance(reports[0], SubscriptionError)
+    assert reports[0].channel == spec("S0077").wire()
+    assert {c.sub_state(sub.spec) for sub in subs if sub.spec.symbol != "S0077"} == {ACTIVE}
+    assert c.sub_state(spec("S0077")) == REJECTED
+    assert len(log) <= 4 + 2 * 6 + 1  # 4 batches, then a bisection of one of 50
+    assert states(seen)[-1] is State.READY
+
+
+def test_a_rate_limit_is_retried_after_retry_after_and_never_rejects() -> None:
+    c = paced(rate=1000.0, most=50)
+    a, b = FakeSub(spec("A")), FakeSub(spec("B"))
+    c.add(a, 0.0)
+    c.add(b, 0.0)
+    auth_id = up(c)
+    (first,) = sends(c.answer(1, ok(auth_id), 0.0))
+    limited = {"id": first.request.id, "error": {"code": 429, "message": "TOO_MANY_REQUESTS",
+                                                  "data": {"retry_after": 2.0}}}
+    out = c.answer(1, limited, 0.1)
+    assert [x for x in out if isinstance(x, (Report, Send, Settle))] == []
+    assert c.state is not State.READY and c.tick(0.2) == [] and c.wake_at == pytest.approx(0.1 + 2.1)
+    (again,) = sends(c.tick(2.2))
+    assert again.request.specs == (a.spec, b.spec)
+    assert Settle(a, ACTIVE) in c.answer(1, ok(again.request.id), 2.3) and c.state is State.READY
+
+
+def test_repeated_rate_limits_reach_on_error_once_as_a_warning() -> None:
+    c = paced(rate=1000.0, most=50)
+    a = FakeSub(spec("A"))
+    c.add(a, 0.0)
+    auth_id = up(c)
+    (send,) = sends(c.answer(1, ok(auth_id), 0.0))
+    now, reports = 0.0, []
+    for _ in range(8):
+        out = c.answer(1, {"id": send.request.id, "error": {"code": "RATE_LIMIT_EXCEEDED", "message": "slow down"}},
+                       now)
+        reports += [x.error for x in out if isinstance(x, Report)]
+        assert not [x for x in out if isinstance(x, Settle)]
+        resent: list[Send] = sends(c.tick(now))
+        while not resent:
+            assert c.wake_at is not None
+            now = c.wake_at
+            resent = sends(c.tick(now))
+        (send,) = resent
+    assert len(reports) == 1 and isinstance(reports[0], RateLimited) and reports[0].failures == 5
+    assert c.sub_state(a.spec) == PENDING
+
+
+def test_answers_to_one_rate_limited_burst_count_as_one_failure() -> None:
+    c = paced(rate=1000.0, most=1)
+    subs = [FakeSub(spec(s)) for s in "ABCDEFG"]
+    for sub in subs:
+        c.add(sub, 0.0)
+    auth_id = up(c)
+    burst = sends(c.answer(1, ok(auth_id), 0.0))
+    assert len(burst) == 5
+    reports = []
+    for send in burst:  # every request of the burst refused: one failure, not five
+        out = c.answer(1, {"id": send.request.id, "error": {"code": 429, "message": "TOO_MANY_REQUESTS"}}, 0.1)
+        reports += [x for x in out if isinstance(x, Report)]
+    assert reports == [] and [sub.spec for _, group in c.retries for sub in group] == [s.spec for s in subs[:5]]
+
+
+def test_an_unsubscribe_never_goes_for_a_subscribe_waiting_to_be_sent_again() -> None:
+    c = paced(rate=1000.0, most=50)
+    a, b = FakeSub(spec("A")), FakeSub(spec("B"))
+    c.add(a, 0.0)
+    c.add(b, 0.0)
+    auth_id = up(c)
+    (send,) = sends(c.answer(1, ok(auth_id), 0.0))
+    c.answer(1, {"id": send.request.id, "error": {"code": 429, "message": "TOO_MANY_REQUESTS"}}, 0.1)
+    assert sends(c.remove(a.spec, 0.2)) == []  # its subscribe was not applied: nothing to undo
+    c.tick(0.2)
+    assert c.wake_at is not None
+    (again,) = sends(c.tick(c.wake_at))
+    assert again.request.specs == (b.spec,)
+
+
+def test_a_reconnect_replays_packed_and_paced() -> None:
+    c = paced(rate=10.0, most=50)
+    subs = [FakeSub(spec(f"S{i:04d}")) for i in range(400)]
+    for sub in subs:
+        c.add(sub, 0.0)
+    auth_id = up(c)
+    run_until_idle(c, c.answer(1, ok(auth_id), 0.0), bad=frozenset({"S0123"}))
+    c.lost(1, 10.0, "dropped")
+    c.tick(20.0)
+    (auth,) = sends(c.connected(2, 20.0), AUTH)
+    log: list[Send] = []
+    first = c.answer(2, ok(auth.request.id), 20.0)
+    assert len(sends(first)) == 5  # the burst, no more
+
+    def serve2(actions: list[Any], now: float) -> None:
+        for s in sends(actions):
+            log.append(s)
+            c.answer(2, ok(s.request.id), now)
+    serve2(first, 20.0)
+    now = 20.0
+    while c.outbox:
+        c.tick(now)
+        assert c.wake_at is not None
+        now = c.wake_at
+        serve2(c.tick(now), now)
+    assert [len(s.request.specs) for s in log] == [50] * 7 + [49]  # the rejected one is not replayed
+    assert now == pytest.approx(20.3) and c.state is State.READY
 
 
 # -- liveness ----------------------------------------------------------------------------------------

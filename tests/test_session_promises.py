@@ -40,7 +40,8 @@ def test_3_wait_returns_when_unsubscribed_while_the_answer_is_outstanding(make_c
         first = client.on_trade(lambda e: None, exchange=EX, symbol=SYM)
         second = client.on_trade(lambda e: None, exchange=EX, symbol="ETHUSDT")
         client.start()
-        assert srv.wait_for(lambda s: len(s.requests("public/subscribe")) == 2)
+        assert srv.wait_for(lambda s: sum(len(r.message["params"]["channels"])
+                                          for r in s.requests("public/subscribe")) == 2)
         outcomes: list[object] = []
         waiters = [threading.Thread(target=lambda s=s: outcomes.append(_outcome(s.wait)), daemon=True)
                    for s in (first, second)]

@@ -111,9 +111,12 @@ def _serve_one(sock: socket.socket) -> None:
     binary = query["mode"][0] == "brotli"
     per_frame, total, rate = int(query["per"][0]), int(query["n"][0]), float(query.get("rate", ["0"])[0])
     series = int(query.get("series", ["1"])[0])
-    for _ in range(1 + series):  # public/authenticate, then a public/subscribe per series: answer each
+    awaited = 1 + series  # public/authenticate, then the channels of every series (packed or not): answer each
+    while awaited > 0:
         _, data = _read_client_frame(sock)
-        sock.sendall(_encode({"jsonrpc": "2.0", "id": json.loads(data)["id"], "result": True}, False))
+        message = json.loads(data)
+        awaited -= len(message.get("params", {}).get("channels", [])) or 1
+        sock.sendall(_encode({"jsonrpc": "2.0", "id": message["id"], "result": True}, False))
     frames = total // per_frame
     if rate:  # paced, with the send time in every point, for latency
         interval, next_at = per_frame / rate, time.perf_counter()
