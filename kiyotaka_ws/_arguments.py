@@ -28,6 +28,7 @@ import attrs
 from ._transport import BadArgument, Proxy, redact_url
 from .dispatch import OVERFLOW_POLICIES
 from .errors import ConfigurationError
+from .session_core import Settings
 
 REGIONS = {"singapore": "wss://ap-sin3.ws.api.kiyotaka.ai", "europe": "wss://eu-de3.ws.api.kiyotaka.ai"}
 _SHOWN = 80  # characters of a bad value's repr shown in a message
@@ -38,25 +39,18 @@ _MAX_TEXT = "1e8"
 
 
 @attrs.frozen
-class Options:
+class Options(Settings):
     """The connection settings of ``KiyotakaClient``, checked by ``CLIENT``: what each family's
-    ``Session`` (and a NATS consumer's connection) works with."""
+    ``Session`` (and a NATS consumer's connection) works with. The protocol rules' own parameters
+    are the session core's ``Settings`` (inherited: written once)."""
 
     compression: str | None = "brotli"
-    reconnect: bool = True
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
-    ping_interval: float | None = 10.0
-    ping_timeout: float | None = 10.0
-    stale_timeout: float | None = None
-    auth_timeout: float = 5.0
-    subscribe_timeout: float = 10.0
     connect_timeout: float = 10.0
     send_timeout: float = 10.0
     max_frame_bytes: int = 16 * 2**20
-    max_retries: int | None = None
     max_channels_per_request: int = 50
     max_requests_per_second: float = 10.0
+    max_subscriptions_per_connection: int | None = None
     sslopt: dict[str, Any] | None = None
     proxy: Proxy | None = None
 
@@ -291,6 +285,7 @@ CLIENT = Table("KiyotakaClient", {
     "max_retries": optional(whole(0), "to retry for ever"),
     "max_channels_per_request": whole(1),
     "max_requests_per_second": seconds(what="number of requests per second"),
+    "max_subscriptions_per_connection": optional(whole(1), "to learn it from the server"),
     "max_queue_bytes": whole(1024),
     "connect_timeout": seconds(),
     "send_timeout": seconds(),

@@ -71,6 +71,8 @@ from .events import (
 from .protocol import FrameDecoder
 from .recording import Recorder, RecordingError
 from .session import Secret, Session
+from .session_core import Overflow
+from .shards import Shards
 from .source import Sink, Source, WireSub
 from .status import ConnectionStats, ConnectionStatus, RecorderStats, State
 from .streams import EventStream, StreamFeed
@@ -189,9 +191,15 @@ class _LiveSources:
     def all_started(self) -> None:
         """Each session runs by itself."""
 
-    def make(self, family: str, queue: EventQueue) -> Session:
-        return Session(family, self._urls[family], self._resolve_key(), self._options, queue, self._ids,
-                       self._on_fatal, self._rng)
+    def make(self, family: str, queue: EventQueue) -> Shards:
+        url, key, options = self._urls[family], self._resolve_key(), self._options
+
+        def make_session(shard: int, on_overflow: Callable[[Session, Overflow], None],
+                         on_state: Callable[[], None]) -> Session:
+            return Session(family, url, key, options, queue, self._ids, self._on_fatal, self._rng,
+                           shard=shard, on_overflow=on_overflow, on_state=on_state)
+
+        return Shards(family, queue, make_session, options.max_subscriptions_per_connection)
 
 
 class _Family:
@@ -216,7 +224,7 @@ class _Family:
             last_frame_age=session.last_frame_age, skipped=disp.skipped,
             feed_latency=disp.feed_latency.percentiles(), queue_delay=disp.queue_delay.percentiles(),
             handler_time=disp.handler_time.percentiles(), conflated=disp.conflated,
-            requests_sent=session.requests_sent)
+            requests_sent=session.requests_sent, shards=session.shards)
 
 
 _running: weakref.WeakSet[KiyotakaClient] = weakref.WeakSet()
@@ -265,6 +273,7 @@ class KiyotakaClient:
         max_retries: int | None = None,
         max_channels_per_request: int = 50,
         max_requests_per_second: float = 10.0,
+        max_subscriptions_per_connection: int | None = None,
         max_queue_bytes: int = 64 * 2**20,
         connect_timeout: float = 10.0,
         send_timeout: float = 10.0,
@@ -292,6 +301,7 @@ class KiyotakaClient:
             send_timeout=float(send_timeout), max_frame_bytes=max_frame_bytes, max_retries=max_retries,
             max_channels_per_request=max_channels_per_request,
             max_requests_per_second=float(max_requests_per_second),
+            max_subscriptions_per_connection=max_subscriptions_per_connection,
             sslopt=_tls(sslopt, urls), proxy=args["proxy"])
         self._hooks = Hooks()
         self._ids = itertools.count(1)  # request ids: never reused in this client's lifetime

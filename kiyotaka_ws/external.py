@@ -47,6 +47,7 @@ class ExternalSource:
         self.fatal: KiyotakaError | None = None
         self.reconnects = 0
         self.requests_sent = 0  # nothing is sent to a server
+        self.shards = 1         # one feed
         self.frames = 0
         self.bytes = 0
         self.last_rx: float | None = None  # time.monotonic() of the last frame

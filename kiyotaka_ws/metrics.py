@@ -10,8 +10,8 @@ the hot path for it. Metrics, each labelled with ``family`` (``book`` / ``nonboo
 - counters ``kiyotaka_ws_frames_total``, ``kiyotaka_ws_bytes_total``, ``kiyotaka_ws_events_total``,
   ``kiyotaka_ws_dropped_total``, ``kiyotaka_ws_reconnects_total``,
   ``kiyotaka_ws_decode_errors_total``, ``kiyotaka_ws_handler_errors_total``,
-  ``kiyotaka_ws_skipped_total``, ``kiyotaka_ws_conflated_total``;
-- gauges ``kiyotaka_ws_queue_depth``, ``kiyotaka_ws_last_frame_age_seconds`` (absent before the
+  ``kiyotaka_ws_skipped_total``, ``kiyotaka_ws_conflated_total``, ``kiyotaka_ws_requests_total``;
+- gauges ``kiyotaka_ws_queue_depth``, ``kiyotaka_ws_shards`` (connections in use), ``kiyotaka_ws_last_frame_age_seconds`` (absent before the
   first frame) and ``kiyotaka_ws_state`` (one sample per state, labelled ``state``: 1 for the
   current one, 0 for the others);
 - summaries ``kiyotaka_ws_feed_latency_seconds``, ``kiyotaka_ws_queue_delay_seconds`` and
@@ -74,6 +74,7 @@ _COUNTERS = (
     ("handler_errors", "handler_errors", "Handler exceptions"),
     ("skipped", "skipped", "Points of unknown types or with no handler left"),
     ("conflated", "conflated", "Snapshots skipped by conflate=True handlers (a newer one was due)"),
+    ("requests_sent", "requests", "Requests sent to the server (authenticate, subscribe, unsubscribe)"),
 )
 _SUMMARIES = (
     ("feed_latency", "Local receive time minus the event's exchange time, last minute"),
@@ -107,8 +108,11 @@ class ClientCollector:
                                 labels=["family"])
         state = GaugeMetricFamily("kiyotaka_ws_state", "Connection state (1 for the current one)",
                                   labels=["family", "state"])
+        shards = GaugeMetricFamily("kiyotaka_ws_shards", "Connections the family's channels are spread over",
+                                   labels=["family"])
         for family, each in stats.items():
             depth.add_metric([family], each.queue_depth)
+            shards.add_metric([family], each.shards)
             if each.last_frame_age is not None:
                 age.add_metric([family], each.last_frame_age)
             for known in State:
@@ -116,6 +120,7 @@ class ClientCollector:
         yield depth
         yield age
         yield state
+        yield shards
         for attr, doc in _SUMMARIES:
             name = f"kiyotaka_ws_{attr}_seconds"
             summary = Metric(name, doc, "summary")

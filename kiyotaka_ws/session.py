@@ -1,6 +1,10 @@
-"""One endpoint family's protocol session: a thread shell around the sans-I/O ``session_core``.
+"""One connection's protocol session: a thread shell around the sans-I/O ``session_core``.
 
-Design. Each family has three threads:
+A family has one session per connection (shard; ``shards.Shards`` makes them, all feeding the
+family's one queue and dispatcher); shards after the first put ``-<n>`` after the family in their
+thread names. A full connection's ``Overflow`` goes to the shards' ``on_overflow``.
+
+Design. Each shard has a session and a reader thread; its family has one dispatcher:
 
 * ``kiyotaka-ws-<family>-session`` (this module) runs the family's ``SessionCore``: it feeds it
   events (an answer, a socket's end, a registration, the time) and carries out the actions it
@@ -80,6 +84,7 @@ from .session_core import (  # noqa: F401
     GiveUp,
     Heard,
     Kill,
+    Overflow,
     Ping,
     Report,
     Send,
@@ -170,21 +175,24 @@ class Session:
     def __init__(self, family: str, url: str, key: Secret, options: Options, queue: EventQueue,
                  ids: itertools.count[int], on_fatal: Callable[[KiyotakaError], None],
                  rng: Callable[[], float] = random.random,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, shard: int = 0,
+                 on_overflow: Callable[[Session, Overflow], None] | None = None,
+                 on_state: Callable[[], None] | None = None) -> None:
         self.family = family
+        self.shard = shard  # its number among the family's connections (shards.py); 0 unsharded
+        self.label = family if shard == 0 else f"{family}-{shard}"  # in thread names
         self.url = url
         self._key = key
         self.options = options
         self._queue = queue
         self._on_fatal = on_fatal
+        self._on_overflow = on_overflow
+        self._on_state = on_state
         self._clock = clock
-        self._core = SessionCore(family, url, Settings(
-            reconnect=options.reconnect, backoff_initial=options.backoff_initial,
-            backoff_max=options.backoff_max, ping_interval=options.ping_interval,
-            ping_timeout=options.ping_timeout, stale_timeout=options.stale_timeout,
-            auth_timeout=options.auth_timeout, subscribe_timeout=options.subscribe_timeout,
-            max_retries=options.max_retries), ids, rng,
-            packer=at_most(options.max_channels_per_request), pacer=BucketPacer(options.max_requests_per_second))
+        self._core = SessionCore(family, url, options, ids, rng,
+                                 packer=at_most(options.max_channels_per_request),
+                                 pacer=BucketPacer(options.max_requests_per_second),
+                                 sharded=on_overflow is not None)
 
         # The inbox: the only way in. Guarded by _inbox_cond; nothing else is shared.
         self._inbox: collections.deque[Any] = collections.deque()
@@ -214,7 +222,7 @@ class Session:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=f"kiyotaka-ws-{self.family}-session",
+            self._thread = threading.Thread(target=self._run, name=f"kiyotaka-ws-{self.label}-session",
                                             daemon=True)
             self._thread.start()
 
@@ -255,6 +263,12 @@ class Session:
 
     def join(self, deadline: float) -> bool:
         return join_by(self._thread, deadline)
+
+    @property
+    def conn(self) -> int | None:
+        """The current connection's number (answers are tagged with it), or None between connections."""
+        link = self._link
+        return None if link is None else link.number
 
     @property
     def last_frame_age(self) -> float | None:
@@ -378,6 +392,9 @@ class Session:
                     link.ws.abort()  # its reader wakes up and reports _Ended
             elif isinstance(action, Report):
                 self._queue.put_control(action.error)
+            elif isinstance(action, Overflow):
+                assert self._on_overflow is not None  # only a sharded core hands subscriptions back
+                self._on_overflow(self, action)
             elif isinstance(action, Connect):
                 todo.extend(self._connect())
             elif isinstance(action, GiveUp):
@@ -417,7 +434,7 @@ class Session:
             self._close_link(polite=True)
             return []
         link.reader = threading.Thread(target=self._read, args=(link,), daemon=True,
-                                       name=f"kiyotaka-ws-{self.family}-reader")
+                                       name=f"kiyotaka-ws-{self.label}-reader")
         link.reader.start()
         log.info("%s: connected", self.family)
         return core.connected(link.number, self._clock())
@@ -487,7 +504,9 @@ class Session:
             self.ready.set()
         else:
             self.ready.clear()
-        self._queue.put_status(ConnectionStatus(self.family, state, attempt, reason))
+        self._queue.put_status(ConnectionStatus(self.family, state, attempt, reason, self.shard))
+        if self._on_state is not None:
+            self._on_state()
 
 
     # -- the reader thread ------------------------------------------------------------------------

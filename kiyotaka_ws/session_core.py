@@ -25,7 +25,8 @@ small binary frames for answers); ``reconnects`` counts the backoffs.
 
 Actions: ``Connect()``, ``Send(conn, Request)``, ``Ping(conn)``, ``Kill(conn, reason)``,
 ``SetState(state, attempt, reason)``, ``Settle(sub, state, error)``, ``Report(error)`` (to
-``on_error``), ``GiveUp(error, subs)`` (the family fails for good: end every ``subs``' wait).
+``on_error``), ``Overflow(subs, held, limit)`` (a full connection hands subscriptions back),
+``GiveUp(error, subs)`` (the family fails for good: end every ``subs``' wait).
 
 The outbox. Subscribes and unsubscribes are *intents* queued in one ordered outbox per family,
 drained onto the current connection by ``_flush``: a ``Packer`` packs the head of the queue into
@@ -44,7 +45,11 @@ Answers (``_on_subscribe_answer``), settled per subscription (``pacing.classify`
   are the same burst: they count no new failure. After 5 failures in a row one ``Report(
   RateLimited)`` (a warning); the subscriptions stay PENDING, never rejected for it. An
   unsubscribe is retried the same way unless its spec was registered anew.
-- a subscription limit: each channel of the batch is rejected (no sharding yet).
+- a subscription limit (``sharded`` cores, which ``shards.Shards`` makes): the connection holds
+  what it was granted; ``Overflow(subs, held, limit)`` hands the batch back to be placed on another
+  connection (the core forgets it: nothing was applied). Refused while the connection holds
+  nothing, a batch is split in halves; a channel refused alone on an empty connection is
+  rejected. An unsharded core rejects each channel of the batch.
 - anything else: ``pacing.settle_permanent`` splits a batch until each bad channel is alone (one
   ``SubscriptionError`` each); the parts go again as retries, the good ones end ACTIVE. One bad
   channel in a batch of ``n`` costs at most ``2 * ceil(log2(n))`` more requests.
@@ -179,6 +184,17 @@ class Report:
 
 
 @attrs.frozen
+class Overflow:
+    """``subs`` do not fit on this connection, which holds ``held`` subscriptions (and at most
+    ``limit``, when the server said so): the core has forgotten them (no unsubscribe is due: the
+    server applied none); the owner of the shards places them on another connection."""
+
+    subs: tuple[Any, ...]
+    held: int
+    limit: int | None = None
+
+
+@attrs.frozen
 class GiveUp:
     """The family fails for good with ``error``; every wait on ``subs`` ends with it."""
 
@@ -186,7 +202,7 @@ class GiveUp:
     subs: tuple[Any, ...]
 
 
-Action = Union[Connect, Send, Ping, Kill, SetState, Settle, Report, GiveUp]
+Action = Union[Connect, Send, Ping, Kill, SetState, Settle, Report, Overflow, GiveUp]
 
 
 # -- pure rules ------------------------------------------------------------------------------------
@@ -304,7 +320,7 @@ class BucketPacer:
 
 @attrs.frozen
 class Settings:
-    """The rules' parameters (a subset of ``_arguments.Options``, validated by the client)."""
+    """The rules' parameters (``_arguments.Options`` extends it with the shell's; the client validates both)."""
 
     reconnect: bool = True
     backoff_initial: float = 0.5
@@ -359,7 +375,7 @@ class SessionCore:
 
     def __init__(self, family: str, url: str, settings: Settings, ids: Iterator[int],
                  rng: Callable[[], float] = random.random, packer: Packer = one_per_request,
-                 pacer: Pacer | None = None) -> None:
+                 pacer: Pacer | None = None, sharded: bool = False) -> None:
         self.family = family
         self.url = url
         self.settings = settings
@@ -367,6 +383,7 @@ class SessionCore:
         self._backoff = Backoff(settings.backoff_initial, settings.backoff_max, rng)
         self._packer = packer
         self._pacer: Pacer = pacer if pacer is not None else Unpaced()
+        self._sharded = sharded  # a subscription limit moves channels to another connection
 
         self._subs: dict[Hashable, Any] = {}          # registered, in registration order
         self._sub_state: dict[Hashable, str] = {}      # their states, as settled
@@ -730,7 +747,19 @@ class SessionCore:
         bad: tuple[Any, ...]
         parts: tuple[tuple[Any, ...], ...]
         if rejection.kind == pacing.SUBSCRIPTION_LIMIT:
-            bad, parts = current, ()
+            held = sum(1 for state in self._sub_state.values() if state in (ACTIVE, ASSUMED))
+            if self._sharded and held:
+                # The connection is full: it holds what it was granted; the batch goes elsewhere.
+                for sub in current:
+                    del self._subs[sub.spec], self._sub_state[sub.spec]
+                log.info("%s: the connection is full (%s: %s); moving %d channel(s) to another",
+                         self.family, code, text, len(current))
+                out.append(Overflow(current, held, rejection.limit))
+                return
+            # Refused on an empty connection: the batch is larger than a connection holds, so
+            # its halves go again; one channel refused by itself is rejected (no shard helps).
+            bad = current if len(current) == 1 or not self._sharded else ()
+            parts = () if bad else (current[:len(current) // 2], current[len(current) // 2:])
         else:
             wires = [sub.spec.wire() for sub in current]
             by_wire = {id(w): sub for w, sub in zip(wires, current)}

@@ -77,17 +77,27 @@ class WireSub:
 
 
 class Source(Protocol):
-    """What feeds one family's queue: a live ``Session``, a recording's ``ReplaySource`` or a NATS
-    consumer's ``NatsSource``. Counters and ``state`` have one writer each (the source's thread)."""
+    """What feeds one family's queue: a live family's ``Shards`` (its ``Session`` per connection),
+    a recording's ``ReplaySource`` or a NATS consumer's ``NatsSource``. Counters and ``state``
+    have one writer each (the source's threads); others only read them."""
 
     ready: threading.Event
-    state: State
-    fatal: KiyotakaError | None
-    reconnects: int
-    requests_sent: int
-    frames: int
-    bytes: int
 
+    @property
+    def state(self) -> State: ...
+    @property
+    def fatal(self) -> KiyotakaError | None: ...
+    @property
+    def reconnects(self) -> int: ...
+    @property
+    def requests_sent(self) -> int: ...
+    @property
+    def frames(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def shards(self) -> int:
+        """Connections (or feeds) the family is spread over."""
     @property
     def started(self) -> bool: ...
     @property

@@ -28,13 +28,16 @@ class State(str, enum.Enum):
 class ConnectionStatus:
     """A state change of one family's connection, as passed to ``on_status`` handlers.
 
-    A DISCONNECTED followed by READY means data may have been missed in between.
+    A DISCONNECTED followed by READY means data may have been missed in between, on that
+    connection: ``shard`` says which of the family's connections it is (0 unless the family's
+    channels are spread over several: ``max_subscriptions_per_connection``).
     """
 
     family: str
     state: State
     attempt: int = 0
     reason: str | None = None
+    shard: int = 0
 
 
 @attrs.frozen
@@ -72,6 +75,7 @@ class ConnectionStats:
     handler_time: Percentiles | None = None
     conflated: int = 0        # snapshots skipped by conflate=True handlers (a newer one was due)
     requests_sent: int = 0    # requests sent to the server (authenticate, subscribe, unsubscribe)
+    shards: int = 0           # connections the family's channels are spread over (0: none opened)
 
 
 @attrs.define

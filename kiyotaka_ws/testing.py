@@ -58,7 +58,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Callable
 
 import brotli  # type: ignore[import-untyped]
@@ -132,6 +132,14 @@ class _Session:
 
 def _channel_key(channel: dict[str, Any]) -> str:
     return json.dumps(channel, sort_keys=True, default=repr)
+
+
+def _wanted(by_symbol: dict[Any, list[dict[str, Any]]], series: Any) -> bool:
+    """Some channel of ``by_symbol`` (channels keyed by their ``symbol``) matches ``series``."""
+    if not isinstance(series, dict):
+        return False
+    keys = {series.get("symbol"), series.get("coin")}
+    return any(_matches(c, series) for key in keys if isinstance(key, str) for c in by_symbol.get(key, ()))
 
 
 def _matches(channel: dict[str, Any], series: dict[str, Any]) -> bool:
@@ -331,7 +339,10 @@ class FakeKiyotakaServer:
         """
         sent = 0
         for session in self._live_sessions(family, authenticated=True):
-            mine = [p for p in points if any(_matches(c, p.get("series", {})) for c in session.channels.values())]
+            by_symbol: dict[Any, list[dict[str, Any]]] = {}  # a channel matches only its symbol's (or coin's) points
+            for channel in list(session.channels.values()):
+                by_symbol.setdefault(channel.get("symbol"), []).append(channel)
+            mine = [p for p in points if _wanted(by_symbol, p.get("series", {}))]
             if mine and self._send(session, {"points": mine}):
                 sent += 1
         return sent
@@ -400,9 +411,10 @@ class FakeKiyotakaServer:
 
     # -- faults -------------------------------------------------------------------------------
 
-    def drop_connections(self, family: str | None = None) -> int:
-        """Cut connections abruptly: a TCP reset, no close frame."""
-        sessions = self._live_sessions(family)
+    def drop_connections(self, family: str | None = None, numbers: Collection[int] | None = None) -> int:
+        """Cut connections abruptly: a TCP reset, no close frame. ``numbers``: only those
+        connections (as ``subscription_counts`` numbers them)."""
+        sessions = [s for s in self._live_sessions(family) if numbers is None or s.number in numbers]
         for session in sessions:
             sock = session.conn.socket
             try:
@@ -419,6 +431,11 @@ class FakeKiyotakaServer:
         for session in sessions:
             session.conn.close(code, reason)
         return len(sessions)
+
+    def subscription_counts(self, family: str | None = None) -> dict[int, int]:
+        """Channels held per open connection, by connection number (a sharded client's shards)."""
+        with self._lock:
+            return {s.number: len(s.channels) for s in self._sessions.values() if family in (None, s.family)}
 
     def request_counts(self) -> dict[int, int]:
         """Control requests (subscribe, unsubscribe, unsubscribe_all) per connection number,

@@ -86,6 +86,7 @@ BAD: dict[str, dict[str, tuple[Any, Any]]] = {
         "proxy": (5, "ftp://host:1"),
         "max_retries": (1.5, -1),
         "max_channels_per_request": (2.0, 0),
+        "max_subscriptions_per_connection": ("1000", 0),
         "max_requests_per_second": ("10", 0),
         "max_queue_bytes": (True, 10),
         "connect_timeout": ("1", 0),

@@ -293,7 +293,7 @@ def test_10_pending_requests_are_bounded(make_client):
         assert srv.wait_for(lambda s: s.requests("public/subscribe")[-1].message["params"]["channels"][0]["type"]
                             == "FUNDING_RATE", timeout=30)
         assert len(srv.requests("public/unsubscribe")) > MAX_PENDING // 2  # past the bound in all
-        session = client._families["nonbook"].session
+        session = client._families["nonbook"].session.sessions()[0]
         assert session._core.pending_count <= MAX_PENDING
 
 

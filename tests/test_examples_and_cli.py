@@ -502,3 +502,22 @@ def test_bench_subscriptions_reports_a_start_that_never_gets_ready(monkeypatch):
     text = out.getvalue()
     assert "not READY in 1 s" in text and "reconnect" not in text.split("phase", 1)[1].split("held:")[0]
     assert "every channel held: NO" in text
+
+
+def test_bench_subscriptions_waits_for_each_shard_to_come_back_not_for_a_stale_ready():
+    """A READY from before the drop, delivered late, does not count; each shard's own
+    DISCONNECTED then READY does."""
+    from kiyotaka_ws import ConnectionStatus, State
+    from kiyotaka_ws._cli.bench_subscriptions import _Watch
+
+    watch = _Watch()
+    since = time.monotonic()
+    watch.status(ConnectionStatus("nonbook", State.READY, shard=0))  # stale: from before the drop
+    watch.status(ConnectionStatus("nonbook", State.DISCONNECTED, shard=1))
+    watch.status(ConnectionStatus("nonbook", State.READY, shard=1))
+    both = {("nonbook", 0), ("nonbook", 1)}
+    assert watch.ready_again(since, both, time.monotonic() + 0.2) is None
+    watch.status(ConnectionStatus("nonbook", State.DISCONNECTED, shard=0))
+    assert watch.ready_again(since, both, time.monotonic() + 0.2) is None
+    watch.status(ConnectionStatus("nonbook", State.READY, shard=0))
+    assert watch.ready_again(since, both, time.monotonic() + 0.2) is not None

@@ -37,7 +37,7 @@ LAYERS = {
     "_transport": TRANSPORT,
     "source": SEAM,
     "session": CORE, "session_core": CORE, "dispatch": CORE, "fastpath": CORE, "latency": CORE, "recording": CORE,
-    "replay": CORE, "external": CORE, "_arguments": CORE, "pacing": CORE,
+    "replay": CORE, "external": CORE, "_arguments": CORE, "pacing": CORE, "shards": CORE,
     "_nats": CORE,  # the NATS consumer is a source, like a recording...
     "_nats.relay": FACADE,  # ... while the relay is built on a client
     "": FACADE,  # kiyotaka_ws/__init__.py

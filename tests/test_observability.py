@@ -292,6 +292,8 @@ def test_metrics_are_served_over_http_and_stop_with_the_client(
         assert samples[("kiyotaka_ws_state", frozenset({("family", "nonbook"), ("state", "READY")}))] == 1
         assert samples[("kiyotaka_ws_state", frozenset({("family", "nonbook"), ("state", "STOPPED")}))] == 0
         assert samples[("kiyotaka_ws_queue_depth", nonbook)] >= 0
+        assert samples[("kiyotaka_ws_shards", nonbook)] == 1
+        assert samples[("kiyotaka_ws_requests_total", nonbook)] == 2  # authenticate, subscribe
         assert 0 <= samples[("kiyotaka_ws_last_frame_age_seconds", nonbook)] < 5
         feed = samples[("kiyotaka_ws_feed_latency_seconds", nonbook | {("quantile", "0.5")})]
         assert 1.0 <= feed < 1.25 * 1.5

@@ -4,13 +4,19 @@ The server allows 10 control requests/s per connection (a token bucket, burst 5)
 per request, and rejects any batch holding the bad symbol without naming it. The client (default
 ``max_channels_per_request=50``, ``max_requests_per_second=10``) must end READY with every good
 channel held and delivering, the bad one rejected once, and no rate limit reported, at start and
-after the server resets every connection.
+after the server resets every connection. With 1,000 subscriptions per connection, 3,000
+channels go over three connections (shards), the limit given or learned from the server.
 """
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from typing import Any, Callable
+
+import pytest
+from conftest import wait_until
 
 from kiyotaka_ws import KiyotakaClient, RateLimited, SubscriptionError
 from kiyotaka_ws.errors import KiyotakaError
@@ -102,5 +108,238 @@ def test_a_client_faster_than_the_server_is_rate_limited_and_loses_nothing() -> 
             assert [e.channel["symbol"] for e in errors if isinstance(e, SubscriptionError)  # type: ignore[index]
                     ] == [bad], errors
             assert all(isinstance(e, (SubscriptionError, RateLimited)) for e in errors), errors
+        finally:
+            client.stop(5)
+
+
+# -- sharding: more channels than a connection holds -------------------------------------------------
+
+SHARD_LIMIT = 1000
+
+
+def _thousands(count: int) -> tuple[list[str], str]:
+    symbols = [f"S{i:04d}USDT" for i in range(count)]
+    return symbols, symbols[count // 2 + 13]
+
+
+def _statuses(client: KiyotakaClient) -> list[Any]:
+    seen: list[Any] = []
+    client.on_status(seen.append)
+    return seen
+
+
+def _round_holds(server: FakeKiyotakaServer, client: KiyotakaClient, counter: Counter, symbols: list[str],
+                 bad: str, round_: int) -> None:
+    """READY with every good channel held once, each shard within the limit, data from all of them,
+    one SubscriptionError (the bad symbol) and no rate limit reported."""
+    good = len(symbols) - 1
+    assert client.wait_ready(60), (round_, client.stats()["nonbook"])
+    assert server.wait_for(lambda s: len(s.subscriptions()) == good, timeout=20), round_
+    held = server.subscriptions()
+    assert sorted(c["symbol"] for c in held) == sorted(s for s in symbols if s != bad)  # each once
+    assert all(n <= SHARD_LIMIT for n in server.subscription_counts().values())
+    server.publish([trade_point(EX, s, price=1.0, amount=1.0) for s in symbols])
+    assert server.wait_for(counter.reaches(round_ * good), timeout=20), (round_, counter.delivered())
+    with counter.lock:
+        errors = list(counter.errors)
+        got = dict(counter.got)
+    assert set(got) == set(symbols) - {bad} and set(got.values()) == {round_}  # every good channel, once a round
+    assert not [e for e in errors if isinstance(e, RateLimited)], errors
+    assert [e.channel["symbol"] for e in errors if isinstance(e, SubscriptionError)  # type: ignore[index]
+            ] == [bad], errors
+
+
+def _three_thousand(configured: bool) -> None:
+    symbols, bad = _thousands(3000)
+    with FakeKiyotakaServer(max_requests_per_second=10.0, max_channels_per_request=50,
+                            max_subscriptions_per_connection=SHARD_LIMIT) as server:
+        server.reject_symbol(bad)
+        counter = Counter()
+        client = KiyotakaClient(**server.client_kwargs(), compression=None, backoff_initial=0.1, backoff_max=0.5,
+                                max_subscriptions_per_connection=SHARD_LIMIT if configured else None)
+        client.on_error(counter.error)
+        statuses = _statuses(client)
+        for symbol in symbols:
+            client.on_trade(counter.trade, exchange=EX, symbol=symbol)
+        try:
+            client.start()
+            _round_holds(server, client, counter, symbols, bad, 1)
+            stats = client.stats()["nonbook"]
+            assert stats.shards == 3 and stats.state == "READY", stats
+            assert {s.shard for s in statuses if s.state == "READY"} == {0, 1, 2}
+            if configured:  # nothing refused as over the limit: the client knew it
+                assert 4290 not in server.rejections(), server.rejections()
+            assert server.max_burst(1.0) <= 3 * 16  # each connection: 10 a second, a burst of 5
+            assert server.drop_connections() == 3
+            assert server.wait_for(lambda s: s.open_connections() == 3 and s.connection_count == 6, timeout=20)
+            _round_holds(server, client, counter, symbols, bad, 2)
+            assert client.stats()["nonbook"].shards == 3  # the learned capacity held: no fourth
+        finally:
+            client.stop(5)
+
+
+def test_three_thousand_channels_over_connections_of_a_thousand_configured() -> None:
+    _three_thousand(configured=True)
+
+
+def test_three_thousand_channels_learn_the_limit_from_the_server() -> None:
+    _three_thousand(configured=False)
+
+
+def _sharded_client(server: FakeKiyotakaServer, counter: Counter, cap: int | None, **more: Any) -> KiyotakaClient:
+    client = KiyotakaClient(**server.client_kwargs(), compression=None, backoff_initial=0.1, backoff_max=0.5,
+                            max_subscriptions_per_connection=cap, **more)
+    client.on_error(counter.error)
+    return client
+
+
+def _home(server: FakeKiyotakaServer, symbol: str) -> int:
+    """The connection number holding ``symbol``."""
+    with server._lock:  # the test kit's own table, read consistently
+        return next(s.number for s in server._sessions.values()
+                    if any(c.get("symbol") == symbol for c in s.channels.values()))
+
+
+def test_a_lost_shard_reconnects_and_replays_alone() -> None:
+    symbols = [f"S{i:02d}" for i in range(30)]
+    with FakeKiyotakaServer(max_channels_per_request=5) as server:
+        counter = Counter()
+        client = _sharded_client(server, counter, 10, max_channels_per_request=5)
+        statuses = _statuses(client)
+        for symbol in symbols:
+            client.on_trade(counter.trade, exchange=EX, symbol=symbol)
+        try:
+            client.start()
+            assert client.wait_ready(10)
+            assert server.wait_for(lambda s: sorted(s.subscription_counts().values()) == [10, 10, 10])
+            victim = _home(server, "S15")
+            before = server.request_counts()
+            assert server.drop_connections(numbers={victim}) == 1
+            assert server.wait_for(lambda s: s.connection_count == 4 and len(s.subscriptions()) == 30, timeout=10)
+            assert client.wait_ready(10)
+            after = server.request_counts()
+            assert {n: after[n] for n in before if n != victim} == {n: c for n, c in before.items() if n != victim}
+            (newcomer,) = set(after) - set(before)
+            assert after[newcomer] == 2  # its 10 channels again, 5 to a request: only the lost shard's
+            def back() -> list[int]:  # statuses reach on_status through the dispatcher: wait for it
+                seen = list(statuses)
+                lost = [i for i, s in enumerate(seen) if s.state == "DISCONNECTED"]
+                return [s.shard for s in seen[lost[0]:] if s.state == "READY"] if lost else []
+            assert wait_until(lambda: back())
+            (lost,) = [s for s in statuses if s.state == "DISCONNECTED"]  # that shard alone was lost...
+            assert back() == [lost.shard]  # ... and came back
+            server.publish([trade_point(EX, s, price=1.0, amount=1.0) for s in symbols])
+            assert server.wait_for(counter.reaches(30))
+        finally:
+            client.stop(5)
+
+
+def test_a_channel_subscribed_again_goes_back_to_its_shard() -> None:
+    """Never on two connections at once: its data could then come twice, or out of order."""
+    symbols = [f"S{i:02d}" for i in range(20)]
+    with FakeKiyotakaServer() as server:
+        counter = Counter()
+        client = _sharded_client(server, counter, 10)
+        subs = {s: client.on_trade(counter.trade, exchange=EX, symbol=s) for s in symbols}
+        try:
+            client.start()
+            assert client.wait_ready(10)
+            assert server.wait_for(lambda s: len(s.subscriptions()) == 20)
+            home = _home(server, "S03")
+            subs["S03"].unsubscribe()
+            client.on_trade(counter.trade, exchange=EX, symbol="S99")  # takes the room S03 left
+            client.on_trade(counter.trade, exchange=EX, symbol="S03").wait(5)
+            assert _home(server, "S03") != home  # its shard was full: it went elsewhere...
+            subs["S04"].unsubscribe()  # room on the first connection...
+            again = _home(server, "S15")  # ... but S15 lives on the second: it goes back there
+            subs["S15"].unsubscribe()
+            client.on_trade(counter.trade, exchange=EX, symbol="S15").wait(5)
+            assert _home(server, "S15") == again != _home(server, "S05")
+            assert client.stats()["nonbook"].shards == 3
+        finally:
+            client.stop(5)
+
+
+def test_past_the_shard_bound_a_subscription_is_rejected_saying_so(monkeypatch: Any) -> None:
+    from kiyotaka_ws import shards
+
+    monkeypatch.setattr(shards, "MAX_SHARDS", 3)
+    with FakeKiyotakaServer() as server:
+        counter = Counter()
+        client = _sharded_client(server, counter, 2)
+        subs = [client.on_trade(counter.trade, exchange=EX, symbol=f"S{i}") for i in range(8)]
+        try:
+            client.start()
+            assert client.wait_ready(10)
+            assert server.wait_for(lambda s: len(s.subscriptions()) == 6)
+            for sub in subs[6:]:
+                with pytest.raises(SubscriptionError, match="3 connections of at most 2 subscriptions"):
+                    sub.wait(5)
+            with counter.lock:
+                assert len([e for e in counter.errors if isinstance(e, SubscriptionError)]) == 2
+            assert client.stats()["nonbook"].shards == 3 and server.open_connections() == 3
+        finally:
+            client.stop(5)
+
+
+def test_a_server_lying_about_its_limit_costs_a_connection_not_a_loop() -> None:
+    """Every batch holding LIAR is refused as "over the limit", on every connection. Each refusal
+    moves LIAR's part of a batch to a new connection, where it is split (refused on an empty
+    connection), so the part halves at each move: at most ceil(log2(50)) + 1 more connections, and
+    the capacity learned (50, what the first connection held) never shrinks to the liar's word."""
+    symbols = [f"S{i:03d}" for i in range(100)]
+    liar = symbols[60]
+    with FakeKiyotakaServer() as server:
+        server.reject_symbol(liar, 4290, "SUBSCRIPTION_LIMIT: too many subscriptions")
+        counter = Counter()
+        client = _sharded_client(server, counter, None)
+        subs = [client.on_trade(counter.trade, exchange=EX, symbol=s) for s in symbols]
+        try:
+            client.start()
+            assert client.wait_ready(20)
+            assert server.wait_for(lambda s: len(s.subscriptions()) == 99)
+            with pytest.raises(SubscriptionError, match="SUBSCRIPTION_LIMIT"):
+                subs[60].wait(5)
+            assert client.stats()["nonbook"].shards <= 1 + 6 + 1
+            assert client._families["nonbook"].session.capacity == 50
+            with counter.lock:
+                assert [e.channel["symbol"] for e in counter.errors] == [liar]  # type: ignore[attr-defined]
+        finally:
+            client.stop(5)
+
+
+def test_unsubscribing_and_subscribing_again_while_channels_move_leaves_each_held_once() -> None:
+    """Another thread churns registrations while the client learns the limit and moves channels:
+    at the end the server holds exactly the registered channels, each on one connection, each
+    connection within the limit, and nothing was rejected."""
+    symbols = [f"S{i:03d}" for i in range(600)]
+    rng = random.Random(23)
+    with FakeKiyotakaServer(max_subscriptions_per_connection=200, max_channels_per_request=50) as server:
+        counter = Counter()
+        client = _sharded_client(server, counter, None)
+        subs = {s: client.on_trade(counter.trade, exchange=EX, symbol=s) for s in symbols}
+        try:
+            client.start()
+            assert server.wait_for(lambda s: s.rejections().get(4290, 0) > 0)  # the first batch handed back
+            churn_until = time.monotonic() + 1.0  # while batches keep coming back (10 requests/s)
+            while time.monotonic() < churn_until:
+                time.sleep(0.005)
+                symbol = rng.choice(symbols)
+                subs[symbol].unsubscribe()
+                if rng.random() < 0.7:
+                    subs[symbol] = client.on_trade(counter.trade, exchange=EX, symbol=symbol)
+                else:
+                    del subs[symbol]
+                    symbols.remove(symbol)
+            assert server.rejections().get(4290, 0) >= 3  # moves happened during the churn
+            assert client.wait_ready(20)
+            # READY does not wait for requests made after it: wait for the paced rest to go out
+            assert server.wait_for(lambda s: sorted(c["symbol"] for c in s.subscriptions()) == sorted(subs),
+                                   timeout=20), (len(server.subscriptions()), len(subs))
+            assert all(n <= 200 for n in server.subscription_counts().values())
+            for sub in subs.values():
+                sub.wait(5)
+            with counter.lock:
+                assert counter.errors == []
         finally:
             client.stop(5)

@@ -33,6 +33,7 @@ from kiyotaka_ws.session_core import (
     GiveUp,
     Heard,
     Kill,
+    Overflow,
     Ping,
     Report,
     Send,
@@ -721,3 +722,73 @@ class CoreMachine(RuleBasedStateMachine):
 
 TestCoreMachine = CoreMachine.TestCase
 TestCoreMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+# -- a connection's subscription limit: hand the batch back, or split it, or reject (issue 23) -------
+
+def limited(request_id: int, limit: int | None = None) -> dict[str, Any]:
+    data = {"limit": limit} if limit is not None else {}
+    return {"id": request_id, "error": {"code": 4290, "message": "SUBSCRIPTION_LIMIT", "data": data}}
+
+
+def sharded(most: int = 2) -> SessionCore:
+    return SessionCore("nonbook", "wss://x", Settings(ping_interval=None), itertools.count(1),
+                       rng=lambda: 0.5, packer=at_most(most), sharded=True)
+
+
+def batches(c: SessionCore, subs: list[FakeSub]) -> list[Send]:
+    """Register ``subs``, then connect and authenticate: the packed subscribes of the replay."""
+    for sub in subs:
+        c.add(sub, 0.0)
+    return sends(live(c), SUBSCRIBE)
+
+
+def test_a_full_connection_hands_the_batch_back_with_what_it_holds() -> None:
+    c = sharded()
+    subs = [FakeSub(spec(s)) for s in "ABCD"]
+    first, second = batches(c, subs)
+    assert first.request.specs == (subs[0].spec, subs[1].spec)
+    c.answer(1, ok(first.request.id), 0.2)
+    out = c.answer(1, limited(second.request.id), 0.3)
+    assert [a for a in out if isinstance(a, Overflow)] == [Overflow((subs[2], subs[3]), 2)]  # it holds 2, no limit said
+    assert not [a for a in out if isinstance(a, (Settle, Report))]  # not a rejection: no error anywhere
+    assert [sub.spec for sub in c.subs()] == [subs[0].spec, subs[1].spec]  # forgotten here
+    assert c.remove(subs[2].spec, 0.4) == []  # it never held it: no unsubscribe
+    assert states(out) == [State.READY]
+
+
+def test_the_servers_stated_limit_is_the_capacity() -> None:
+    c = sharded()
+    subs = [FakeSub(spec(s)) for s in "ABCD"]
+    first, second = batches(c, subs)
+    c.answer(1, ok(first.request.id), 0.2)
+    assert Overflow((subs[2], subs[3]), 2, 3) in c.answer(1, limited(second.request.id, limit=3), 0.3)
+
+
+def test_refused_on_an_empty_connection_a_batch_is_split_and_a_lone_channel_rejected() -> None:
+    """A server whose limit is below a batch (or that lies) costs requests, never a shard loop."""
+    c = sharded(most=4)
+    subs = [FakeSub(spec(s)) for s in "ABCD"]
+    (batch,) = batches(c, subs)
+    out = c.answer(1, limited(batch.request.id), 0.2)
+    assert not [a for a in out if isinstance(a, Overflow)]
+    halves = sends(out + c.tick(0.2), SUBSCRIBE)
+    assert [h.request.specs for h in halves] == [(subs[0].spec, subs[1].spec), (subs[2].spec, subs[3].spec)]
+    c.answer(1, ok(halves[0].request.id), 0.3)  # the first half fits: now the connection holds 2
+    assert Overflow((subs[2], subs[3]), 2) in c.answer(1, limited(halves[1].request.id), 0.3)
+    lone = sharded()
+    live(lone)
+    (one,) = sends(lone.add(FakeSub(spec("Z")), 0.1), SUBSCRIBE)
+    out = lone.answer(1, limited(one.request.id), 0.2)
+    (error,) = [a.error for a in out if isinstance(a, Report)]
+    assert isinstance(error, SubscriptionError) and error.code == 4290
+
+
+def test_an_unsharded_core_rejects_each_channel_over_the_limit() -> None:
+    c = paced(most=2)
+    subs = [FakeSub(spec(s)) for s in "ABCD"]
+    first, second = batches(c, subs)
+    c.answer(1, ok(first.request.id), 0.2)
+    out = c.answer(1, limited(second.request.id), 0.3)
+    assert [a.sub for a in out if isinstance(a, Settle) and a.state == REJECTED] == [subs[2], subs[3]]
+    assert not [a for a in out if isinstance(a, Overflow)]

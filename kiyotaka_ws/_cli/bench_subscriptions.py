@@ -5,7 +5,8 @@ subscriptions per connection (``LIMITS``), and a client with N TRADE handlers on
 
 - start: from ``start()`` to ``wait_ready()``;
 - reconnect: from the server dropping every connection (a TCP reset) to READY again on each
-  connection that was READY;
+  connection (every shard) that was READY; a READY counts only after that connection's own
+  DISCONNECTED (statuses arrive through the dispatcher, a stale one may come late);
 
 and, for each phase, how many of the N channels the server holds when it ends, the requests it
 saw, the rejections by limit, the connections (shards) and the ``SubscriptionError``s the client
@@ -69,15 +70,26 @@ class _Watch:
             else:
                 self.other_errors += 1
 
-    def ready_again(self, since: float, families: set[str], deadline: float) -> float | None:
-        """When every family in ``families`` went READY after ``since`` (having left it), or None."""
+    def ready_again(self, since: float, connections: set[tuple[str, int]], deadline: float) -> float | None:
+        """When every connection in ``connections`` (family, shard) went READY after leaving it
+        after ``since``, or None. Statuses come through the dispatchers, so a READY from before the
+        drop may arrive after ``since``: only a READY following that connection's own later
+        non-READY status counts."""
         with self._changed:
             while True:
-                went_down = {s.family for t, s in self.statuses if t >= since and s.state != State.READY}
-                ready = {s.family: t for t, s in self.statuses
-                         if t >= since and s.state == State.READY and s.family in went_down}
-                if families <= set(ready):
-                    return max(ready[f] for f in families)
+                back: dict[tuple[str, int], float] = {}
+                down: set[tuple[str, int]] = set()
+                for t, s in self.statuses:
+                    key = (s.family, s.shard)
+                    if t < since or key not in connections:
+                        continue
+                    if s.state != State.READY:
+                        down.add(key)
+                        back.pop(key, None)
+                    elif key in down:
+                        back[key] = t
+                if connections <= set(back):
+                    return max(back.values())
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
@@ -106,10 +118,11 @@ def _measure(count: int, bound: float) -> list[Phase]:
             phases = [phase("start", time.monotonic() - started if ready else None)]
             if not ready:
                 return phases
-            families = {name for name, stats in client.stats().items() if stats.state == State.READY}
+            connections = {(name, shard) for name, stats in client.stats().items() if stats.state == State.READY
+                           for shard in range(stats.shards)}
             dropped = time.monotonic()
             server.drop_connections()
-            at = watch.ready_again(dropped, families, dropped + bound)
+            at = watch.ready_again(dropped, connections, dropped + bound)
             phases.append(phase("reconnect", None if at is None else at - dropped))
             return phases
         finally:

@@ -1,0 +1,258 @@
+"""``Shards``: one family's channels spread over as many connections as the server's limit needs.
+
+A live family is a ``Shards``: the ``Source`` the client drives (source.py), holding one ``Session``
+per connection ("shard"; session.py), all feeding the family's one queue and dispatcher. A family
+starts with one shard. Each holds at most ``capacity`` subscriptions: ``max_subscriptions_per_connection``
+when given, lowered to what a server teaches when it refuses a subscribe as over its
+per-connection limit (the session core's ``Overflow``: the connection keeps what it was granted;
+the capacity is the server's stated ``limit``, else the most any connection held when refused). A subscription goes to the shard it last lived on when that
+has room (so a channel unsubscribed and subscribed again never has its data on two connections at
+once), else to the first shard with room, else to a new shard, which authenticates and subscribes
+by itself. Channels handed back by a full connection go to another shard; a shard that handed a
+channel back never gets it again.
+
+Guarantees:
+- Order per series is kept: a channel lives on one connection at a time, and one dispatcher
+  delivers every shard's frames in the order each connection received them.
+- Each shard reconnects and replays its own channels alone; the others carry on. Statuses carry the
+  shard number (``ConnectionStatus.shard``); ``ready`` (``wait_ready()``) is set only while every
+  shard is READY; ``state`` is the least ready shard's.
+- A shard emptied by unsubscribes stays open, first in line for the next subscriptions.
+
+Bounds: at most ``MAX_SHARDS`` connections per family; a subscription with no room left is
+rejected with a ``SubscriptionError`` saying so (to its ``wait()`` and ``on_error``). The last shard
+of at most ``MAX_REMEMBERED`` unsubscribed channels is remembered. A server lying about its limit
+costs connections up to that bound, never a loop: a channel is never placed again on a shard that
+handed it back (so it moves at most ``MAX_SHARDS`` times), a batch refused on an empty connection
+is split in halves, and one channel refused alone there is rejected (session_core). The table of
+refusals holds only registered channels.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Collection, Hashable
+from typing import Any, Callable
+
+from .channels import ChannelSpec
+from .dispatch import EventQueue
+from .errors import KiyotakaError, SubscriptionError
+from .session import Session
+from .session_core import Overflow
+from .source import WireSub
+from .status import State
+
+MAX_SHARDS = 64            # connections per family; 64 x 1,000 channels is far beyond any screener
+MAX_REMEMBERED = 10_000    # unsubscribed channels whose last shard is remembered
+
+# The family's state is its least ready shard's: worst first.
+_RANK = {State.FAILED: 0, State.DISCONNECTED: 1, State.CONNECTING: 2, State.STOPPED: 3, State.READY: 4}
+
+# Makes shard ``n``'s session, with the callbacks below.
+MakeSession = Callable[[int, Callable[[Session, Overflow], None], Callable[[], None]], Session]
+
+
+class Shards:
+    """One family's connections; see the module docstring."""
+
+    def __init__(self, family: str, queue: EventQueue, make_session: MakeSession, capacity: int | None) -> None:
+        self.family = family
+        self._queue = queue
+        self._make_session = make_session
+        self._lock = threading.Lock()  # guards everything below; never held around user code or I/O
+        self._configured = capacity    # max_subscriptions_per_connection (None: not given)
+        self._learned: int | None = None  # what the server's refusals taught (None: none yet)
+        self._capacity = capacity      # the smaller of the two: subscriptions per connection
+        self._sessions: list[Session] = []
+        self._subs: dict[Hashable, WireSub] = {}     # registered: spec -> its wire subscription
+        self._home: dict[Hashable, int] = {}         # registered: spec -> its shard
+        self._counts: list[int] = []                 # registered subscriptions per shard
+        self._refused: dict[Hashable, set[int]] = {}  # registered: the shards that handed it back
+        self._last_home: collections.OrderedDict[Hashable, int] = collections.OrderedDict()
+        self._started = False
+        self._stopping = False
+        self.ready = threading.Event()               # set while every shard is READY
+        self._new_shard()
+
+    # -- the Source interface ---------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def shards(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def capacity(self) -> int | None:
+        """Subscriptions per connection: given, learned from the server, or None (no limit met)."""
+        return self._capacity
+
+    def sessions(self) -> list[Session]:
+        with self._lock:
+            return list(self._sessions)
+
+    @property
+    def state(self) -> State:
+        sessions = self.sessions()
+        return min((s.state for s in sessions), key=lambda state: _RANK.get(state, 3))
+
+    @property
+    def fatal(self) -> KiyotakaError | None:
+        return next((s.fatal for s in self.sessions() if s.fatal is not None), None)
+
+    @property
+    def reconnects(self) -> int:
+        return sum(s.reconnects for s in self.sessions())
+
+    @property
+    def requests_sent(self) -> int:
+        return sum(s.requests_sent for s in self.sessions())
+
+    @property
+    def frames(self) -> int:
+        return sum(s.frames for s in self.sessions())
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes for s in self.sessions())
+
+    @property
+    def last_frame_age(self) -> float | None:
+        ages = [age for s in self.sessions() if (age := s.last_frame_age) is not None]
+        return min(ages) if ages else None
+
+    def start(self) -> None:
+        with self._lock:
+            self._started = True
+            for session in self._sessions:
+                session.start()
+
+    def add(self, sub: WireSub) -> None:
+        """Place ``sub`` on a shard with room (a new one if need be) and subscribe there."""
+        with self._lock:
+            if self._stopping or sub.spec in self._subs:
+                return
+            placed = self._place(sub, frozenset())
+        if not placed:
+            self._no_room(sub)
+
+    def remove(self, spec: ChannelSpec) -> None:
+        with self._lock:
+            if self._subs.pop(spec, None) is None:
+                return
+            shard = self._home.pop(spec)
+            self._counts[shard] -= 1
+            self._refused.pop(spec, None)
+            self._last_home[spec] = shard
+            self._last_home.move_to_end(spec)
+            while len(self._last_home) > MAX_REMEMBERED:
+                self._last_home.popitem(last=False)
+            self._sessions[shard].remove(spec)  # posted under the lock: after its add, in order
+
+    def answer(self, conn: int, message: dict[str, Any]) -> None:
+        """An answer the dispatcher decoded: to the shard whose connection ``conn`` is (else none:
+        an answer from a connection already gone changes nothing)."""
+        for session in self.sessions():
+            if session.conn == conn:
+                session.answer(conn, message)
+                return
+
+    def fail(self, error: KiyotakaError) -> None:
+        """The family's dispatcher died: the first shard gives up with ``error`` (told once), the
+        others stop (nothing would deliver their data)."""
+        sessions = self.sessions()
+        sessions[0].fail(error)
+        for session in sessions[1:]:
+            session.stop()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True  # no shard is made after this
+            sessions = list(self._sessions)
+        for session in sessions:
+            session.stop()
+
+    def join(self, deadline: float) -> bool:
+        joined = [session.join(deadline) for session in self.sessions()]  # every join runs
+        return all(joined)
+
+    # -- from the shards' session threads -----------------------------------------------------------
+
+    def _overflow(self, source: Session, overflow: Overflow) -> None:
+        """``source``'s connection is full: learn its capacity, place the channels elsewhere.
+
+        The capacity is the server's stated ``limit`` when it gives one, else the most any
+        connection held when refused: an honest server never refuses below its limit, so the
+        largest held is the best floor; a server refusing ever lower (a liar) cannot shrink it.
+        """
+        homeless: list[WireSub] = []
+        with self._lock:
+            if overflow.limit is not None:
+                self._learned = max(1, overflow.limit)
+            else:
+                self._learned = max(self._learned or 1, overflow.held)
+            configured = self._configured
+            self._capacity = self._learned if configured is None else min(configured, self._learned)
+            moved: tuple[WireSub, ...] = overflow.subs if not self._stopping else ()  # stopping: stop() ends every wait
+            for sub in moved:
+                spec = sub.spec
+                if self._subs.get(spec) is not sub or self._home.get(spec) != source.shard:
+                    continue  # unsubscribed (or registered anew) meanwhile: nothing to move
+                del self._subs[spec], self._home[spec]
+                self._counts[source.shard] -= 1
+                refused = self._refused.setdefault(spec, set())
+                refused.add(source.shard)
+                if not self._place(sub, refused):
+                    homeless.append(sub)
+        for sub in homeless:
+            self._no_room(sub)
+
+    def _state_changed(self) -> None:
+        with self._lock:
+            if self._sessions and all(s.ready.is_set() for s in self._sessions):
+                self.ready.set()
+            else:
+                self.ready.clear()
+
+    # -- placing (with the lock held) -----------------------------------------------------------------
+
+    def _place(self, sub: WireSub, refused: Collection[int]) -> bool:
+        """Register ``sub`` on a shard with room that never ``refused`` it, and tell its session;
+        False: no room anywhere. Each refusal rules a shard out for good, so a channel moves at
+        most ``MAX_SHARDS`` times, whatever a server says."""
+        spec = sub.spec
+        shard = self._last_home.pop(spec, None)
+        if shard is None or shard in refused or not self._has_room(shard):
+            shard = next((n for n in range(len(self._sessions)) if n not in refused and self._has_room(n)), None)
+        if shard is None:
+            if self._stopping or len(self._sessions) >= MAX_SHARDS:
+                return False
+            shard = self._new_shard()
+        self._subs[spec] = sub
+        self._home[spec] = shard
+        self._counts[shard] += 1
+        session = self._sessions[shard]
+        session.add(sub)
+        if self._started:
+            session.start()
+        return True
+
+    def _has_room(self, shard: int) -> bool:
+        return self._capacity is None or self._counts[shard] < self._capacity
+
+    def _new_shard(self) -> int:
+        number = len(self._sessions)
+        self._sessions.append(self._make_session(number, self._overflow, self._state_changed))
+        self._counts.append(0)
+        self.ready.clear()
+        return number
+
+    def _no_room(self, sub: WireSub) -> None:
+        error = SubscriptionError(
+            f"subscription {sub.spec} rejected: {self.family} has {MAX_SHARDS} connections of at most "
+            f"{self._capacity} subscriptions each, all full", channel=sub.spec.wire())
+        sub.settle(WireSub.REJECTED, error)
+        self._queue.put_control(error)
