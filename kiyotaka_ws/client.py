@@ -195,9 +195,10 @@ class _LiveSources:
         url, key, options = self._urls[family], self._resolve_key(), self._options
 
         def make_session(shard: int, on_overflow: Callable[[Session, Overflow], None],
+                         on_released: Callable[[Session, tuple[WireSub, ...]], None],
                          on_state: Callable[[], None]) -> Session:
             return Session(family, url, key, options, queue, self._ids, self._on_fatal, self._rng,
-                           shard=shard, on_overflow=on_overflow, on_state=on_state)
+                           shard=shard, on_overflow=on_overflow, on_released=on_released, on_state=on_state)
 
         return Shards(family, queue, make_session, options.max_subscriptions_per_connection)
 

@@ -2,7 +2,8 @@
 
 A family has one session per connection (shard; ``shards.Shards`` makes them, all feeding the
 family's one queue and dispatcher); shards after the first put ``-<n>`` after the family in their
-thread names. A full connection's ``Overflow`` goes to the shards' ``on_overflow``.
+thread names. A full connection's ``Overflow`` goes to the shards' ``on_overflow``, and removed
+subscriptions known to be off the connection (``Released``) to their ``on_released``.
 
 Design. Each shard has a session and a reader thread; its family has one dispatcher:
 
@@ -86,6 +87,7 @@ from .session_core import (  # noqa: F401
     Kill,
     Overflow,
     Ping,
+    Released,
     Report,
     Send,
     SessionCore,
@@ -177,6 +179,7 @@ class Session:
                  rng: Callable[[], float] = random.random,
                  clock: Callable[[], float] = time.monotonic, *, shard: int = 0,
                  on_overflow: Callable[[Session, Overflow], None] | None = None,
+                 on_released: Callable[[Session, tuple[WireSub, ...]], None] | None = None,
                  on_state: Callable[[], None] | None = None) -> None:
         self.family = family
         self.shard = shard  # its number among the family's connections (shards.py); 0 unsharded
@@ -187,6 +190,7 @@ class Session:
         self._queue = queue
         self._on_fatal = on_fatal
         self._on_overflow = on_overflow
+        self._on_released = on_released
         self._on_state = on_state
         self._clock = clock
         self._core = SessionCore(family, url, options, ids, rng,
@@ -395,6 +399,9 @@ class Session:
             elif isinstance(action, Overflow):
                 assert self._on_overflow is not None  # only a sharded core hands subscriptions back
                 self._on_overflow(self, action)
+            elif isinstance(action, Released):
+                if self._on_released is not None:
+                    self._on_released(self, action.subs)
             elif isinstance(action, Connect):
                 todo.extend(self._connect())
             elif isinstance(action, GiveUp):

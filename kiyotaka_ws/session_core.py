@@ -26,7 +26,9 @@ small binary frames for answers); ``reconnects`` counts the backoffs.
 Actions: ``Connect()``, ``Send(conn, Request)``, ``Ping(conn)``, ``Kill(conn, reason)``,
 ``SetState(state, attempt, reason)``, ``Settle(sub, state, error)``, ``Report(error)`` (to
 ``on_error``), ``Overflow(subs, held, limit)`` (a full connection hands subscriptions back),
-``GiveUp(error, subs)`` (the family fails for good: end every ``subs``' wait).
+``Released(subs)`` (removed subscriptions are off the connection: unsubscribe answered, never
+needed, forgotten unanswered, or the connection lost; sharded cores only), ``GiveUp(error, subs)``
+(the family fails for good: end every ``subs``' wait).
 
 The outbox. Subscribes and unsubscribes are *intents* queued in one ordered outbox per family,
 drained onto the current connection by ``_flush``: a ``Packer`` packs the head of the queue into
@@ -202,7 +204,17 @@ class GiveUp:
     subs: tuple[Any, ...]
 
 
-Action = Union[Connect, Send, Ping, Kill, SetState, Settle, Report, Overflow, GiveUp]
+@attrs.frozen
+class Released:
+    """``subs``, removed, are off this connection for sure (sharded cores only): their unsubscribe
+    was answered, was never needed (never sent, never applied), was forgotten unanswered, or the
+    connection is gone. Until then the owner of the shards keeps their room on this connection, so
+    a channel subscribed again goes back here, after its unsubscribe, never to a second connection."""
+
+    subs: tuple[Any, ...]
+
+
+Action = Union[Connect, Send, Ping, Kill, SetState, Settle, Report, Overflow, Released, GiveUp]
 
 
 # -- pure rules ------------------------------------------------------------------------------------
@@ -500,8 +512,9 @@ class SessionCore:
                 f"(close {close_code} {reason!r}): API key rejected"))
         if c.killed is not None:
             reason = c.killed
-        self._drop_conn()
-        return self._after_attempt(now, reason, c.reached_ready, now - c.connected_at, 0.0)
+        out: list[Action] = []
+        self._release(out, self._drop_conn())  # the server forgot the connection's subscriptions
+        return out + self._after_attempt(now, reason, c.reached_ready, now - c.connected_at, 0.0)
 
     def heard(self, conn: int, kind: Heard, at: float, now: float) -> list[Action]:
         c = self._conn
@@ -574,9 +587,12 @@ class SessionCore:
             self._retries = [r for r in self._retries if r.subs]
         if queued or retried:  # its subscribe never went out (or was not applied): neither goes now
             self._outbox = deque(i for i in self._outbox if i.sub is not sub)
+            self._release(out, (sub,))
         elif c is not None and c.live and state != REJECTED:
             self._outbox.append(Intent(UNSUBSCRIBE, sub))
             self._flush(out, c, now)
+        else:  # not applied, or no connection (the replay leaves it out)
+            self._release(out, (sub,))
         if c is not None:
             self._check_ready(out, c, now)
         return out
@@ -657,6 +673,8 @@ class SessionCore:
                 break
             del self._pending[req_id]
             self._awaiting.pop(req_id, None)
+            if entry.method == UNSUBSCRIBE:
+                self._release(out, entry.subs)  # never answered: it may as well be applied
         if self.expecting:
             if now >= self._expect_until:
                 self.expecting = False  # the reader stops looking into binary frames for answers
@@ -719,8 +737,10 @@ class SessionCore:
             else:  # an unsubscribe the server refused: nothing to undo, but say so
                 log.info("%s: unsubscribe from %s failed: %s", self.family,
                          [sub.spec for sub in entry.subs], protocol.error_details(message)[1])
+                self._release(out, entry.subs)
         else:
             self._rate.succeeded()
+            self._release(out, entry.subs)
 
     def _on_subscribe_answer(self, out: list[Action], entry: _Pending, answer: dict[str, Any] | None,
                              now: float) -> None:
@@ -845,7 +865,9 @@ class SessionCore:
         self.expecting = True
         while len(self._pending) > MAX_PENDING:
             oldest = next(iter(self._pending))
-            del self._pending[oldest]
+            evicted = self._pending.pop(oldest)
+            if evicted.method == UNSUBSCRIBE:
+                self._release(out, evicted.subs)
             self._awaiting.pop(oldest, None)
         out.append(Send(c.number, Request(req_id, method, tuple(sub.spec for sub in subs))))
 
@@ -879,14 +901,19 @@ class SessionCore:
         self._dialing = True
         return self._set_state(State.CONNECTING, self._attempt, self._reason) + [Connect()]
 
-    def _drop_conn(self) -> None:
-        """The connection is gone: what awaited an answer on it never gets one."""
+    def _drop_conn(self) -> list[Any]:
+        """The connection is gone: what awaited an answer on it never gets one. Returns the
+        subscriptions whose unsubscribe was queued or unanswered (the server dropped them all)."""
+        leaving = [sub for entry in self._pending.values() if entry.method == UNSUBSCRIBE for sub in entry.subs]
+        leaving += [i.sub for i in self._outbox if i.method == UNSUBSCRIBE]
+        leaving += [sub for r in self._retries if r.method == UNSUBSCRIBE for sub in r.subs]
         self._conn = None
         self._pending.clear()
         self._awaiting.clear()
         self._outbox.clear()
         self._retries.clear()
         self.expecting = False
+        return leaving
 
     def _after_attempt(self, now: float, reason: str, reached_ready: bool, up_for: float,
                        delay_floor: float) -> list[Action]:
@@ -919,6 +946,11 @@ class SessionCore:
         self._drop_conn()
         self.state = State.FAILED
         return [GiveUp(error, subs)]
+
+    def _release(self, out: list[Action], subs: Sequence[Any]) -> None:
+        """``subs`` are off the connection (a sharded core says so: ``Released``)."""
+        if self._sharded and subs:
+            out.append(Released(tuple(subs)))
 
     def _is_current(self, sub: Any) -> bool:
         """``sub`` is still registered (not removed, nor replaced by a new registration)."""

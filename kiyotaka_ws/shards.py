@@ -5,10 +5,13 @@ per connection ("shard"; session.py), all feeding the family's one queue and dis
 starts with one shard. Each holds at most ``capacity`` subscriptions: ``max_subscriptions_per_connection``
 when given, lowered to what a server teaches when it refuses a subscribe as over its
 per-connection limit (the session core's ``Overflow``: the connection keeps what it was granted;
-the capacity is the server's stated ``limit``, else the most any connection held when refused). A subscription goes to the shard it last lived on when that
-has room (so a channel unsubscribed and subscribed again never has its data on two connections at
-once), else to the first shard with room, else to a new shard, which authenticates and subscribes
-by itself. Channels handed back by a full connection go to another shard; a shard that handed a
+the capacity is the server's stated ``limit``, else the most any connection held when refused).
+A removed subscription keeps its room on its shard until that shard's core says it is off the
+connection (``Released``: its unsubscribe answered, never needed, forgotten unanswered, or the
+connection lost); subscribed again before then, it goes back there, after its unsubscribe, so a
+channel never has its data on two connections at once (its points would come twice, out of
+order). Otherwise a subscription goes to the shard it last lived on when that has room, else to
+the first shard with room, else to a new shard, which authenticates and subscribes by itself. Channels handed back by a full connection go to another shard; a shard that handed a
 channel back never gets it again.
 
 Guarantees:
@@ -25,7 +28,9 @@ of at most ``MAX_REMEMBERED`` unsubscribed channels is remembered. A server lyin
 costs connections up to that bound, never a loop: a channel is never placed again on a shard that
 handed it back (so it moves at most ``MAX_SHARDS`` times), a batch refused on an empty connection
 is split in halves, and one channel refused alone there is rejected (session_core). The table of
-refusals holds only registered channels.
+refusals holds only registered channels. Removed channels whose unsubscribe is unsettled count
+against their shard's capacity and are held at most until it is answered, forgotten (after
+``max(60 s, 3 * subscribe_timeout)``) or the connection ends.
 """
 
 from __future__ import annotations
@@ -49,8 +54,9 @@ MAX_REMEMBERED = 10_000    # unsubscribed channels whose last shard is remembere
 # The family's state is its least ready shard's: worst first.
 _RANK = {State.FAILED: 0, State.DISCONNECTED: 1, State.CONNECTING: 2, State.STOPPED: 3, State.READY: 4}
 
-# Makes shard ``n``'s session, with the callbacks below.
-MakeSession = Callable[[int, Callable[[Session, Overflow], None], Callable[[], None]], Session]
+# Makes shard ``n``'s session, with the callbacks below (on_overflow, on_released, on_state).
+MakeSession = Callable[[int, Callable[[Session, Overflow], None],
+                        Callable[[Session, tuple[WireSub, ...]], None], Callable[[], None]], Session]
 
 
 class Shards:
@@ -67,7 +73,10 @@ class Shards:
         self._sessions: list[Session] = []
         self._subs: dict[Hashable, WireSub] = {}     # registered: spec -> its wire subscription
         self._home: dict[Hashable, int] = {}         # registered: spec -> its shard
-        self._counts: list[int] = []                 # registered subscriptions per shard
+        self._counts: list[int] = []                 # per shard: registered, plus leaving
+        # Removed, their unsubscribe not yet settled (spec -> its shard and wire subscription):
+        # still counted on that shard, so subscribed again the channel goes back there.
+        self._leaving: dict[Hashable, tuple[int, WireSub]] = {}
         self._refused: dict[Hashable, set[int]] = {}  # registered: the shards that handed it back
         self._last_home: collections.OrderedDict[Hashable, int] = collections.OrderedDict()
         self._started = False
@@ -141,16 +150,18 @@ class Shards:
 
     def remove(self, spec: ChannelSpec) -> None:
         with self._lock:
-            if self._subs.pop(spec, None) is None:
+            sub = self._subs.pop(spec, None)
+            if sub is None:
                 return
             shard = self._home.pop(spec)
-            self._counts[shard] -= 1
             self._refused.pop(spec, None)
-            self._last_home[spec] = shard
-            self._last_home.move_to_end(spec)
-            while len(self._last_home) > MAX_REMEMBERED:
-                self._last_home.popitem(last=False)
+            self._leaving[spec] = (shard, sub)  # its room is freed when the shard says it is off
             self._sessions[shard].remove(spec)  # posted under the lock: after its add, in order
+
+    def counts(self) -> list[int]:
+        """Subscriptions per shard: registered, plus removed ones whose unsubscribe is not settled."""
+        with self._lock:
+            return list(self._counts)
 
     def answer(self, conn: int, message: dict[str, Any]) -> None:
         """An answer the dispatcher decoded: to the shard whose connection ``conn`` is (else none:
@@ -210,6 +221,20 @@ class Shards:
         for sub in homeless:
             self._no_room(sub)
 
+    def _released(self, source: Session, subs: tuple[WireSub, ...]) -> None:
+        """``subs``, removed, are off ``source``'s connection: their room there is free again."""
+        with self._lock:
+            for sub in subs:
+                leaving = self._leaving.get(sub.spec)
+                if leaving is None or leaving[1] is not sub:
+                    continue  # subscribed again meanwhile (its room taken back), or not ours
+                del self._leaving[sub.spec]
+                self._counts[leaving[0]] -= 1
+                self._last_home[sub.spec] = leaving[0]
+                self._last_home.move_to_end(sub.spec)
+                while len(self._last_home) > MAX_REMEMBERED:
+                    self._last_home.popitem(last=False)
+
     def _state_changed(self) -> None:
         with self._lock:
             if self._sessions and all(s.ready.is_set() for s in self._sessions):
@@ -224,28 +249,39 @@ class Shards:
         False: no room anywhere. Each refusal rules a shard out for good, so a channel moves at
         most ``MAX_SHARDS`` times, whatever a server says."""
         spec = sub.spec
-        shard = self._last_home.pop(spec, None)
-        if shard is None or shard in refused or not self._has_room(shard):
-            shard = next((n for n in range(len(self._sessions)) if n not in refused and self._has_room(n)), None)
+        leaving = self._leaving.pop(spec, None)
+        # Its unsubscribe may not be applied yet: back on that connection (in the room it kept),
+        # where the subscribe follows the unsubscribe; never on a second connection.
+        shard = leaving[0] if leaving is not None else self._room_for(spec, refused)
         if shard is None:
-            if self._stopping or len(self._sessions) >= MAX_SHARDS:
-                return False
-            shard = self._new_shard()
+            return False
         self._subs[spec] = sub
         self._home[spec] = shard
-        self._counts[shard] += 1
         session = self._sessions[shard]
         session.add(sub)
         if self._started:
             session.start()
         return True
 
+    def _room_for(self, spec: Hashable, refused: Collection[int]) -> int | None:
+        """A shard with room for ``spec`` (its last, else the first, else a new one), its count
+        taken; None: none left."""
+        shard: int | None = self._last_home.pop(spec, None)
+        if shard is None or shard in refused or not self._has_room(shard):
+            shard = next((n for n in range(len(self._sessions)) if n not in refused and self._has_room(n)), None)
+        if shard is None:
+            if self._stopping or len(self._sessions) >= MAX_SHARDS:
+                return None
+            shard = self._new_shard()
+        self._counts[shard] += 1
+        return shard
+
     def _has_room(self, shard: int) -> bool:
         return self._capacity is None or self._counts[shard] < self._capacity
 
     def _new_shard(self) -> int:
         number = len(self._sessions)
-        self._sessions.append(self._make_session(number, self._overflow, self._state_changed))
+        self._sessions.append(self._make_session(number, self._overflow, self._released, self._state_changed))
         self._counts.append(0)
         self.ready.clear()
         return number

@@ -245,14 +245,17 @@ def test_a_channel_subscribed_again_goes_back_to_its_shard() -> None:
             client.start()
             assert client.wait_ready(10)
             assert server.wait_for(lambda s: len(s.subscriptions()) == 20)
+            shards = client._families["nonbook"].session
             home = _home(server, "S03")
             subs["S03"].unsubscribe()
+            assert wait_until(lambda: sorted(shards.counts()) == [9, 10])  # its unsubscribe answered: room
             client.on_trade(counter.trade, exchange=EX, symbol="S99")  # takes the room S03 left
             client.on_trade(counter.trade, exchange=EX, symbol="S03").wait(5)
             assert _home(server, "S03") != home  # its shard was full: it went elsewhere...
             subs["S04"].unsubscribe()  # room on the first connection...
             again = _home(server, "S15")  # ... but S15 lives on the second: it goes back there
             subs["S15"].unsubscribe()
+            assert wait_until(lambda: shards.counts() == [9, 9, 1])
             client.on_trade(counter.trade, exchange=EX, symbol="S15").wait(5)
             assert _home(server, "S15") == again != _home(server, "S05")
             assert client.stats()["nonbook"].shards == 3
@@ -341,5 +344,41 @@ def test_unsubscribing_and_subscribing_again_while_channels_move_leaves_each_hel
                 sub.wait(5)
             with counter.lock:
                 assert counter.errors == []
+        finally:
+            client.stop(5)
+
+
+def _held(server: FakeKiyotakaServer, symbol: str) -> list[int]:
+    """The connections holding ``symbol`` (more than one: its points come twice)."""
+    with server._lock:
+        return sorted(s.number for s in server._sessions.values()
+                      if any(c.get("symbol") == symbol for c in s.channels.values()))
+
+
+def test_a_channel_subscribed_again_before_its_unsubscribe_went_out_is_never_held_twice() -> None:
+    """S0's unsubscribe waits for its shard's next token (2 s at 0.5 requests/s) while S9 takes the
+    room S0 left and S0 is subscribed again: S0 must not be subscribed on another connection before
+    its unsubscribe is applied, else every point of S0 comes twice in between (and out of order)."""
+    with FakeKiyotakaServer() as server:
+        counter = Counter()
+        client = _sharded_client(server, counter, 2, max_requests_per_second=0.5)
+        subs = {s: client.on_trade(counter.trade, exchange=EX, symbol=s) for s in ("S0", "S1", "S2", "S3")}
+        try:
+            client.start()
+            assert client.wait_ready(10)
+            assert server.wait_for(lambda s: len(s.subscriptions()) == 4)
+            (home,) = _held(server, "S0")
+            subs["S0"].unsubscribe()  # waits for a token on its connection
+            client.on_trade(counter.trade, exchange=EX, symbol="S9")
+            again = client.on_trade(counter.trade, exchange=EX, symbol="S0")
+            again.wait(10)
+            assert len(_held(server, "S0")) == 1, (home, _held(server, "S0"))
+            server.publish([trade_point(EX, "S0", price=1.0, amount=1.0)])
+            assert server.wait_for(lambda s: len(s.subscriptions()) == 5, timeout=10)  # every request answered
+            assert server.wait_for(counter.reaches(1))
+            server.publish([trade_point(EX, "S0", price=2.0, amount=1.0)])
+            assert server.wait_for(counter.reaches(2))
+            with counter.lock:
+                assert counter.got == {"S0": 2} and counter.errors == []
         finally:
             client.stop(5)

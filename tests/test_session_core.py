@@ -35,6 +35,7 @@ from kiyotaka_ws.session_core import (
     Kill,
     Overflow,
     Ping,
+    Released,
     Report,
     Send,
     SessionCore,
@@ -792,3 +793,52 @@ def test_an_unsharded_core_rejects_each_channel_over_the_limit() -> None:
     out = c.answer(1, limited(second.request.id), 0.3)
     assert [a.sub for a in out if isinstance(a, Settle) and a.state == REJECTED] == [subs[2], subs[3]]
     assert not [a for a in out if isinstance(a, Overflow)]
+
+
+def released(actions: list[Any]) -> list[Any]:
+    return [sub for a in actions if isinstance(a, Released) for sub in a.subs]
+
+
+def test_a_removed_subscription_is_released_only_once_off_the_connection() -> None:
+    """A shard keeps a removed channel's room until its unsubscribe is settled (shards.py): so
+    the core says when the server no longer sends it there."""
+    c = sharded()
+    a, b, q = FakeSub(spec("A")), FakeSub(spec("B")), FakeSub(spec("Q"))
+    (batch,) = batches(c, [a, b])
+    c.answer(1, ok(batch.request.id), 0.1)
+    out = c.remove(a.spec, 0.2)
+    (unsub,) = sends(out, UNSUBSCRIBE)
+    assert released(out) == []  # on its way: the server may still send A here
+    assert released(c.answer(1, ok(unsub.request.id), 0.3)) == [a]
+    out = c.remove(b.spec, 0.4)
+    (unsub_b,) = sends(out, UNSUBSCRIBE)
+    assert released(out) == []
+    assert released(c.answer(1, rejected(unsub_b.request.id), 0.5)) == [b]  # refused: not held either way
+    c.add(q, 0.6)
+    assert released(c.lost(1, 0.7, "reset")) == []  # Q is registered: nothing to release
+    assert released(c.remove(q.spec, 0.8)) == [q]  # no connection: the replay leaves it out
+
+
+def test_unsubscribes_queued_or_unanswered_are_released_when_the_connection_goes() -> None:
+    c = SessionCore("nonbook", "wss://x", Settings(ping_interval=None), itertools.count(1), rng=lambda: 0.5,
+                    packer=at_most(1), pacer=BucketPacer(1.0), sharded=True)
+    subs = [FakeSub(spec(s)) for s in "ABC"]
+    for sub in subs:
+        c.add(sub, 0.0)
+    actions = live(c)
+    for t in range(1, 4):
+        actions += c.tick(float(t))
+    for send in sends(actions, SUBSCRIBE):
+        c.answer(1, ok(send.request.id), 3.5)
+    out = c.remove(subs[0].spec, 4.0) + c.remove(subs[1].spec, 4.0)  # one sent, one queued
+    assert len(sends(out, UNSUBSCRIBE)) == 1 and released(out) == []
+    assert released(c.lost(1, 4.1, "reset")) == subs[:2]
+
+
+def test_an_unsharded_core_says_nothing_of_releases() -> None:
+    c = paced()
+    sub = FakeSub(spec("A"))
+    (batch,) = batches(c, [sub])
+    c.answer(1, ok(batch.request.id), 0.1)
+    (unsub,) = sends(c.remove(sub.spec, 0.2), UNSUBSCRIBE)
+    assert released(c.answer(1, ok(unsub.request.id), 0.3)) == []
