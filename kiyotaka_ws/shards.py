@@ -21,6 +21,8 @@ Guarantees:
   shard number (``ConnectionStatus.shard``); ``ready`` (``wait_ready()``) is set only while every
   shard is READY; ``state`` is the least ready shard's.
 - A shard emptied by unsubscribes stays open, first in line for the next subscriptions.
+- A shard that gives up (its key refused, ``max_retries`` reached) fails the family, as an
+  unsharded family fails: the other shards stop, every wait ends with that error.
 
 Bounds: at most ``MAX_SHARDS`` connections per family; a subscription with no room left is
 rejected with a ``SubscriptionError`` saying so (to its ``wait()`` and ``on_error``). The last shard
@@ -81,6 +83,7 @@ class Shards:
         self._last_home: collections.OrderedDict[Hashable, int] = collections.OrderedDict()
         self._started = False
         self._stopping = False
+        self._failed = False                         # a shard gave up: so did the family
         self.ready = threading.Event()               # set while every shard is READY
         self._new_shard()
 
@@ -172,8 +175,9 @@ class Shards:
                 return
 
     def fail(self, error: KiyotakaError) -> None:
-        """The family's dispatcher died: the first shard gives up with ``error`` (told once), the
-        others stop (nothing would deliver their data)."""
+        """The family's dispatcher died: the first shard gives up with ``error`` (told once), and
+        with it the family (``_state_changed``: every wait ends); the others stop now (nothing
+        would deliver their data, even if the first shard had ended already)."""
         sessions = self.sessions()
         sessions[0].fail(error)
         for session in sessions[1:]:
@@ -236,11 +240,24 @@ class Shards:
                     self._last_home.popitem(last=False)
 
     def _state_changed(self) -> None:
+        """A shard's state changed. One that gave up fails the family, as an unsharded family
+        fails: the other shards stop (nothing more is delivered), every subscription's wait ends
+        with the shard's error, and no shard is opened again."""
         with self._lock:
             if self._sessions and all(s.ready.is_set() for s in self._sessions):
                 self.ready.set()
             else:
                 self.ready.clear()
+            error = next((s.fatal for s in self._sessions if s.fatal is not None), None)
+            if error is None or self._failed:
+                return
+            self._failed = self._stopping = True
+            others = [s for s in self._sessions if s.fatal is None]
+            wires = list(self._subs.values())
+        for session in others:
+            session.stop()
+        for wire in wires:
+            wire.end(error)
 
     # -- placing (with the lock held) -----------------------------------------------------------------
 

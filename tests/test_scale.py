@@ -19,7 +19,7 @@ import pytest
 from conftest import wait_until
 
 from kiyotaka_ws import KiyotakaClient, RateLimited, SubscriptionError
-from kiyotaka_ws.errors import KiyotakaError
+from kiyotaka_ws.errors import AuthenticationError, KiyotakaError
 from kiyotaka_ws.testing import FakeKiyotakaServer, trade_point
 
 EX = "BINANCE"
@@ -380,5 +380,70 @@ def test_a_channel_subscribed_again_before_its_unsubscribe_went_out_is_never_hel
             assert server.wait_for(counter.reaches(2))
             with counter.lock:
                 assert counter.got == {"S0": 2} and counter.errors == []
+        finally:
+            client.stop(5)
+
+
+def test_a_shard_whose_key_is_refused_fails_the_whole_family() -> None:
+    """The key is revoked after the first shard is up; the second shard's authentication is
+    refused. The family FAILED: like an unsharded one, it delivers nothing more, every wait raises
+    the error, no shard is opened for later subscriptions, and run_forever() raises it."""
+    with FakeKiyotakaServer() as server:
+        counter = Counter()
+        client = _sharded_client(server, counter, 2)
+        first = [client.on_trade(counter.trade, exchange=EX, symbol=s) for s in ("S0", "S1")]
+        try:
+            client.start()
+            assert client.wait_ready(10)
+            server.api_key = "revoked"
+            late = client.on_trade(counter.trade, exchange=EX, symbol="S9")  # a second shard
+            with pytest.raises(AuthenticationError):
+                late.wait(5)
+            assert server.wait_for(lambda s: s.open_connections() == 0), server.subscription_counts()
+            for sub in first:
+                with pytest.raises(AuthenticationError):
+                    sub.wait(1)
+            with pytest.raises(AuthenticationError):
+                client.on_trade(counter.trade, exchange=EX, symbol="S5").wait(1)
+            assert client.stats()["nonbook"].shards == 2 and client.stats()["nonbook"].state == "FAILED"
+            assert not client.wait_ready(0.5)
+            with pytest.raises(AuthenticationError):
+                client.run_forever()
+        finally:
+            client.stop(5)
+
+
+def test_a_dead_dispatcher_ends_the_waits_on_every_shard(monkeypatch: Any) -> None:
+    """The family's dispatcher dies while a subscription waits for its answer on the second
+    shard: its wait() raises the failure at once (it waited for its timeout)."""
+    from kiyotaka_ws.dispatch import Dispatcher
+
+    die = threading.Event()
+    dispatch = Dispatcher._dispatch
+
+    def dying(self: Dispatcher) -> bool:
+        if die.is_set():
+            raise RuntimeError("boom")
+        return dispatch(self)
+
+    monkeypatch.setattr(Dispatcher, "_dispatch", dying)
+    with FakeKiyotakaServer() as server:
+        counter = Counter()
+        client = _sharded_client(server, counter, 2, subscribe_timeout=30.0)
+        for symbol in ("S0", "S1"):
+            client.on_trade(counter.trade, exchange=EX, symbol=symbol)
+        try:
+            client.start()
+            assert client.wait_ready(10)
+            server.subscribe_reply = "silent"
+            late = client.on_trade(counter.trade, exchange=EX, symbol="S9")  # a second shard, no answer
+            assert server.wait_for(lambda s: len(s.requests("public/subscribe")) == 2)
+            die.set()
+            server.publish([trade_point(EX, "S0", price=1.0, amount=1.0)])  # wakes the dispatcher
+            t0 = time.monotonic()
+            with pytest.raises(KiyotakaError, match="dispatcher thread failed"):
+                late.wait(10)
+            assert time.monotonic() - t0 < 5
+            assert server.wait_for(lambda s: s.open_connections() == 0)
         finally:
             client.stop(5)
