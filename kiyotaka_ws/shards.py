@@ -221,6 +221,7 @@ class Shards:
                 refused = self._refused.setdefault(spec, set())
                 refused.add(source.shard)
                 if not self._place(sub, refused):
+                    del self._refused[spec]  # no longer registered here: forgotten
                     homeless.append(sub)
         for sub in homeless:
             self._no_room(sub)

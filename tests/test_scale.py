@@ -447,3 +447,52 @@ def test_a_dead_dispatcher_ends_the_waits_on_every_shard(monkeypatch: Any) -> No
             assert server.wait_for(lambda s: s.open_connections() == 0)
         finally:
             client.stop(5)
+
+
+class _FakeShard:
+    """A session as ``Shards`` sees it: what it was told, nothing sent."""
+
+    def __init__(self, shard: int) -> None:
+        self.shard = shard
+        self.told: list[tuple[str, Any]] = []
+        self.ready = threading.Event()
+        self.fatal: KiyotakaError | None = None
+
+    def add(self, sub: Any) -> None:
+        self.told.append(("add", sub.spec))
+
+    def remove(self, spec: Any) -> None:
+        self.told.append(("remove", spec))
+
+    def start(self) -> None:
+        pass
+
+
+def test_a_channel_with_no_room_left_leaves_no_refusal_behind(monkeypatch: Any) -> None:
+    """The table of refusals holds only registered channels: a channel rejected for want of room
+    is forgotten there, so registered again later it may use every shard again."""
+    from kiyotaka_ws import shards
+    from kiyotaka_ws.channels import Channel, ChannelSpec
+    from kiyotaka_ws.dispatch import EventQueue
+    from kiyotaka_ws.session_core import Overflow
+    from kiyotaka_ws.source import WireSub
+
+    monkeypatch.setattr(shards, "MAX_SHARDS", 2)
+    made: list[_FakeShard] = []
+
+    def make(number: int, *callbacks: Any) -> Any:
+        made.append(_FakeShard(number))
+        return made[-1]
+
+    family = shards.Shards("nonbook", EventQueue(100, "drop_oldest"), make, None)
+    family.start()
+    sub = WireSub(ChannelSpec(Channel.TRADE, EX, "X", "*"))
+    family.add(sub)
+    family._overflow(made[0], Overflow((sub,), 1))  # type: ignore[arg-type]
+    family._overflow(made[1], Overflow((sub,), 1))  # type: ignore[arg-type]
+    assert sub.state == WireSub.REJECTED and len(made) == 2
+    assert family._refused == {}
+    again = WireSub(sub.spec)
+    family.add(again)
+    family._overflow(made[0], Overflow((again,), 1))  # type: ignore[arg-type]
+    assert made[1].told[-1] == ("add", sub.spec)  # shard 1 is tried again
