@@ -71,6 +71,7 @@ class Shards:
         self._lock = threading.Lock()  # guards everything below; never held around user code or I/O
         self._configured = capacity    # max_subscriptions_per_connection (None: not given)
         self._learned: int | None = None  # what the server's refusals taught (None: none yet)
+        self._held_most = 0            # the most a connection held when refused as full
         self._capacity = capacity      # the smaller of the two: subscriptions per connection
         self._sessions: list[Session] = []
         self._subs: dict[Hashable, WireSub] = {}     # registered: spec -> its wire subscription
@@ -202,13 +203,13 @@ class Shards:
         The capacity is the server's stated ``limit`` when it gives one, else the most any
         connection held when refused: an honest server never refuses below its limit, so the
         largest held is the best floor; a server refusing ever lower (a liar) cannot shrink it.
+        A stated limit below that floor is not the limit (a number in the message that says
+        something else: "error 2"); the floor is.
         """
         homeless: list[WireSub] = []
         with self._lock:
-            if overflow.limit is not None:
-                self._learned = max(1, overflow.limit)
-            else:
-                self._learned = max(self._learned or 1, overflow.held)
+            self._held_most = max(self._held_most, overflow.held)
+            self._learned = max(1, self._held_most, overflow.limit or 0)
             configured = self._configured
             self._capacity = self._learned if configured is None else min(configured, self._learned)
             moved: tuple[WireSub, ...] = overflow.subs if not self._stopping else ()  # stopping: stop() ends every wait

@@ -496,3 +496,25 @@ def test_a_channel_with_no_room_left_leaves_no_refusal_behind(monkeypatch: Any) 
     family.add(again)
     family._overflow(made[0], Overflow((again,), 1))  # type: ignore[arg-type]
     assert made[1].told[-1] == ("add", sub.spec)  # shard 1 is tried again
+
+
+@pytest.mark.parametrize("message", ["SUBSCRIPTION_LIMIT (error 2)", "conn 1: too many subscriptions"])
+def test_a_number_in_a_limit_message_below_what_the_connection_holds_is_not_its_limit(message: str) -> None:
+    """The server refuses a batch as over the limit with a message whose only number is not the
+    limit: the connection holds 50 already, so the capacity learned is 50, not 2 (or 1), which
+    would cost a connection per channel or two."""
+    symbols = [f"S{i:03d}" for i in range(100)]
+    with FakeKiyotakaServer() as server:
+        server.reject_symbol(symbols[60], 4290, message)
+        counter = Counter()
+        client = _sharded_client(server, counter, None)
+        for symbol in symbols:
+            client.on_trade(counter.trade, exchange=EX, symbol=symbol)
+        try:
+            client.start()
+            assert client.wait_ready(20)
+            assert server.wait_for(lambda s: len(s.subscriptions()) == 99)
+            assert client._families["nonbook"].session.capacity == 50
+            assert client.stats()["nonbook"].shards <= 1 + 6 + 1  # as for a liar without a number
+        finally:
+            client.stop(5)
