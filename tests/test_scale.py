@@ -518,3 +518,50 @@ def test_a_number_in_a_limit_message_below_what_the_connection_holds_is_not_its_
             assert client.stats()["nonbook"].shards <= 1 + 6 + 1  # as for a liar without a number
         finally:
             client.stop(5)
+
+
+def test_churn_from_handlers_and_on_status_keeps_each_series_once_and_in_order() -> None:
+    """Handlers and on_status unsubscribe and subscribe again while the client learns the limit
+    and channels move between shards, under pacing: every series' points are delivered in the
+    order published, none twice (a channel on two connections at once would repeat them)."""
+    rng = random.Random(7)
+    symbols = [f"S{i:02d}" for i in range(30)]
+    with FakeKiyotakaServer(max_subscriptions_per_connection=5, max_channels_per_request=3) as server:
+        counter = Counter()
+        client = _sharded_client(server, counter, None, max_channels_per_request=3, max_requests_per_second=2.0)
+        lock = threading.Lock()
+        seen: dict[str, list[float]] = {}
+        subs: dict[str, Any] = {}
+
+        def churn(_: Any) -> None:
+            with lock:
+                symbol = rng.choice(symbols)
+                if symbol in subs:
+                    subs.pop(symbol).unsubscribe()
+                elif not client.done:
+                    subs[symbol] = client.on_trade(handler, exchange=EX, symbol=symbol)
+
+        def handler(trade: Any) -> None:
+            with lock:
+                seen.setdefault(trade.symbol, []).append(trade.price)
+            if rng.random() < 0.2:
+                churn(trade)
+
+        client.on_status(churn)
+        with lock:
+            for symbol in symbols[:20]:
+                subs[symbol] = client.on_trade(handler, exchange=EX, symbol=symbol)
+        try:
+            client.start()
+            for seq in range(1, 200):
+                server.publish([trade_point(EX, s, price=float(seq), amount=1.0) for s in symbols])
+                time.sleep(0.01)
+            with lock:
+                series = {symbol: list(prices) for symbol, prices in seen.items()}
+            assert sum(map(len, series.values())) > 100
+            for symbol, prices in series.items():
+                assert all(a < b for a, b in zip(prices, prices[1:])), (symbol, prices)
+            with counter.lock:
+                assert counter.errors == []
+        finally:
+            client.stop(5)
