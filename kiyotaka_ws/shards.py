@@ -216,7 +216,11 @@ class Shards:
             for sub in moved:
                 spec = sub.spec
                 if self._subs.get(spec) is not sub or self._home.get(spec) != source.shard:
-                    continue  # unsubscribed (or registered anew) meanwhile: nothing to move
+                    # Unsubscribed (or registered anew) meanwhile: nothing to move. Removed from
+                    # here, it was never applied: its room is free now (no unsubscribe will tell).
+                    if self._leaving.get(spec) == (source.shard, sub):
+                        self._free(spec)
+                    continue
                 del self._subs[spec], self._home[spec]
                 self._counts[source.shard] -= 1
                 refused = self._refused.setdefault(spec, set())
@@ -234,12 +238,16 @@ class Shards:
                 leaving = self._leaving.get(sub.spec)
                 if leaving is None or leaving[1] is not sub:
                     continue  # subscribed again meanwhile (its room taken back), or not ours
-                del self._leaving[sub.spec]
-                self._counts[leaving[0]] -= 1
-                self._last_home[sub.spec] = leaving[0]
-                self._last_home.move_to_end(sub.spec)
-                while len(self._last_home) > MAX_REMEMBERED:
-                    self._last_home.popitem(last=False)
+                self._free(sub.spec)
+
+    def _free(self, spec: Hashable) -> None:
+        """A removed channel is off its shard (with the lock held): its room there is free."""
+        shard, _ = self._leaving.pop(spec)
+        self._counts[shard] -= 1
+        self._last_home[spec] = shard
+        self._last_home.move_to_end(spec)
+        while len(self._last_home) > MAX_REMEMBERED:
+            self._last_home.popitem(last=False)
 
     def _state_changed(self) -> None:
         """A shard's state changed. One that gave up fails the family, as an unsharded family

@@ -565,3 +565,36 @@ def test_churn_from_handlers_and_on_status_keeps_each_series_once_and_in_order()
                 assert counter.errors == []
         finally:
             client.stop(5)
+
+
+def _fake_shards(monkeypatch: Any, most: int, capacity: int | None) -> tuple[Any, list[_FakeShard]]:
+    from kiyotaka_ws import shards
+    from kiyotaka_ws.dispatch import EventQueue
+
+    monkeypatch.setattr(shards, "MAX_SHARDS", most)
+    made: list[_FakeShard] = []
+
+    def make(number: int, *callbacks: Any) -> Any:
+        made.append(_FakeShard(number))
+        return made[-1]
+
+    family = shards.Shards("nonbook", EventQueue(100, "drop_oldest"), make, capacity)
+    family.start()
+    return family, made
+
+
+def test_a_channel_removed_while_its_connection_hands_it_back_frees_its_room(monkeypatch: Any) -> None:
+    """unsubscribe() races the connection's refusal: the core forgot the channel (refused, never
+    applied), so it sends no unsubscribe and says nothing more of it; its room must not stay
+    taken for good."""
+    from kiyotaka_ws.channels import Channel, ChannelSpec
+    from kiyotaka_ws.session_core import Overflow
+    from kiyotaka_ws.source import WireSub
+
+    family, made = _fake_shards(monkeypatch, 4, 2)
+    subs = [WireSub(ChannelSpec(Channel.TRADE, EX, s, "*")) for s in ("A", "B")]
+    for sub in subs:
+        family.add(sub)
+    family.remove(subs[1].spec)  # the user's thread, just before the session thread hands B back
+    family._overflow(made[0], Overflow((subs[1],), 1))
+    assert family.counts() == [1] and family._leaving == {}
