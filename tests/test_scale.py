@@ -598,3 +598,28 @@ def test_a_channel_removed_while_its_connection_hands_it_back_frees_its_room(mon
     family.remove(subs[1].spec)  # the user's thread, just before the session thread hands B back
     family._overflow(made[0], Overflow((subs[1],), 1))
     assert family.counts() == [1] and family._leaving == {}
+
+
+def test_stop_from_on_status_while_an_overflow_opens_a_shard() -> None:
+    """stop() from on_status as the second shard (opened by a refusal) dials: it returns, every
+    wait ends, no connection stays or opens, and every thread is joined (conftest checks)."""
+    with FakeKiyotakaServer(max_subscriptions_per_connection=3) as server:
+        counter = Counter()
+        client = _sharded_client(server, counter, None)
+        stopped = threading.Event()
+
+        def on_status(status: Any) -> None:
+            if status.shard == 1 and status.state == "CONNECTING" and not stopped.is_set():
+                client.stop(5)
+                stopped.set()
+
+        client.on_status(on_status)
+        subs = [client.on_trade(counter.trade, exchange=EX, symbol=f"S{i}") for i in range(12)]
+        client.start()
+        assert stopped.wait(10)
+        for sub in subs:
+            with pytest.raises(KiyotakaError):
+                sub.wait(2)
+        assert server.wait_for(lambda s: s.open_connections() == 0)  # no shard opened after it
+        assert client.stats()["nonbook"].state == "STOPPED"
+        client.stop(5)
