@@ -842,3 +842,113 @@ def test_an_unsharded_core_says_nothing_of_releases() -> None:
     c.answer(1, ok(batch.request.id), 0.1)
     (unsub,) = sends(c.remove(sub.spec, 0.2), UNSUBSCRIBE)
     assert released(c.answer(1, ok(unsub.request.id), 0.3)) == []
+
+
+SHARD_SYMBOLS = [spec(s) for s in "ABCDEF"]
+
+
+def _limited(rid: int) -> dict[str, Any]:
+    return {"id": rid, "error": {"code": 4290, "message": "SUBSCRIPTION_LIMIT"}}
+
+
+def _rate_limited(rid: int) -> dict[str, Any]:
+    return {"id": rid, "error": {"code": 429, "message": "TOO_MANY_REQUESTS", "data": {"retry_after": 0.5}}}
+
+
+class ReleaseMachine(RuleBasedStateMachine):
+    """A sharded core under random events: every removed subscription is released exactly once
+    (or subscribed again first), and none is left unreleased once its connection is gone; else a
+    shard would keep its room for good (shards.py)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.core = SessionCore("nonbook", "wss://x", Settings(ping_interval=None), itertools.count(1),
+                                rng=lambda: 0.5, packer=at_most(2), pacer=BucketPacer(2.0), sharded=True)
+        self.now = 0.0
+        self.conns = itertools.count(1)
+        self.in_core: dict[Any, FakeSub] = {}   # spec -> sub the core holds
+        self.leaving: set[int] = set()          # ids of removed subs awaiting Released
+        self.objs: dict[int, FakeSub] = {}
+        self.reclaimed: set[int] = set()        # removed, then subscribed again: a release is moot
+        self.auths: set[int] = set()
+        self.apply(self.core.start(0.0))
+
+    def apply(self, actions: list[Any]) -> None:
+        for a in actions:
+            if isinstance(a, Overflow):
+                for moved in a.subs:
+                    assert self.in_core.pop(moved.spec) is moved
+            elif isinstance(a, Released):
+                for sub in a.subs:
+                    assert id(sub) in self.leaving or id(sub) in self.reclaimed, ("released twice or never removed", sub)
+                    self.leaving.discard(id(sub))
+                    self.reclaimed.discard(id(sub))
+            elif isinstance(a, Send) and a.request.method == "auth":
+                self.auths.add(a.request.id)
+            elif isinstance(a, GiveUp):
+                raise AssertionError("gave up")  # auth is always answered ok here
+
+    @rule(dt=st.floats(0.0, 5.0))
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        self.apply(self.core.tick(self.now))
+
+    @precondition(lambda self: self.core.conn is None and not self.core.done)
+    @rule()
+    def connect(self) -> None:
+        if self.core.wake_at is not None:
+            self.now = max(self.now, self.core.wake_at)
+            self.apply(self.core.tick(self.now))
+        if self.core.dialing:
+            self.apply(self.core.connected(next(self.conns), self.now))
+
+    @precondition(lambda self: self.core.conn is not None)
+    @rule(data=st.data(), kind=st.sampled_from(["ok", "bad", "limit", "rate"]))
+    def answer(self, data: st.DataObject, kind: str) -> None:
+        pending = self.core.pending_ids
+        if not pending:
+            return
+        rid = data.draw(st.sampled_from(pending))
+        if rid in self.auths:
+            kind = "ok"
+        msg = {"ok": ok, "bad": rejected, "limit": _limited, "rate": _rate_limited}[kind](rid)
+        conn = self.core.conn
+        assert conn is not None
+        self.apply(self.core.answer(conn, msg, self.now))
+
+    @precondition(lambda self: self.core.conn is not None)
+    @rule()
+    def lose(self) -> None:
+        conn = self.core.conn
+        assert conn is not None
+        self.apply(self.core.lost(conn, self.now, "reset"))
+        assert not self.leaving, [self.objs[i].spec for i in self.leaving]
+
+    @rule(symbol=st.sampled_from(SHARD_SYMBOLS))
+    def add(self, symbol: Any) -> None:
+        if symbol in self.in_core:
+            return
+        sub = FakeSub(symbol)
+        for old in [i for i in self.leaving if self.objs[i].spec == symbol]:
+            self.leaving.discard(old)
+            self.reclaimed.add(old)
+        self.objs[id(sub)] = sub
+        self.in_core[symbol] = sub
+        self.apply(self.core.add(sub, self.now))
+
+    @rule(symbol=st.sampled_from(SHARD_SYMBOLS))
+    def remove(self, symbol: Any) -> None:
+        sub = self.in_core.pop(symbol, None)
+        if sub is None:
+            return
+        self.leaving.add(id(sub))
+        self.apply(self.core.remove(symbol, self.now))
+
+    @rule(dt=st.floats(100.0, 200.0))
+    def long_wait(self, dt: float) -> None:
+        self.now += dt
+        self.apply(self.core.tick(self.now))
+
+
+TestReleaseMachine = ReleaseMachine.TestCase
+TestReleaseMachine.settings = settings(max_examples=200, stateful_step_count=60, deadline=None)
