@@ -39,6 +39,10 @@ from the client's arguments. A queued subscribe whose spec is removed before it 
 dropped with its unsubscribe, so an unsubscribe never overtakes its subscribe and a removed spec is
 never sent again. A replay after a reconnect goes through the same outbox.
 
+An authentication refused as a rate limit (``pacing.classify``: many shards reconnecting at
+once) is no rejected key: the connection ends and the next waits at least its ``retry_after``
+(counted by ``max_retries``); any other refusal of the key gives up.
+
 Answers (``_on_subscribe_answer``), settled per subscription (``pacing.classify``):
 - a rate limit (429, ``RATE_LIMIT``/``TOO_MANY_REQUESTS``/``TOO_MANY``, a ``retry_after``): every
   request on the connection is held for ``pacing.RateLimitBackoff`` (``retry_after`` honoured up
@@ -380,6 +384,7 @@ class _Conn:
     auth_deadline: float | None = None
     killed: str | None = None # why the core ended it (the reason its loss reports)
     reached_ready: bool = False
+    retry_after: float = 0.0  # the next connection waits at least this (authentication rate-limited)
 
 
 class SessionCore:
@@ -514,7 +519,7 @@ class SessionCore:
             reason = c.killed
         out: list[Action] = []
         self._release(out, self._drop_conn())  # the server forgot the connection's subscriptions
-        return out + self._after_attempt(now, reason, c.reached_ready, now - c.connected_at, 0.0)
+        return out + self._after_attempt(now, reason, c.reached_ready, now - c.connected_at, c.retry_after)
 
     def heard(self, conn: int, kind: Heard, at: float, now: float) -> list[Action]:
         c = self._conn
@@ -720,6 +725,11 @@ class SessionCore:
         if entry.method == AUTH:
             if failed:
                 code, text, _ = protocol.error_details(message)
+                rejection = _classify(message)
+                if rejection.kind == pacing.RATE_LIMITED:  # too many at once (shards reconnecting): not the key
+                    c.retry_after = min(rejection.retry_after or 0.0, MAX_RETRY_AFTER)
+                    out += self._kill(c, f"authentication refused as too many requests ({code}: {text})")
+                    return
                 out += self._give_up(AuthenticationError(f"API key rejected by the server ({code}: {text})"))
                 return
             if not c.live:

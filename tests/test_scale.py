@@ -623,3 +623,36 @@ def test_stop_from_on_status_while_an_overflow_opens_a_shard() -> None:
         assert server.wait_for(lambda s: s.open_connections() == 0)  # no shard opened after it
         assert client.stats()["nonbook"].state == "STOPPED"
         client.stop(5)
+
+
+def test_a_shard_whose_authentication_is_rate_limited_tries_again() -> None:
+    """A server counting authentications in its rate limit refuses the second shard's with a 429:
+    no rejected key, so not fatal; that shard reconnects after retry_after and the family ends
+    READY with every channel."""
+    with FakeKiyotakaServer() as server:
+        answer = server._answer
+        limited: list[int] = []
+
+        def rate_limited_auth(session: Any, message: dict[str, Any]) -> bool:
+            if message.get("method") == "public/authenticate" and session.number == 2:
+                limited.append(session.number)
+                server._reply(session, message.get("id"), error={
+                    "code": 429, "message": "TOO_MANY_REQUESTS", "data": {"retry_after": 0.2}})
+                return True
+            return answer(session, message)
+
+        server._answer = rate_limited_auth  # type: ignore[method-assign]
+        counter = Counter()
+        client = _sharded_client(server, counter, 2)
+        subs = [client.on_trade(counter.trade, exchange=EX, symbol=f"S{i}") for i in range(4)]
+        try:
+            client.start()
+            assert client.wait_ready(10), client.stats()["nonbook"]
+            for sub in subs:
+                sub.wait(5)
+            assert limited == [2] and server.wait_for(lambda s: len(s.subscriptions()) == 4)
+            assert client.fatal is None
+            with counter.lock:
+                assert counter.errors == []
+        finally:
+            client.stop(5)

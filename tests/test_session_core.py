@@ -117,6 +117,22 @@ def test_auth_rejection_is_fatal() -> None:
     assert c.tick(100.0) == [] and c.add(FakeSub(spec("B")), 100.0) == []
 
 
+def test_an_authentication_refused_as_too_many_requests_is_retried_not_fatal() -> None:
+    """Many shards authenticating at once (after every connection dropped) may meet a rate limit
+    counting authentications: that is no rejected key. The connection ends and the next one waits
+    at least retry_after."""
+    c = core(backoff_initial=0.5, backoff_max=1.0)
+    auth_id = up(c)
+    limited = {"id": auth_id, "error": {"code": 429, "message": "TOO_MANY_REQUESTS", "data": {"retry_after": 3}}}
+    out = c.answer(1, limited, 0.2)
+    assert [a for a in out if isinstance(a, Kill)] == [Kill(1, "authentication refused as too many requests "
+                                                          "(429: TOO_MANY_REQUESTS)")]
+    assert not c.done and not [a for a in out if isinstance(a, GiveUp)]
+    assert states(c.lost(1, 0.3, "closed")) == [State.DISCONNECTED]
+    assert c.tick(3.2) == [] and c.wake_at == pytest.approx(3.3)
+    assert Connect() in c.tick(3.3)
+
+
 def test_auth_timeout_waits_while_the_reader_is_blocked_and_after() -> None:
     c = core(auth_timeout=5.0)
     up(c)
