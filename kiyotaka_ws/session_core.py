@@ -744,6 +744,7 @@ class SessionCore:
                 # are wanted on the server after all)
                 gone = tuple(sub for sub in entry.subs if sub.spec not in self._subs)
                 self._rate_limited(out, entry, gone, _classify(message), now)
+                self._release(out, [sub for sub in entry.subs if sub not in gone])  # held on as wanted
             else:  # an unsubscribe the server refused: nothing to undo, but say so
                 log.info("%s: unsubscribe from %s failed: %s", self.family,
                          [sub.spec for sub in entry.subs], protocol.error_details(message)[1])

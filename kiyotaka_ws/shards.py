@@ -5,14 +5,15 @@ per connection ("shard"; session.py), all feeding the family's one queue and dis
 starts with one shard. Each holds at most ``capacity`` subscriptions: ``max_subscriptions_per_connection``
 when given, lowered to what a server teaches when it refuses a subscribe as over its
 per-connection limit (the session core's ``Overflow``: the connection keeps what it was granted;
-the capacity is the server's stated ``limit``, else the most any connection held when refused).
-A removed subscription keeps its room on its shard until that shard's core says it is off the
-connection (``Released``: its unsubscribe answered, never needed, forgotten unanswered, or the
-connection lost); subscribed again before then, it goes back there, after its unsubscribe, so a
+the capacity is the server's stated ``limit``, but never below the most any connection held when
+refused, which it is when the server states none). A removed channel keeps its room on its shard until that shard's core says every removal of it there is off the
+connection (``Released``: the unsubscribe answered, never needed, forgotten unanswered, or the
+connection lost); subscribed again before then, it goes back there, after its unsubscribes, so a
 channel never has its data on two connections at once (its points would come twice, out of
 order). Otherwise a subscription goes to the shard it last lived on when that has room, else to
-the first shard with room, else to a new shard, which authenticates and subscribes by itself. Channels handed back by a full connection go to another shard; a shard that handed a
-channel back never gets it again.
+the first shard with room, else to a new shard, which authenticates and subscribes by itself.
+Channels handed back by a full connection go to another shard; a shard that handed a channel
+back never gets it again.
 
 Guarantees:
 - Order per series is kept: a channel lives on one connection at a time, and one dispatcher
@@ -76,10 +77,11 @@ class Shards:
         self._sessions: list[Session] = []
         self._subs: dict[Hashable, WireSub] = {}     # registered: spec -> its wire subscription
         self._home: dict[Hashable, int] = {}         # registered: spec -> its shard
-        self._counts: list[int] = []                 # per shard: registered, plus leaving
-        # Removed, their unsubscribe not yet settled (spec -> its shard and wire subscription):
-        # still counted on that shard, so subscribed again the channel goes back there.
-        self._leaving: dict[Hashable, tuple[int, WireSub]] = {}
+        self._counts: list[int] = []                 # per shard: specs registered or leaving there
+        # Removed subscriptions whose unsubscribe is not settled (spec -> shard -> those subs): the
+        # spec keeps its room on that shard (counted once, registered there or not) until the
+        # last is released, so subscribed again meanwhile the channel goes back there.
+        self._leaving: dict[Hashable, dict[int, list[WireSub]]] = {}
         self._refused: dict[Hashable, set[int]] = {}  # registered: the shards that handed it back
         self._last_home: collections.OrderedDict[Hashable, int] = collections.OrderedDict()
         self._started = False
@@ -159,7 +161,8 @@ class Shards:
                 return
             shard = self._home.pop(spec)
             self._refused.pop(spec, None)
-            self._leaving[spec] = (shard, sub)  # its room is freed when the shard says it is off
+            # its room stays taken (no count changes) until the shard says it is off
+            self._leaving.setdefault(spec, {}).setdefault(shard, []).append(sub)
             self._sessions[shard].remove(spec)  # posted under the lock: after its add, in order
 
     def counts(self) -> list[int]:
@@ -217,12 +220,12 @@ class Shards:
                 spec = sub.spec
                 if self._subs.get(spec) is not sub or self._home.get(spec) != source.shard:
                     # Unsubscribed (or registered anew) meanwhile: nothing to move. Removed from
-                    # here, it was never applied: its room is free now (no unsubscribe will tell).
-                    if self._leaving.get(spec) == (source.shard, sub):
-                        self._free(spec)
+                    # here, it was never applied: it is off now (no unsubscribe will tell).
+                    self._free(spec, source.shard, sub)
                     continue
                 del self._subs[spec], self._home[spec]
-                self._counts[source.shard] -= 1
+                if source.shard not in self._leaving.get(spec, ()):
+                    self._counts[source.shard] -= 1  # else its room there stays taken until released
                 refused = self._refused.setdefault(spec, set())
                 refused.add(source.shard)
                 if not self._place(sub, refused):
@@ -235,14 +238,23 @@ class Shards:
         """``subs``, removed, are off ``source``'s connection: their room there is free again."""
         with self._lock:
             for sub in subs:
-                leaving = self._leaving.get(sub.spec)
-                if leaving is None or leaving[1] is not sub:
-                    continue  # subscribed again meanwhile (its room taken back), or not ours
-                self._free(sub.spec)
+                self._free(sub.spec, source.shard, sub)
 
-    def _free(self, spec: Hashable) -> None:
-        """A removed channel is off its shard (with the lock held): its room there is free."""
-        shard, _ = self._leaving.pop(spec)
+    def _free(self, spec: Hashable, shard: int, sub: WireSub) -> None:
+        """``sub``, removed, is off ``shard`` (with the lock held): once no other removal of
+        ``spec`` is unsettled there and it is not registered there again, its room is free."""
+        on = self._leaving.get(spec)
+        owed = on.get(shard) if on is not None else None
+        if on is None or owed is None or not any(s is sub for s in owed):
+            return  # not ours (already released)
+        owed[:] = [s for s in owed if s is not sub]
+        if owed:
+            return
+        del on[shard]
+        if not on:
+            del self._leaving[spec]
+        if self._home.get(spec) == shard:
+            return  # registered there again: it keeps its room as such
         self._counts[shard] -= 1
         self._last_home[spec] = shard
         self._last_home.move_to_end(spec)
@@ -276,10 +288,11 @@ class Shards:
         False: no room anywhere. Each refusal rules a shard out for good, so a channel moves at
         most ``MAX_SHARDS`` times, whatever a server says."""
         spec = sub.spec
-        leaving = self._leaving.pop(spec, None)
         # Its unsubscribe may not be applied yet: back on that connection (in the room it kept),
         # where the subscribe follows the unsubscribe; never on a second connection.
-        shard = leaving[0] if leaving is not None else self._room_for(spec, refused)
+        shard = next((n for n in self._leaving.get(spec, ()) if n not in refused), None)
+        if shard is None:
+            shard = self._room_for(spec, refused)
         if shard is None:
             return False
         self._subs[spec] = sub

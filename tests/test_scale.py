@@ -656,3 +656,29 @@ def test_a_shard_whose_authentication_is_rate_limited_tries_again() -> None:
                 assert counter.errors == []
         finally:
             client.stop(5)
+
+
+def test_a_channel_churned_twice_waits_for_every_unsubscribe_of_it(monkeypatch: Any) -> None:
+    """X is unsubscribed (its unsubscribe queued on shard 0), subscribed again (back on shard 0),
+    unsubscribed again before that subscribe went out (dropped: released at once). The first
+    unsubscribe is still unsettled: shard 0 may still send X, so X keeps its room there and,
+    subscribed a third time, goes back there, not to the new shard Y opened."""
+    from kiyotaka_ws.channels import Channel, ChannelSpec
+    from kiyotaka_ws.source import WireSub
+
+    family, made = _fake_shards(monkeypatch, 4, 1)
+    x = ChannelSpec(Channel.TRADE, EX, "X", "*")
+    first, second, third = WireSub(x), WireSub(x), WireSub(x)
+    family.add(first)
+    family.remove(x)
+    family.add(second)
+    family.remove(x)
+    family._released(made[0], (second,))  # its subscribe never went out
+    family.add(WireSub(ChannelSpec(Channel.TRADE, EX, "Y", "*")))
+    family.add(third)
+    assert family.counts() == [1, 1] and made[0].told[-1] == ("add", x)
+    family.remove(x)
+    family._released(made[0], (first,))
+    assert family.counts() == [1, 1]  # the third's unsubscribe is still on its way
+    family._released(made[0], (third,))
+    assert family.counts() == [0, 1] and family._leaving == {}

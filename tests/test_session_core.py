@@ -873,8 +873,8 @@ def _rate_limited(rid: int) -> dict[str, Any]:
 
 class ReleaseMachine(RuleBasedStateMachine):
     """A sharded core under random events: every removed subscription is released exactly once
-    (or subscribed again first), and none is left unreleased once its connection is gone; else a
-    shard would keep its room for good (shards.py)."""
+    (subscribed again meanwhile or not), and none is left unreleased once its connection is gone;
+    else a shard would keep its room for good (shards.py)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -938,6 +938,7 @@ class ReleaseMachine(RuleBasedStateMachine):
         conn = self.core.conn
         assert conn is not None
         self.apply(self.core.lost(conn, self.now, "reset"))
+        assert not self.reclaimed, [self.objs[i].spec for i in self.reclaimed]
         assert not self.leaving, [self.objs[i].spec for i in self.leaving]
 
     @rule(symbol=st.sampled_from(SHARD_SYMBOLS))
