@@ -371,9 +371,10 @@ class Session:
         if self._stopping.is_set():
             return
         code = error.code if isinstance(error, wire.ConnectionClosed) else None
+        close_reason = error.reason if isinstance(error, wire.ConnectionClosed) and code is not None else None
         # wire.py knows no Kiyotaka names: say which of the user's settings a 1009 refers to.
         reason = (str(error) or type(error).__name__).replace("max_message_bytes", "max_frame_bytes")
-        self._do(self._core.lost(conn, now, reason, code))
+        self._do(self._core.lost(conn, now, reason, code, close_reason))
 
     # -- the session thread: actions from the core --------------------------------------------------
 

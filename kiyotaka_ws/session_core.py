@@ -11,7 +11,7 @@ Events (each returns ``list[Action]``; after a stop or a give-up every event ret
     start(now)                          -> SetState(CONNECTING), Connect
     connected(conn, now)                -> Send(auth)                    a socket is up, numbered conn
     failed_to_connect(now, reason, status=, retry_after=, retryable=)    the dial or the upgrade failed
-    lost(conn, now, reason, close_code=)                                 conn's reader ended
+    lost(conn, now, reason, close_code=, close_reason=)                  conn's reader ended
     heard(conn, kind, at, now)          -> maybe SetState(READY)         Heard.FRAME/PONG/BYTES/DATA/BACKLOG
     answer(conn, message, now)          -> Settle, Report, SetState(READY), GiveUp ...
     io_failed(conn, reason, now)        -> Kill                          a send or a ping raised
@@ -55,7 +55,10 @@ Answers (``_on_subscribe_answer``), settled per subscription (``pacing.classify`
   what it was granted; ``Overflow(subs, held, limit)`` hands the batch back to be placed on another
   connection (the core forgets it: nothing was applied). Refused while the connection holds
   nothing, a batch is split in halves; a channel refused alone on an empty connection is
-  rejected. An unsharded core rejects each channel of the batch.
+  rejected. An unsharded core rejects each channel of the batch. A server that closes the
+  connection instead, its close reason saying so, teaches the same: the subscriptions not yet
+  granted are handed back, the next connection replays the granted ones (none granted yet:
+  the close is only a close).
 - anything else: ``pacing.settle_permanent`` splits a batch until each bad channel is alone (one
   ``SubscriptionError`` each); the parts go again as retries, the good ones end ACTIVE. One bad
   channel in a batch of ``n`` costs at most ``2 * ceil(log2(n))`` more requests.
@@ -506,7 +509,10 @@ class SessionCore:
         delay_floor = min(retry_after or 0.0, MAX_RETRY_AFTER) if rejected else 0.0
         return self._after_attempt(now, reason, False, 0.0, delay_floor)
 
-    def lost(self, conn: int, now: float, reason: str, close_code: int | None = None) -> list[Action]:
+    def lost(self, conn: int, now: float, reason: str, close_code: int | None = None,
+             close_reason: str | None = None) -> list[Action]:
+        """``conn``'s reader ended: ``reason`` for the logs, the peer's ``close_code`` and
+        ``close_reason`` when it sent a close frame."""
         c = self._conn
         if self.done or c is None or conn != c.number:
             return []  # an earlier connection's reader: nothing of it is current
@@ -518,6 +524,8 @@ class SessionCore:
         if c.killed is not None:
             reason = c.killed
         out: list[Action] = []
+        if self._sharded and c.live and close_reason:
+            self._closed_as_full(out, close_reason)
         self._release(out, self._drop_conn())  # the server forgot the connection's subscriptions
         return out + self._after_attempt(now, reason, c.reached_ready, now - c.connected_at, c.retry_after)
 
@@ -807,6 +815,21 @@ class SessionCore:
                      self.family, len(current), code, text)
         for index, part in enumerate(parts):
             self._retry(_Retry(entry.key + (index,), SUBSCRIBE, part))
+
+    def _closed_as_full(self, out: list[Action], close_reason: str) -> None:
+        """The server closed the connection saying it is over its subscription limit: the next
+        connection replays only what this one was granted; the rest is handed back (``Overflow``)
+        for another. Nothing granted yet: nothing to learn, the close is only a close."""
+        rejection = pacing.classify(None, {"message": close_reason})
+        held = sum(1 for state in self._sub_state.values() if state in (ACTIVE, ASSUMED))
+        if rejection.kind != pacing.SUBSCRIPTION_LIMIT or not held:
+            return
+        moved = tuple(sub for spec, sub in self._subs.items() if self._sub_state[spec] == PENDING)
+        for sub in moved:
+            del self._subs[sub.spec], self._sub_state[sub.spec]
+        log.info("%s: the server closed the connection as full (%s); moving %d channel(s) to another",
+                 self.family, close_reason, len(moved))
+        out.append(Overflow(moved, held, rejection.limit))
 
     def _rate_limited(self, out: list[Action], entry: _Pending, subs: tuple[Any, ...],
                       rejection: pacing.Rejection, now: float) -> None:

@@ -682,3 +682,34 @@ def test_a_channel_churned_twice_waits_for_every_unsubscribe_of_it(monkeypatch: 
     assert family.counts() == [1, 1]  # the third's unsubscribe is still on its way
     family._released(made[0], (third,))
     assert family.counts() == [0, 1] and family._leaving == {}
+
+
+def test_a_server_closing_a_full_connection_teaches_its_limit() -> None:
+    """Over 5 subscriptions the server closes the connection saying why, instead of answering:
+    the client replays what each connection was granted and moves the rest, so 12 channels end
+    READY on 3 connections (it reconnected with every channel for ever, never READY)."""
+    with FakeKiyotakaServer(max_subscriptions_per_connection=5) as server:
+        over = server._over_limit
+
+        def closing(session: Any, method: str, channels: list[dict[str, Any]]) -> Any:
+            error = over(session, method, channels)
+            if error is not None and error["code"] == 4290:
+                session.conn.close(1008, "too many subscriptions")
+            return error
+
+        server._over_limit = closing  # type: ignore[method-assign]
+        counter = Counter()
+        client = _sharded_client(server, counter, None, max_channels_per_request=2)
+        for i in range(12):
+            client.on_trade(counter.trade, exchange=EX, symbol=f"S{i:02d}")
+        try:
+            client.start()
+            assert client.wait_ready(20), (client.stats()["nonbook"], server.subscription_counts())
+            assert server.wait_for(lambda s: len(s.subscriptions()) == 12)
+            assert client.stats()["nonbook"].shards == 3
+            server.publish([trade_point(EX, f"S{i:02d}", price=1.0, amount=1.0) for i in range(12)])
+            assert server.wait_for(counter.reaches(12))
+            with counter.lock:
+                assert counter.errors == []
+        finally:
+            client.stop(5)

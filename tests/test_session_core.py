@@ -969,3 +969,26 @@ class ReleaseMachine(RuleBasedStateMachine):
 
 TestReleaseMachine = ReleaseMachine.TestCase
 TestReleaseMachine.settings = settings(max_examples=200, stateful_step_count=60, deadline=None)
+
+
+def test_a_connection_closed_as_full_hands_back_what_it_had_not_granted() -> None:
+    """A server that closes the connection (its reason saying so) instead of answering "over the
+    limit": what was granted before is replayed on the next connection, the rest is handed back
+    (else every replay would overflow again and the shard never be READY)."""
+    c = sharded()
+    subs = [FakeSub(spec(s)) for s in "ABCD"]
+    first, _ = batches(c, subs)
+    c.answer(1, ok(first.request.id), 0.2)
+    out = c.lost(1, 0.3, "closed by the peer (1008 'too many subscriptions')", 1008,
+                 close_reason="too many subscriptions")
+    assert [a for a in out if isinstance(a, Overflow)] == [Overflow((subs[2], subs[3]), 2)]  # 1008 is no limit
+    assert states(out) == [State.DISCONNECTED] and [s.spec for s in c.subs()] == [subs[0].spec, subs[1].spec]
+    c.tick(10.0)
+    (replay,) = sends(live(c, conn=2, now=10.0), SUBSCRIBE)
+    assert replay.request.specs == (subs[0].spec, subs[1].spec)
+    other = sharded()
+    for sub in subs:
+        other.add(sub, 0.0)
+    live(other)  # nothing granted yet: nothing to learn from, the close is a close
+    assert not [a for a in other.lost(1, 0.3, "closed", 1008, close_reason="too many subscriptions")
+                if isinstance(a, Overflow)]
