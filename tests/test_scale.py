@@ -523,7 +523,8 @@ def test_a_number_in_a_limit_message_below_what_the_connection_holds_is_not_its_
 def test_churn_from_handlers_and_on_status_keeps_each_series_once_and_in_order() -> None:
     """Handlers and on_status unsubscribe and subscribe again while the client learns the limit
     and channels move between shards, under pacing: every series' points are delivered in the
-    order published, none twice (a channel on two connections at once would repeat them)."""
+    order published, none twice (a channel on two connections at once would repeat them), and
+    no handler is called after its unsubscribe() returned."""
     rng = random.Random(7)
     symbols = [f"S{i:02d}" for i in range(30)]
     with FakeKiyotakaServer(max_subscriptions_per_connection=5, max_channels_per_request=3) as server:
@@ -531,26 +532,36 @@ def test_churn_from_handlers_and_on_status_keeps_each_series_once_and_in_order()
         client = _sharded_client(server, counter, None, max_channels_per_request=3, max_requests_per_second=2.0)
         lock = threading.Lock()
         seen: dict[str, list[float]] = {}
-        subs: dict[str, Any] = {}
+        late: list[str] = []  # calls after unsubscribe() returned
+        subs: dict[str, tuple[Any, threading.Event]] = {}
+
+        def register(symbol: str) -> None:
+            gone = threading.Event()
+
+            def handler(trade: Any) -> None:
+                with lock:
+                    if gone.is_set():
+                        late.append(trade.symbol)
+                    seen.setdefault(trade.symbol, []).append(trade.price)
+                if rng.random() < 0.2:
+                    churn(trade)
+
+            subs[symbol] = (client.on_trade(handler, exchange=EX, symbol=symbol), gone)
 
         def churn(_: Any) -> None:
             with lock:
                 symbol = rng.choice(symbols)
                 if symbol in subs:
-                    subs.pop(symbol).unsubscribe()
+                    sub, gone = subs.pop(symbol)
+                    sub.unsubscribe()
+                    gone.set()
                 elif not client.done:
-                    subs[symbol] = client.on_trade(handler, exchange=EX, symbol=symbol)
-
-        def handler(trade: Any) -> None:
-            with lock:
-                seen.setdefault(trade.symbol, []).append(trade.price)
-            if rng.random() < 0.2:
-                churn(trade)
+                    register(symbol)
 
         client.on_status(churn)
         with lock:
             for symbol in symbols[:20]:
-                subs[symbol] = client.on_trade(handler, exchange=EX, symbol=symbol)
+                register(symbol)
         try:
             client.start()
             for seq in range(1, 200):
@@ -558,6 +569,7 @@ def test_churn_from_handlers_and_on_status_keeps_each_series_once_and_in_order()
                 time.sleep(0.01)
             with lock:
                 series = {symbol: list(prices) for symbol, prices in seen.items()}
+                assert late == []
             assert sum(map(len, series.values())) > 100
             for symbol, prices in series.items():
                 assert all(a < b for a, b in zip(prices, prices[1:])), (symbol, prices)
