@@ -76,12 +76,20 @@ class WireSub:
                 raise self.error
 
 
+class Ready(Protocol):
+    """A source's readiness (``threading.Event`` has this shape): what ``wait_ready()`` waits on."""
+
+    def is_set(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
 class Source(Protocol):
     """What feeds one family's queue: a live family's ``Shards`` (its ``Session`` per connection),
     a recording's ``ReplaySource`` or a NATS consumer's ``NatsSource``. Counters and ``state``
     have one writer each (the source's threads); others only read them."""
 
-    ready: threading.Event
+    @property
+    def ready(self) -> Ready: ...
 
     @property
     def state(self) -> State: ...
