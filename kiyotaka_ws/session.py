@@ -149,6 +149,10 @@ class _Stop(NamedTuple):
     pass
 
 
+class _Shed(NamedTuple):
+    capacity: int
+
+
 class _Heard(NamedTuple):
     """The connection's first data message, or a pong, arrived: the server is there."""
 
@@ -241,6 +245,10 @@ class Session:
     def remove(self, spec: ChannelSpec) -> None:
         """Forget a wire subscription: ``public/unsubscribe`` goes out when live; never re-sent."""
         self._post(_Remove(spec))
+
+    def shed(self, capacity: int) -> None:
+        """A connection holds ``capacity``: hand back unsent subscribes beyond it (``Overflow``)."""
+        self._post(_Shed(capacity))
 
     def answer(self, conn: int, message: dict[str, Any]) -> None:
         """An answer decoded by the dispatcher, tagged with the connection that received it."""
@@ -352,6 +360,8 @@ class Session:
             self._do(core.remove(message.spec, now))
         elif kind is _Answer:
             self._do(core.answer(message.conn, message.message, now))
+        elif kind is _Shed:
+            self._do(core.shed(message.capacity, now))
         elif kind is _Heard:
             self._do(core.heard(message.conn, Heard.FRAME, now, now))
         elif kind is _Ended:

@@ -248,7 +248,12 @@ class Shards:
             self._held_most = max(self._held_most, overflow.held)
             self._learned = max(1, self._held_most, overflow.limit or 0)
             configured = self._configured
+            before = self._capacity
             self._capacity = self._learned if configured is None else min(configured, self._learned)
+            if self._capacity != before:  # shards over it hand back what they have not sent yet
+                for shard, count in enumerate(self._counts):
+                    if count > self._capacity:
+                        self._sessions[shard].shed(self._capacity)
             moved: tuple[WireSub, ...] = overflow.subs if not self._stopping else ()  # stopping: stop() ends every wait
             for sub in moved:
                 spec = sub.spec

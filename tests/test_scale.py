@@ -306,6 +306,7 @@ def test_a_server_lying_about_its_limit_costs_a_connection_not_a_loop() -> None:
                 subs[60].wait(5)
             assert client.stats()["nonbook"].shards <= 1 + 6 + 1
             assert client._families["nonbook"].session.capacity == 50
+            assert wait_until(lambda: counter.errors)  # on_error comes through the dispatcher, after wait()
             with counter.lock:
                 assert [e.channel["symbol"] for e in counter.errors] == [liar]  # type: ignore[attr-defined]
         finally:
@@ -323,9 +324,8 @@ def test_unsubscribing_and_subscribing_again_while_channels_move_leaves_each_hel
         client = _sharded_client(server, counter, None)
         subs = {s: client.on_trade(counter.trade, exchange=EX, symbol=s) for s in symbols}
         try:
-            client.start()
-            assert server.wait_for(lambda s: s.rejections().get(4290, 0) > 0)  # the first batch handed back
-            churn_until = time.monotonic() + 1.0  # while batches keep coming back (10 requests/s)
+            client.start()  # the churn spans the first refusal, the moves and the new shards' replays
+            churn_until = time.monotonic() + 1.0
             while time.monotonic() < churn_until:
                 time.sleep(0.005)
                 symbol = rng.choice(symbols)
@@ -335,7 +335,7 @@ def test_unsubscribing_and_subscribing_again_while_channels_move_leaves_each_hel
                 else:
                     del subs[symbol]
                     symbols.remove(symbol)
-            assert server.rejections().get(4290, 0) >= 3  # moves happened during the churn
+            assert server.rejections().get(4290, 0) >= 1 and client.stats()["nonbook"].shards >= 3  # moves happened
             assert client.wait_ready(20)
             # READY does not wait for requests made after it: wait for the paced rest to go out
             assert server.wait_for(lambda s: sorted(c["symbol"] for c in s.subscriptions()) == sorted(subs),
@@ -464,6 +464,9 @@ class _FakeShard:
 
     def remove(self, spec: Any) -> None:
         self.told.append(("remove", spec))
+
+    def shed(self, capacity: int) -> None:
+        self.told.append(("shed", capacity))
 
     def start(self) -> None:
         pass

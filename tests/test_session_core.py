@@ -992,3 +992,29 @@ def test_a_connection_closed_as_full_hands_back_what_it_had_not_granted() -> Non
     live(other)  # nothing granted yet: nothing to learn from, the close is a close
     assert not [a for a in other.lost(1, 0.3, "closed", 1008, close_reason="too many subscriptions")
                 if isinstance(a, Overflow)]
+
+
+def test_shed_hands_back_unsent_subscribes_beyond_a_capacity_newest_first() -> None:
+    """Learned elsewhere that a connection holds 4: of 10 registered, those not yet sent beyond
+    4 go back (not sent only to be refused); those in flight stay, their answers decide."""
+    c = sharded(most=2)
+    subs = [FakeSub(spec(s)) for s in "ABCDEFGHIJ"]
+    for sub in subs:
+        c.add(sub, 0.0)
+    (moved,) = [a for a in c.shed(4, 0.0) if isinstance(a, Overflow)]  # not live yet: none sent
+    assert moved == Overflow(tuple(subs[4:]), 0)
+    assert [s.spec for s in c.subs()] == [s.spec for s in subs[:4]]
+    assert [s.request.specs for s in sends(live(c), SUBSCRIBE)] == [
+        (subs[0].spec, subs[1].spec), (subs[2].spec, subs[3].spec)]
+    assert c.shed(4, 0.1) == [] and c.shed(2, 0.1) == []  # the rest is in flight: nothing to shed
+    paced_core = SessionCore("nonbook", "wss://x", Settings(ping_interval=None), itertools.count(1),
+                             rng=lambda: 0.5, packer=at_most(2), pacer=BucketPacer(1.0), sharded=True)
+    live(paced_core)
+    more = [FakeSub(spec(s)) for s in "KLMNOP"]
+    sent = sends([a for sub in more for a in paced_core.add(sub, 0.1)], SUBSCRIBE)  # the bucket: one more
+    assert [s.request.specs for s in sent] == [(more[0].spec,)]
+    (moved,) = [a for a in paced_core.shed(3, 0.1) if isinstance(a, Overflow)]
+    assert moved.subs == tuple(more[3:])  # K in flight, L and M kept in the outbox
+    assert [i.sub for i in paced_core.outbox] == [more[1], more[2]]
+    assert paced_core.shed(3, 0.2) == [] and SessionCore(
+        "nonbook", "wss://x", Settings(), itertools.count(1)).shed(0, 0.0) == []  # unsharded: never
