@@ -59,7 +59,8 @@ Answers (``_on_subscribe_answer``), settled per subscription (``pacing.classify`
   rejected. An unsharded core rejects each channel of the batch. A server that closes the
   connection instead, its close reason saying so, teaches the same: the subscriptions not yet
   granted are handed back, the next connection replays the granted ones (none granted yet:
-  the close is only a close).
+  the close is only a close). Once the family knows the limit, ``shed(capacity)`` hands back the
+  subscribes beyond it not yet sent, so they are not sent only to be refused.
 - anything else: ``pacing.settle_permanent`` splits a batch until each bad channel is alone (one
   ``SubscriptionError`` each); the parts go again as retries, the good ones end ACTIVE. One bad
   channel in a batch of ``n`` costs at most ``2 * ceil(log2(n))`` more requests.
