@@ -31,7 +31,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Any
 
 import brotli  # type: ignore[import-untyped]
@@ -39,11 +38,12 @@ import brotli  # type: ignore[import-untyped]
 from .bench import EXCHANGE, symbols, trade_points
 
 CONSUMERS = ("client", "json", "orjson")
+FRAME_TIME_NS = 1_764_000_000_123_456_789  # fixed: the same frame bytes in every process
 
 
 def frame_bytes(per: int, series: int) -> bytes:
     """One brotli frame of ``per`` TRADE points over ``series`` symbols, as the blaster sends it."""
-    text = json.dumps({"points": trade_points(per, 0, time.time_ns(), series)}, separators=(",", ":")).encode()
+    text = json.dumps({"points": trade_points(per, 0, FRAME_TIME_NS, series)}, separators=(",", ":")).encode()
     return brotli.compress(text, quality=4)  # type: ignore[no-any-return]
 
 
@@ -101,7 +101,9 @@ def instructions(consumer: str, per: int, series: int, frames: int) -> int:
         command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={os.path.join(folder, 'out')}",
                    sys.executable, "-m", "kiyotaka_ws._cli.bench_callgrind", "--work", consumer,
                    "--per", str(per), "--series", str(series), "--frames", str(frames)]
-        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        # A fixed hash seed: string hashes decide dict probe sequences, hence the instruction count.
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        result = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     found = re.search(r"Collected : (\d+)", result.stderr)
     if found is None or f"seen {per * frames}" not in result.stdout:
         raise RuntimeError(f"unexpected callgrind output: {result.stdout!r} {result.stderr[-500:]!r}")
