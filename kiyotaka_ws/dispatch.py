@@ -712,7 +712,19 @@ class Dispatcher:
             routes = self.routes
             if fast is None or fast.routes is not routes:  # a new table: a new cache
                 fast = self._fastpath = FastPath(routes)
-            hits = fast.run(points, next_point, received_ns)  # decoded ahead, a run at a time
+            stop = None
+            if pending is None:  # no conflation: this loop takes one point at a time, FastPath.deliver the rest
+                if sample:
+                    # Between the sampled events: routed, decoded and delivered in one loop, up to
+                    # the first point that needs this loop (the general path, the last point, a
+                    # handler that stopped the client or changed the routes).
+                    next_point = fast.deliver(points, next_point, count - 1, received_ns, self)
+                    if self.closing:
+                        return
+                    if self.routes is not routes:
+                        continue
+                stop = next_point + 1
+            hits = fast.run(points, next_point, received_ns, stop)  # decoded ahead, a run at a time
             for hit in hits:
                 if self.closing:
                     return

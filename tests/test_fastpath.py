@@ -74,9 +74,15 @@ def signature(event: Any) -> tuple:
     return type(event).__name__, fields
 
 
-def general_only(self: FastPath, points: list[Any], start: int, received_ns: Any = None) -> list[None]:
+def general_only(self: FastPath, points: list[Any], start: int, received_ns: Any = None,
+                 stop: int | None = None) -> list[None]:
     """In place of ``FastPath.run``: every point takes the general path."""
-    return [None] * len(points[start:start + RUN_POINTS])
+    return [None] * len(points[start:start + RUN_POINTS if stop is None else min(stop, start + RUN_POINTS)])
+
+
+def deliver_none(self: FastPath, points: list[Any], start: int, *args: Any) -> int:
+    """In place of ``FastPath.deliver``: no point is taken (the dispatcher's loop sees each one)."""
+    return start
 
 
 def run(points: list[Any], general: bool, monkeypatch: pytest.MonkeyPatch) -> tuple:
@@ -85,6 +91,7 @@ def run(points: list[Any], general: bool, monkeypatch: pytest.MonkeyPatch) -> tu
     with monkeypatch.context() as patch:
         if general:
             patch.setattr(FastPath, "run", general_only)
+            patch.setattr(FastPath, "deliver", deliver_none)
         dispatcher._deliver(points, 1_700_000_000_123_456_789)  # received_ns: carried by both paths
     delivered = [(name, signature(event), id(event.raw)) for name, event in log]
     errors = [(type(e).__name__, str(e), e.excerpt) for e in dispatcher.errors_seen]  # type: ignore[attr-defined]
@@ -255,6 +262,83 @@ def test_differential_test_can_fail(monkeypatch):
     assert run(frame, general=False, monkeypatch=monkeypatch) != run(frame, general=True, monkeypatch=monkeypatch)
 
 
+def trade_points(count: int, symbols: tuple[str, ...] = ("S",)) -> list[Any]:
+    frame = []
+    for i in range(count):
+        point = copy.deepcopy(TRADE)
+        point["series"].update(exchange="X", symbol=symbols[i % len(symbols)], side="BUY" if i % 2 else "SELL")
+        point["trade"]["id"] = str(i)
+        frame.append(point)
+    return frame
+
+
+def deliver_with(script: Any, frame: list[Any], general: bool, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    """Deliver ``frame`` to one handler per symbol that logs each event's id and runs
+    ``script(dispatcher, log)`` after each call; what was called, reported and counted."""
+    log: list[Any] = []
+    errors: list[Any] = []
+    hooks = Hooks()
+    hooks.error = (errors.append,)
+    dispatcher = Dispatcher("nonbook", EventQueue(10, "block"), hooks, FrameDecoder(1 << 20),
+                            lambda *args: None, lambda error: None)
+
+    def handler(event: Any) -> None:
+        log.append(("first", event.id))
+        script(dispatcher, log)
+
+    for symbol in sorted({p["series"]["symbol"] for p in frame}):
+        dispatcher.routes = dispatcher.routes.updated(make_spec("TRADE", exchange="X", symbol=symbol), (handler,))
+    with monkeypatch.context() as patch:
+        if general:
+            patch.setattr(FastPath, "run", general_only)
+            patch.setattr(FastPath, "deliver", deliver_none)
+        dispatcher._deliver(frame, 1)
+    return log, [str(e) for e in errors], (dispatcher.events, dispatcher.skipped, dispatcher.handler_errors)
+
+
+def test_inline_delivery_keeps_the_promises_per_call(monkeypatch):
+    """``FastPath.deliver`` (the points between a frame's first and last) does per point what the
+    dispatcher's loop does: a handler that raises costs only that call; one that adds a handler
+    has it called from the very next point; one that stops (``closing``, handlers inactive)
+    gets no further call; an unsubscribed handler is not called. Single and interleaved series."""
+
+    def raises(dispatcher: Any, log: list[Any]) -> None:
+        if len(log) == 4:
+            raise ValueError("boom")
+
+    def adds(dispatcher: Any, log: list[Any]) -> None:
+        if len(log) == 4:
+            second = Recorder("second", log)
+            spec = make_spec("TRADE", exchange="X", symbol="S")
+            dispatcher.routes = dispatcher.routes.updated(spec, (*dispatcher.routes.handlers_for(
+                {"type": "TRADE", "symbol": "S", "exchange": "X"}), second))
+
+    def stops(dispatcher: Any, log: list[Any]) -> None:
+        if len(log) == 5:
+            dispatcher.closing = True
+
+    def unsubscribes(dispatcher: Any, log: list[Any]) -> None:
+        if len(log) == 3:
+            for registration in dispatcher.routes.handlers_for({"type": "TRADE", "symbol": "T", "exchange": "X"}):
+                registration.active = False
+
+    for symbols in (("S",), ("S", "T")):
+        frame = trade_points(12, symbols)
+        results = {name: deliver_with(script, frame, False, monkeypatch)
+                   for name, script in [("raises", raises), ("adds", adds), ("stops", stops),
+                                        ("unsubscribes", unsubscribes)]}
+        for name, script in [("raises", raises), ("adds", adds), ("stops", stops), ("unsubscribes", unsubscribes)]:
+            assert results[name] == deliver_with(script, frame, True, monkeypatch), (name, symbols)
+        log, errors, counters = results["raises"]
+        assert len(log) == 12 and counters == (12, 0, 1) and "boom" in errors[0]
+        assert [name for name, _ in results["stops"][0]] == ["first"] * 5
+        if symbols == ("S",):
+            seen = [(name, getattr(item, "id", item)) for name, item in results["adds"][0]]
+            assert seen[4:6] == [("first", "4"), ("second", "4")] and len(seen) == 4 + 2 * 8
+        else:
+            assert [i for _, i in results["unsubscribes"][0]] == ["0", "1", "2", "4", "6", "8", "10"]
+
+
 # -- the events built by the fast path keep the public contract -------------------------------------
 
 
@@ -412,6 +496,7 @@ def test_frames_match_under_each_parser(frame, compress, json_parser, monkeypatc
         with monkeypatch.context() as patch:
             if general:
                 patch.setattr(FastPath, "run", general_only)
+            patch.setattr(FastPath, "deliver", deliver_none)
             dispatcher._frame((payload, compress, 1, 1_700_000_000_123_456_789))
         results.append(([(name, signature(event)) for name, event in log],
                         [(type(e).__name__, str(e)) for e in dispatcher.errors_seen],  # type: ignore[attr-defined]
