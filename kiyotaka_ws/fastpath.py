@@ -390,6 +390,8 @@ class FastPath:
         none: Any = _NOTHING_RECENT
         position = start - 1
         delivered = 0
+        last_seconds: Any = None  # seconds * ns, computed once per second seen (trades of a frame mostly share it)
+        base = 0
         try:
             for position, point in enumerate(points[start:stop], start):
                 try:
@@ -444,7 +446,10 @@ class FastPath:
                     else:
                         e = twin()
                         e.channel, e.exchange, e.symbol, e.coin, e.normalized_symbol, e.category = common
-                        e.time_ns = seconds * ns + nanos
+                        if seconds != last_seconds:
+                            last_seconds = seconds
+                            base = seconds * ns
+                        e.time_ns = base + nanos
                         e.raw = point
                         e.received_ns = received_ns
                         e.id = id_
