@@ -2,11 +2,13 @@
 
 The reader puts each raw frame, tagged with its connection's number, into an ``EventQueue``; the
 dispatcher thread takes bounded batches, decompresses a batch's frames back to back (see
-``_inflate_ahead``), parses each frame, routes and decodes its points a run at a time
-(``FastPath.run``) and calls handlers one at a time, in order. Answers to requests go back
+``_inflate_ahead``), parses each frame, and routes, decodes and delivers its points: the points
+between a frame's sampled first event and its last point in one loop (``FastPath.deliver``), the
+others here, one at a time, or a run at a time (``FastPath.run``) when some handler conflates. It
+calls handlers one at a time, in order. Answers to requests go back
 to the family's session with their connection tag. The dispatcher thread is the only place in the
-library that calls user code: event handlers in ``_deliver`` (inline, it is the hot path) and
-``on_error``/``on_status`` in ``_invoke``; every call is wrapped and no library lock is held.
+library that calls user code: event handlers in ``_deliver`` and the ``FastPath.deliver`` it calls
+(inline, it is the hot path) and ``on_error``/``on_status`` in ``_invoke``; every call is wrapped and no library lock is held.
 
 The promises are checked per call, not per point: each event handler is held as a
 ``Registration`` whose ``active`` flag ``unsubscribe()`` and ``stop()`` clear before they return,

@@ -7,7 +7,7 @@ nanoseconds}`` timestamps) and answers "take the general path" (None) for anythi
 events, errors and counters are the general path's by construction; ``tests/test_fastpath.py``
 checks that with hypothesis.
 
-Four things make it fast:
+Five things make it fast:
 
 - Routing is cached per ``RouteTable`` (immutable: a new table means a new ``FastPath``), keyed on
   every series field routing and the event's head read; a cache hit also vouches for their types
@@ -17,17 +17,32 @@ Four things make it fast:
 - Events are built by ``builder()``: see there.
 - ``FastPath.run`` does a run of up to ``RUN_POINTS`` points in one loop, trades and liquidations
   (the busiest channels) without a decoder or builder call.
+- ``FastPath.deliver`` does what ``run`` does and the dispatcher's delivery of each event in the
+  same loop, for the points between a frame's first event and its last point (those two are
+  sampled for the latency windows and go through the dispatcher's own loop, as does any point
+  the general path must see): no list of hits between two loops.
 
 Where a trade point's time goes (callgrind, instructions per point, 50 points per frame, brotli,
-the real ``FrameDecoder`` and ``Dispatcher`` with one counting handler): brotli + orjson parse
-14,600 (the ``orjson.loads`` loop's whole cost); ``FastPath.run`` ~12,000, of which the series
-``==`` ~2,200, finding the symbol's remembered pair ~500, the event ~2,500 (allocating it alone
-~1,500), the rest reading and checking fields; delivery and the handler call ~3,000. The floor of
-an attrs event plus one checked handler call, with no parse, routing or checks at all, is ~4,500,
-more than the ~3,400 that 0.8x the orjson loop would leave per point: that ratio is out of reach
-in pure Python with these events. Typed decoding (msgspec Structs) parses for ~8,900 against
-orjson's ~12,600, but ``raw`` must be the point dict as received, so dicts are parsed as well
-(~21,600 together): not used. msgspec's untyped decoder costs what orjson does.
+8 interleaved series, the real ``FrameDecoder`` and ``Dispatcher`` with the bench's counting
+handler: ``python -m kiyotaka_ws._cli.bench_callgrind``, which prints the whole table): the client
+27,950 against 29,260 for the ``json.loads`` loop and 14,950 for the ``orjson.loads`` loop (1.05x
+and 0.53x; one series: 28,130, 1.03x and 0.53x). Of the client's: brotli + orjson ~15,000 (the
+orjson loop's whole cost), the queue, batch and frame steps ~300, then in ``deliver`` the series
+``==`` ~2,700 (string compares: the floor of an exact check; a values tuple costs ~3,000, an
+``itemgetter`` ~3,300), finding the symbol's remembered pair ~650, the event ~2,450 (allocating
+and freeing it ~940, its 13 slot stores ~830, the class swap ~680), reading and checking the
+trade's fields, the delivery and the handler call the rest (~6,800, about 200 bytecodes). Before
+this round (the same tool): 29,950 (0.98x json) with 8 series and 30,590 (0.95x) with one.
+
+The floor against the orjson loop: 0.8x of it leaves ~3,400 instructions per point beyond the
+parse for routing, checks, the event and the handler call, and the event plus the series ``==``
+alone take ~5,150, before any field is read or checked and any handler called. So 0.8x the
+orjson loop is out of reach in pure Python with these events. Typed decoding (msgspec Structs)
+parses for ~8,900 against orjson's ~12,600, but ``raw`` must be the point dict as received, so
+dicts are parsed as well (~21,600 together): not used. msgspec's untyped decoder costs what
+orjson does. A compiled helper was not tried: it would have to stay optional (this path kept
+and checked equal to it), and no ``pip install`` may need a compiler, so wheels for every
+platform: out of proportion for one round.
 """
 
 from __future__ import annotations
@@ -266,7 +281,7 @@ _NOTHING_RECENT = (None, None, None, None)  # a symbol with no series remembered
 class FastPath:
     """Routes and decodes points for one ``RouteTable`` (``routes``), which never changes.
 
-    The cache maps the tuple of a series' ``_KEY_FIELDS`` to (handlers, decoder, head). A key is
+    The cache maps the tuple of a series' ``_KEY_FIELDS`` to its entry (``_Entry``). A key is
     cached only when its strings are strings (or None) and its ``blockSize`` a float, an int or
     None: a non-string never equals a string, so a hit vouches for every field of the key. The one
     look-alike is a bool ``blockSize`` (``True == 1``), refused on every lookup.
@@ -277,11 +292,16 @@ class FastPath:
     The symbol only picks the candidates; ``==`` on whole dicts decides, so a hit is exact
     provided no remembered ``blockSize`` equals a bool (0 or 1): such series are not remembered.
 
+    The remembered copy keeps its keys in ``_COMPARE_ORDER`` and sits on the left of ``==``
+    (``dict.__eq__`` walks the left operand's keys): two series of a symbol usually differ in
+    ``side`` only, and a miss then costs one key, not six (~730 instructions per point less with
+    one series whose sides alternate).
+
     Measured (callgrind, instructions per trade point in ``run``, 50 points per frame): 13,000 for
     one series and 12,100 for eight interleaved; with the last two series seen overall it was
     12,300 and 18,800 (eight interleaved series missed on every point). An exact key per point
     costs more than the ``==`` it would save: ``tuple(series.items())`` ~7,000 and the values
-    tuple with a check ~6,100, against ~2,200 for ``==`` and ~700 for finding the symbol's pair.
+    tuple with a check ~6,100, against ~2,700 for ``==`` and ~650 for finding the symbol's pair.
     """
 
     def __init__(self, routes: Any) -> None:
@@ -383,7 +403,8 @@ class FastPath:
         less). Returns the position of the first point not taken: ``stop``, one ``run`` answers
         None for (the dispatcher's general path takes it), or the one after a handler that
         stopped the client or changed the routes. Same route and decode as ``run``, line for line;
-        ``tests/test_fastpath.py`` checks both against the general path."""
+        ``tests/test_fastpath.py`` checks both against the general path. ``into.events`` grows
+        once per call (a handler reading ``stats()`` sees it up to a frame behind)."""
         routes = self.routes
         recent_of = self._recent
         lookup = self._lookup

@@ -118,6 +118,7 @@ def per_point(consumer: str, per: int, series: int, frames: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m kiyotaka_ws._cli.bench_callgrind``: print the table (or, with ``--work``, be one run)."""
     parser = argparse.ArgumentParser(prog="python -m kiyotaka_ws._cli.bench_callgrind", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per", type=int, default=50, help="points per frame (default 50)")
