@@ -770,7 +770,7 @@ class Dispatcher:
                             try:
                                 handler.fn(event)
                             except BaseException as exc:  # noqa: BLE001 - nothing a handler does may kill this thread
-                                self._handler_failed(handler.fn, event, exc)
+                                self.handler_failed(handler.fn, event, exc)
                     continue
                 sample = count
                 start = clock()
@@ -783,7 +783,7 @@ class Dispatcher:
                         try:
                             handler.fn(event)
                         except BaseException as exc:  # noqa: BLE001 - nothing a handler does may kill this thread
-                            self._handler_failed(handler.fn, event, exc)
+                            self.handler_failed(handler.fn, event, exc)
                         end = clock()
                         self.handler_time.add(end - start)
                         start = end
@@ -813,7 +813,8 @@ class Dispatcher:
             log.error("kiyotaka_ws: %s raised %s while handling %s", _name(handler), _describe(exc),
                       type(arg).__name__)
 
-    def _handler_failed(self, handler: Handler, event: Any, exc: BaseException) -> None:
+    def handler_failed(self, handler: Handler, event: Any, exc: BaseException) -> None:
+        """A handler raised ``exc`` on ``event``: counted and reported (``FastPath.deliver`` too)."""
         self.handler_errors += 1
         error = HandlerError(f"handler {_name(handler)} raised {_describe(exc)}", event=event, handler=handler)
         error.__cause__ = exc

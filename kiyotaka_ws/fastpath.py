@@ -486,7 +486,7 @@ class FastPath:
                         try:
                             handler.fn(e)
                         except BaseException as exc:  # noqa: BLE001 - nothing a handler does may kill the dispatcher
-                            into._handler_failed(handler.fn, e, exc)
+                            into.handler_failed(handler.fn, e, exc)
                 if into.closing or into.routes is not routes:
                     return position + 1
             return position + 1

@@ -10,9 +10,9 @@ point with start-up, imports and set-up cancelled out. The frames are the bench 
 points of ``--series`` symbols interleaved, brotli quality 4, one frame repeated as when it sends
 flat out). The consumers:
 
-- ``client``: the real ``FrameDecoder`` and ``Dispatcher`` (``_dispatch`` on batches taken from an
-  ``EventQueue``: brotli, the client's parser, routing, events, delivery) into the bench's
-  counting handler, one registration per series (what ``bench.run_client`` registers);
+- ``client``: the real ``EventQueue``, ``FrameDecoder`` and ``Dispatcher`` (its thread, on
+  batches taken from the queue: brotli, the client's parser, routing, events, delivery) into the
+  bench's counting handler, one registration per series (what ``bench.run_client`` registers);
 - ``json`` and ``orjson``: the bench's bare loop (``brotli.decompress``, ``loads``, count).
 
 Not counted on either side: receiving the frames (the client's reader thread, websocket-client's
@@ -31,6 +31,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Any
 
 import brotli  # type: ignore[import-untyped]
@@ -65,7 +66,7 @@ def work(consumer: str, per: int, series: int, frames: int) -> int:
         return seen
 
     from ..channels import Channel, make_spec
-    from ..dispatch import BATCH_FRAMES, Dispatcher, EventQueue, Hooks, RouteTable
+    from ..dispatch import Dispatcher, EventQueue, Hooks, RouteTable
     from ..protocol import FrameDecoder
 
     count = 0
@@ -79,19 +80,20 @@ def work(consumer: str, per: int, series: int, frames: int) -> int:
         if count >= total:
             pass
 
-    queue = EventQueue(10_000, "block")
+    # Every frame queued first, then the dispatcher's own thread drains the queue (in batches of
+    # up to BATCH_FRAMES) while this one only waits: no GIL hand-offs in the count.
+    queue = EventQueue(frames + 1, "block", max_bytes=2**40)
     dispatcher = Dispatcher("nonbook", queue, Hooks(), FrameDecoder(16 * 2**20), lambda *_: None, lambda _: None)
     routes = RouteTable()
     for symbol in symbols(series):
         routes = routes.updated(make_spec(Channel.TRADE, exchange=EXCHANGE, symbol=symbol), (handler,))
     dispatcher.routes = routes
-    left = frames
-    while left:
-        batch = min(left, BATCH_FRAMES)
-        for _ in range(batch):
-            queue.put_frame(frame, True, 1)
-        dispatcher._dispatch()
-        left -= batch
+    for _ in range(frames):
+        queue.put_frame(frame, True, 1)
+    queue.close()
+    dispatcher.start()
+    if not dispatcher.join(time.monotonic() + 600):
+        raise RuntimeError("the dispatcher did not finish")
     return count
 
 
