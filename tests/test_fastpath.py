@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from test_events import EXAMPLES, TRADE
 
 from kiyotaka_ws import Channel, DecodeError, Side, Trade
+from kiyotaka_ws import dispatch as dispatch_module
 from kiyotaka_ws import fastpath as fastpath_module
 from kiyotaka_ws.channels import make_spec
 from kiyotaka_ws.dispatch import Dispatcher, EventQueue, Hooks, RouteTable
@@ -85,10 +86,13 @@ def deliver_none(self: FastPath, points: list[Any], start: int, *args: Any) -> i
     return start
 
 
-def run(points: list[Any], general: bool, monkeypatch: pytest.MonkeyPatch) -> tuple:
+def run(points: list[Any], general: bool, monkeypatch: pytest.MonkeyPatch, inline_min: int = 3) -> tuple:
+    """Deliver ``points`` as one frame; ``inline_min``: the shortest frame ``FastPath.deliver`` takes
+    part in (``dispatch.INLINE_MIN_POINTS``, lowered so that short frames test it too)."""
     log: list[Any] = []
     dispatcher = make_dispatcher(log)
     with monkeypatch.context() as patch:
+        patch.setattr(dispatch_module, "INLINE_MIN_POINTS", inline_min)
         if general:
             patch.setattr(FastPath, "run", general_only)
             patch.setattr(FastPath, "deliver", deliver_none)
@@ -185,12 +189,13 @@ def test_fast_path_matches_the_general_path(frame, monkeypatch):
 
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(frame=frames(), run_points=st.sampled_from([1, 2, 3]))
-def test_fast_path_matches_the_general_path_across_runs(frame, run_points, monkeypatch):
-    """The same, with frames cut into many runs (``FastPath.run`` decodes one run ahead)."""
+@given(frame=frames(), run_points=st.sampled_from([1, 2, 3]), inline_min=st.sampled_from([1, 3, 10**9]))
+def test_fast_path_matches_the_general_path_across_runs(frame, run_points, inline_min, monkeypatch):
+    """The same, with frames cut into many runs (``FastPath.run`` decodes one run ahead), and with
+    ``FastPath.deliver`` taking part in every frame, most, or none."""
     with monkeypatch.context() as patch:
         patch.setattr(fastpath_module, "RUN_POINTS", run_points)
-        fast = run(frame, general=False, monkeypatch=monkeypatch)
+        fast = run(frame, general=False, monkeypatch=monkeypatch, inline_min=inline_min)
     assert fast == run(frame, general=True, monkeypatch=monkeypatch)
 
 
