@@ -25,14 +25,18 @@ Five things make it fast:
 Where a trade point's time goes (callgrind, instructions per point, 50 points per frame, brotli,
 8 interleaved series, the real ``FrameDecoder`` and ``Dispatcher`` with the bench's counting
 handler: ``python -m kiyotaka_ws._cli.bench_callgrind``, which prints the whole table): the client
-27,950 against 29,260 for the ``json.loads`` loop and 14,950 for the ``orjson.loads`` loop (1.05x
-and 0.53x; one series: 28,130, 1.03x and 0.53x). Of the client's: brotli + orjson ~15,000 (the
-orjson loop's whole cost), the queue, batch and frame steps ~300, then in ``deliver`` the series
-``==`` ~2,700 (string compares: the floor of an exact check; a values tuple costs ~3,000, an
-``itemgetter`` ~3,300), finding the symbol's remembered pair ~650, the event ~2,450 (allocating
-and freeing it ~940, its 13 slot stores ~830, the class swap ~680), reading and checking the
-trade's fields, the delivery and the handler call the rest (~6,800, about 200 bytecodes). Before
-this round (the same tool): 29,950 (0.98x json) with 8 series and 30,590 (0.95x) with one.
+28,120 against 29,320 for the ``json.loads`` loop and 14,940 for the ``orjson.loads`` loop (1.04x
+and 0.53x; one series: 28,150, 1.03x and 0.52x; at 20 points per frame 1.01x and 1.00x). Of the
+client's: brotli + orjson ~15,000 (the orjson loop's whole cost), the queue, batch and frame steps
+~300, then in ``deliver`` the series ``==`` ~2,700 (string compares: the floor of an exact check;
+a values tuple costs ~3,000, an ``itemgetter`` ~3,300), finding the symbol's remembered pair
+~650, the event ~2,450 (allocating and freeing it ~940, its 13 slot stores ~830, the class swap
+~680), reading and checking the trade's fields, the delivery and the handler call the rest
+(~7,000, about 200 bytecodes). Before this round (the same tool): 29,540 (0.99x json) with 8
+series and 30,630 (0.95x) with one; at 20 points per frame 0.97x and 0.93x. The tool leaves out
+receiving the frames, which costs the bare loops more (websocket-client's ``recv``), so at 1 and
+5 points per frame, where that cost is most of the work, its ratios (0.83x, 0.89x) are far below
+the bench's.
 
 The floor against the orjson loop: 0.8x of it leaves ~3,400 instructions per point beyond the
 parse for routing, checks, the event and the handler call, and the event plus the series ``==``
