@@ -2,11 +2,13 @@
 
 The reader puts each raw frame, tagged with its connection's number, into an ``EventQueue``; the
 dispatcher thread takes bounded batches, decompresses a batch's frames back to back (see
-``_inflate_ahead``), parses each frame, routes and decodes its points a run at a time
-(``FastPath.run``) and calls handlers one at a time, in order. Answers to requests go back
+``_inflate_ahead``), parses each frame, and routes, decodes and delivers its points: the points
+between a frame's sampled first event and its last point in one loop (``FastPath.deliver``), the
+others here, one at a time, or a run at a time (``FastPath.run``) when some handler conflates. It
+calls handlers one at a time, in order. Answers to requests go back
 to the family's session with their connection tag. The dispatcher thread is the only place in the
-library that calls user code: event handlers in ``_deliver`` (inline, it is the hot path) and
-``on_error``/``on_status`` in ``_invoke``; every call is wrapped and no library lock is held.
+library that calls user code: event handlers in ``_deliver`` and the ``FastPath.deliver`` it calls
+(inline, it is the hot path) and ``on_error``/``on_status`` in ``_invoke``; every call is wrapped and no library lock is held.
 
 The promises are checked per call, not per point: each event handler is held as a
 ``Registration`` whose ``active`` flag ``unsubscribe()`` and ``stop()`` clear before they return,
@@ -67,6 +69,10 @@ BLOCK, DROP_OLDEST, DROP_NEWEST = "block", "drop_oldest", "drop_newest"
 OVERFLOW_POLICIES = (BLOCK, DROP_OLDEST, DROP_NEWEST)
 BATCH_FRAMES = 64       # frames the dispatcher takes at once (they stay counted until the next take)
 INFLATE_AHEAD_BYTES = 4 * 2**20  # decompressed bytes of a batch held ahead of delivery (see _inflate_ahead)
+# Frames of fewer points are delivered a run at a time (FastPath.run and this module's loop): the
+# calls that split a frame cost ~7,000 instructions, ~1,100 less per point delivered inline pays
+# for them from about 7 points (callgrind, 5 points per frame, 8 series: 800 more per point).
+INLINE_MIN_POINTS = 10
 MAX_CONTROL_ITEMS = 1000  # statuses and errors waiting for the dispatcher; more are dropped (logged)
 LOG_REPEAT_WINDOW = 60.0  # seconds during which an identical unhandled error is counted, not logged again
 
@@ -708,11 +714,26 @@ class Dispatcher:
         next_point, count = 0, len(points)
         handlers: tuple[Registration, ...]
         event: Any
+        # FastPath.deliver for the points between the sampled ones: only without conflation, and
+        # in frames long enough to pay for the extra calls (see INLINE_MIN_POINTS).
+        inline = pending is None and count >= INLINE_MIN_POINTS
         while next_point < count:
             routes = self.routes
             if fast is None or fast.routes is not routes:  # a new table: a new cache
                 fast = self._fastpath = FastPath(routes)
-            hits = fast.run(points, next_point, received_ns)  # decoded ahead, a run at a time
+            stop = None
+            if inline:  # this loop takes one point at a time, FastPath.deliver the rest
+                if sample:
+                    # Between the sampled events: routed, decoded and delivered in one loop, up to
+                    # the first point that needs this loop (the general path, the last point, a
+                    # handler that stopped the client or changed the routes).
+                    next_point = fast.deliver(points, next_point, count - 1, received_ns, self)
+                    if self.closing:
+                        return
+                    if self.routes is not routes:
+                        continue
+                stop = next_point + 1
+            hits = fast.run(points, next_point, received_ns, stop)  # decoded ahead, a run at a time
             for hit in hits:
                 if self.closing:
                     return
@@ -756,7 +777,7 @@ class Dispatcher:
                             try:
                                 handler.fn(event)
                             except BaseException as exc:  # noqa: BLE001 - nothing a handler does may kill this thread
-                                self._handler_failed(handler.fn, event, exc)
+                                self.handler_failed(handler.fn, event, exc)
                     continue
                 sample = count
                 start = clock()
@@ -769,7 +790,7 @@ class Dispatcher:
                         try:
                             handler.fn(event)
                         except BaseException as exc:  # noqa: BLE001 - nothing a handler does may kill this thread
-                            self._handler_failed(handler.fn, event, exc)
+                            self.handler_failed(handler.fn, event, exc)
                         end = clock()
                         self.handler_time.add(end - start)
                         start = end
@@ -799,7 +820,8 @@ class Dispatcher:
             log.error("kiyotaka_ws: %s raised %s while handling %s", _name(handler), _describe(exc),
                       type(arg).__name__)
 
-    def _handler_failed(self, handler: Handler, event: Any, exc: BaseException) -> None:
+    def handler_failed(self, handler: Handler, event: Any, exc: BaseException) -> None:
+        """A handler raised ``exc`` on ``event``: counted and reported (``FastPath.deliver`` too)."""
         self.handler_errors += 1
         error = HandlerError(f"handler {_name(handler)} raised {_describe(exc)}", event=event, handler=handler)
         error.__cause__ = exc

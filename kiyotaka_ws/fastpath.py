@@ -7,7 +7,7 @@ nanoseconds}`` timestamps) and answers "take the general path" (None) for anythi
 events, errors and counters are the general path's by construction; ``tests/test_fastpath.py``
 checks that with hypothesis.
 
-Four things make it fast:
+Five things make it fast:
 
 - Routing is cached per ``RouteTable`` (immutable: a new table means a new ``FastPath``), keyed on
   every series field routing and the event's head read; a cache hit also vouches for their types
@@ -17,17 +17,36 @@ Four things make it fast:
 - Events are built by ``builder()``: see there.
 - ``FastPath.run`` does a run of up to ``RUN_POINTS`` points in one loop, trades and liquidations
   (the busiest channels) without a decoder or builder call.
+- ``FastPath.deliver`` does what ``run`` does and the dispatcher's delivery of each event in the
+  same loop, for the points between a frame's first event and its last point (those two are
+  sampled for the latency windows and go through the dispatcher's own loop, as does any point
+  the general path must see): no list of hits between two loops.
 
 Where a trade point's time goes (callgrind, instructions per point, 50 points per frame, brotli,
-the real ``FrameDecoder`` and ``Dispatcher`` with one counting handler): brotli + orjson parse
-14,600 (the ``orjson.loads`` loop's whole cost); ``FastPath.run`` ~12,000, of which the series
-``==`` ~2,200, finding the symbol's remembered pair ~500, the event ~2,500 (allocating it alone
-~1,500), the rest reading and checking fields; delivery and the handler call ~3,000. The floor of
-an attrs event plus one checked handler call, with no parse, routing or checks at all, is ~4,500,
-more than the ~3,400 that 0.8x the orjson loop would leave per point: that ratio is out of reach
-in pure Python with these events. Typed decoding (msgspec Structs) parses for ~8,900 against
-orjson's ~12,600, but ``raw`` must be the point dict as received, so dicts are parsed as well
-(~21,600 together): not used. msgspec's untyped decoder costs what orjson does.
+8 interleaved series, the real ``FrameDecoder`` and ``Dispatcher`` with the bench's counting
+handler: ``python -m kiyotaka_ws._cli.bench_callgrind``, which prints the whole table): the client
+28,120 against 29,320 for the ``json.loads`` loop and 14,940 for the ``orjson.loads`` loop (1.04x
+and 0.53x; one series: 28,150, 1.03x and 0.52x; at 20 points per frame 1.01x and 1.00x). Of the
+client's: brotli + orjson ~15,000 (the orjson loop's whole cost), the queue, batch and frame steps
+~300, then in ``deliver`` the series ``==`` ~2,700 (string compares: the floor of an exact check;
+a values tuple costs ~3,000, an ``itemgetter`` ~3,300), finding the symbol's remembered pair
+~650, the event ~2,450 (allocating and freeing it ~940, its 13 slot stores ~830, the class swap
+~680), reading and checking the trade's fields, the delivery and the handler call the rest
+(~7,000, about 200 bytecodes). Before this round (the same tool): 29,540 (0.99x json) with 8
+series and 30,630 (0.95x) with one; at 20 points per frame 0.97x and 0.93x. The tool leaves out
+receiving the frames, which costs the bare loops more (websocket-client's ``recv``), so at 1 and
+5 points per frame, where that cost is most of the work, its ratios (0.83x, 0.89x) are far below
+the bench's.
+
+The floor against the orjson loop: 0.8x of it leaves ~3,400 instructions per point beyond the
+parse for routing, checks, the event and the handler call, and the event plus the series ``==``
+alone take ~5,150, before any field is read or checked and any handler called. So 0.8x the
+orjson loop is out of reach in pure Python with these events. Typed decoding (msgspec Structs)
+parses for ~8,900 against orjson's ~12,600, but ``raw`` must be the point dict as received, so
+dicts are parsed as well (~21,600 together): not used. msgspec's untyped decoder costs what
+orjson does. A compiled helper was not tried: it would have to stay optional (this path kept
+and checked equal to it), and no ``pip install`` may need a compiler, so wheels for every
+platform: out of proportion for one round.
 """
 
 from __future__ import annotations
@@ -251,7 +270,13 @@ _FAST_DECODERS: dict[str, tuple[Channel, Any, bool]] = {
 
 # The series fields routing or the event's head read, in key order.
 _KEY_FIELDS = ("type", "symbol", "coin", "exchange", "category", "normalizedSymbol", "side", "blockSize")
-_Entry = tuple[tuple[Any, ...], Any, _Head]  # (handlers: dispatch.Registration, decoder or _TRADE_LIKE pair, head)
+# (handlers: dispatch.Registration, then for a trade or a liquidation its payload key, twin (or None)
+# and class, else three Nones, then the head's common fields and side, the decoder (a trade's:
+# its builder) and the head): one flat tuple, unpacked once per point.
+_Entry = tuple[tuple[Any, ...], Any, Any, Any, Any, Any, Any, _Head]
+# A remembered series is compared key by key in this order, then its other keys: the fields that
+# tell a symbol's series apart first, so that a miss costs one key, not most of them.
+_COMPARE_ORDER = ("side", "type", "exchange", "category", "blockSize")
 _Hit = Optional[Union[tuple[tuple[Any, ...], Event], tuple[()]]]  # see FastPath.route
 RUN_POINTS = 64  # points decoded ahead of their delivery by one FastPath.run
 _NOTHING_RECENT = (None, None, None, None)  # a symbol with no series remembered (a series dict is never None)
@@ -260,7 +285,7 @@ _NOTHING_RECENT = (None, None, None, None)  # a symbol with no series remembered
 class FastPath:
     """Routes and decodes points for one ``RouteTable`` (``routes``), which never changes.
 
-    The cache maps the tuple of a series' ``_KEY_FIELDS`` to (handlers, decoder, head). A key is
+    The cache maps the tuple of a series' ``_KEY_FIELDS`` to its entry (``_Entry``). A key is
     cached only when its strings are strings (or None) and its ``blockSize`` a float, an int or
     None: a non-string never equals a string, so a hit vouches for every field of the key. The one
     look-alike is a bool ``blockSize`` (``True == 1``), refused on every lookup.
@@ -271,11 +296,16 @@ class FastPath:
     The symbol only picks the candidates; ``==`` on whole dicts decides, so a hit is exact
     provided no remembered ``blockSize`` equals a bool (0 or 1): such series are not remembered.
 
+    The remembered copy keeps its keys in ``_COMPARE_ORDER`` and sits on the left of ``==``
+    (``dict.__eq__`` walks the left operand's keys): two series of a symbol usually differ in
+    ``side`` only, and a miss then costs one key, not six (~730 instructions per point less with
+    one series whose sides alternate).
+
     Measured (callgrind, instructions per trade point in ``run``, 50 points per frame): 13,000 for
     one series and 12,100 for eight interleaved; with the last two series seen overall it was
     12,300 and 18,800 (eight interleaved series missed on every point). An exact key per point
     costs more than the ``==`` it would save: ``tuple(series.items())`` ~7,000 and the values
-    tuple with a check ~6,100, against ~2,200 for ``==`` and ~700 for finding the symbol's pair.
+    tuple with a check ~6,100, against ~2,700 for ``==`` and ~650 for finding the symbol's pair.
     """
 
     def __init__(self, routes: Any) -> None:
@@ -289,44 +319,43 @@ class FastPath:
         as on the general path); None when the general path must decide."""
         return self.run([point], 0, received_ns)[0]
 
-    def run(self, points: list[Any], start: int, received_ns: int | None = None, ns: int = _NS) -> list[_Hit]:
-        """What ``route`` answers for each of ``points[start:start + RUN_POINTS]``, in one loop
-        (a call per point less, two for trades: the dispatcher's hot path)."""
+    def run(self, points: list[Any], start: int, received_ns: int | None = None, stop: int | None = None,
+            ns: int = _NS) -> list[_Hit]:
+        """What ``route`` answers for each of ``points[start:stop]`` (``stop``: at most ``start +
+        RUN_POINTS``), in one loop (a call per point less, two for trades)."""
         recent_of = self._recent
         lookup = self._lookup
         none: Any = _NOTHING_RECENT
         hits: list[_Hit] = []
         append = hits.append
-        for point in points[start:start + RUN_POINTS]:
+        end = start + RUN_POINTS if stop is None else min(stop, start + RUN_POINTS)
+        for point in points[start:end]:
             try:
                 series = point["series"]
-            except (KeyError, TypeError):  # not an object (only a dict takes a str index), or no series
+                recent = recent_of[series["symbol"]]  # JSON gives dicts: only they take a str index
+            except KeyError:  # no series (``point`` is a dict), no symbol (grouped), or none remembered
+                if type(series := point.get("series")) is not dict:
+                    append(None)
+                    continue
+                recent = recent_of.get(series.get("symbol"), none)  # hashable: it was looked up, or absent
+            except (TypeError, AttributeError):  # not an object, a series not an object, an unhashable symbol
                 append(None)
                 continue
-            if type(series) is not dict:
-                append(None)
-                continue
-            try:
-                recent = recent_of[series.get("symbol")]
-            except KeyError:  # no series of this symbol remembered yet
-                recent = none
-            except TypeError:  # an unhashable symbol: the general path words it
-                append(None)
-                continue
-            if series == recent[0]:
+            # The remembered copy on the left: its keys, ``side`` first, set the order compared in.
+            if recent[0] == series:
                 entry = recent[1]
-            elif series == recent[2]:
+            elif recent[2] == series:
                 entry = recent[3]
             else:
                 entry = lookup(series)
                 if entry is None:
                     append(None)
                     continue
-            handlers, decode, head = entry
+            handlers, payload_key, twin, cls, common, side, decode, head = entry
             if not handlers:
                 append(())
                 continue
-            if type(decode) is not tuple:
+            if payload_key is None:
                 try:
                     append((handlers, decode(head, point, received_ns)))
                 except _Fallback:
@@ -334,11 +363,17 @@ class FastPath:
                 continue
             # A trade or a liquidation: subscripts (a missing key or a non-object raises, and the
             # general path decides) and the documented {seconds, nanoseconds} timestamp inline.
-            payload_key, new, twin, cls = decode
             try:
                 p = point[payload_key]
-                id_, price, amount, ts = p["id"], p["price"], p["amount"], p["timestamp"]
-                seconds, nanos = ts["seconds"], ts.get("nanoseconds", 0)  # protobuf-JSON leaves a zero out
+                id_ = p["id"]  # one statement each: a tuple of four costs ~280 instructions more
+                price = p["price"]
+                amount = p["amount"]
+                ts = p["timestamp"]
+                seconds = ts["seconds"]
+                try:
+                    nanos = ts["nanoseconds"]
+                except KeyError:  # protobuf-JSON leaves a zero out
+                    nanos = 0
                 if type(id_) is not str or type(seconds) is not int or type(nanos) is not int or not 0 <= nanos < ns:
                     raise _Fallback
                 if type(price) is not float:
@@ -348,9 +383,8 @@ class FastPath:
             except (KeyError, TypeError, AttributeError, _Fallback):
                 append(None)
                 continue
-            common, side, _ = head
             if twin is None:
-                append((handlers, new(common, seconds * ns + nanos, point, received_ns, id_, price, amount, side)))
+                append((handlers, decode(common, seconds * ns + nanos, point, received_ns, id_, price, amount, side)))
                 continue
             e = twin()  # what ``builder`` does, inline: the busiest channels
             e.channel, e.exchange, e.symbol, e.coin, e.normalized_symbol, e.category = common
@@ -364,6 +398,104 @@ class FastPath:
             e.__class__ = cls
             append((handlers, e))
         return hits
+
+    def deliver(self, points: list[Any], start: int, stop: int, received_ns: int | None, into: Any,
+                ns: int = _NS) -> int:
+        """Route, decode and deliver ``points[start:stop]`` in one loop: ``run`` and the
+        dispatcher's delivery of each hit (``into``: the ``Dispatcher``; its flags, counters and
+        failure hook) without the list of hits between them (~1,100 instructions per trade point
+        less). Returns the position of the first point not taken: ``stop``, one ``run`` answers
+        None for (the dispatcher's general path takes it), or the one after a handler that
+        stopped the client or changed the routes. Same route and decode as ``run``, line for line;
+        ``tests/test_fastpath.py`` checks both against the general path. ``into.events`` grows
+        once per call (a handler reading ``stats()`` sees it up to a frame behind)."""
+        routes = self.routes
+        recent_of = self._recent
+        lookup = self._lookup
+        none: Any = _NOTHING_RECENT
+        position = start - 1
+        delivered = 0
+        last_seconds: Any = None  # seconds * ns, computed once per second seen (trades of a frame mostly share it)
+        base = 0
+        try:
+            for position, point in enumerate(points[start:stop], start):
+                try:
+                    series = point["series"]
+                    recent = recent_of[series["symbol"]]
+                except KeyError:
+                    if type(series := point.get("series")) is not dict:
+                        return position
+                    recent = recent_of.get(series.get("symbol"), none)
+                except (TypeError, AttributeError):
+                    return position
+                if recent[0] == series:
+                    entry = recent[1]
+                elif recent[2] == series:
+                    entry = recent[3]
+                else:
+                    entry = lookup(series)
+                    if entry is None:
+                        return position
+                handlers, payload_key, twin, cls, common, side, decode, head = entry
+                if not handlers:
+                    into.skipped += 1
+                    continue
+                if payload_key is None:
+                    try:
+                        e = decode(head, point, received_ns)
+                    except _Fallback:
+                        return position
+                else:
+                    try:
+                        p = point[payload_key]
+                        id_ = p["id"]
+                        price = p["price"]
+                        amount = p["amount"]
+                        ts = p["timestamp"]
+                        seconds = ts["seconds"]
+                        try:
+                            nanos = ts["nanoseconds"]
+                        except KeyError:
+                            nanos = 0
+                        if type(id_) is not str or type(seconds) is not int or type(nanos) is not int \
+                                or not 0 <= nanos < ns:
+                            raise _Fallback
+                        if type(price) is not float:
+                            price = _float(price)
+                        if type(amount) is not float:
+                            amount = _float(amount)
+                    except (KeyError, TypeError, AttributeError, _Fallback):
+                        return position
+                    if twin is None:
+                        e = decode(common, seconds * ns + nanos, point, received_ns, id_, price, amount, side)
+                    else:
+                        e = twin()
+                        e.channel, e.exchange, e.symbol, e.coin, e.normalized_symbol, e.category = common
+                        if seconds != last_seconds:
+                            last_seconds = seconds
+                            base = seconds * ns
+                        e.time_ns = base + nanos
+                        e.raw = point
+                        e.received_ns = received_ns
+                        e.id = id_
+                        e.price = price
+                        e.amount = amount
+                        e.side = side
+                        e.__class__ = cls
+                # What Dispatcher._deliver_points does for a hit between a frame's sampled events.
+                delivered += 1  # added to into.events once per call (see the finally)
+                into.calling = handlers  # before the flags are read: see Dispatcher.wait_not_calling
+                for handler in handlers:
+                    if handler.active:  # per call: unsubscribe()/stop() may have run meanwhile
+                        try:
+                            handler.fn(e)
+                        except BaseException as exc:  # noqa: BLE001 - nothing a handler does may kill the dispatcher
+                            into.handler_failed(handler.fn, e, exc)
+                if into.closing or into.routes is not routes:
+                    return position + 1
+            return position + 1
+        finally:
+            into.events += delivered
 
     def _lookup(self, series: dict[str, Any]) -> _Entry | None:
         get = series.get  # the _KEY_FIELDS, spelled out: faster than map()
@@ -385,7 +517,8 @@ class FastPath:
                     self._recent.clear()
                 recent = self._recent[key[1]] = [None, None, None, None, 0]
             slot = recent[4]
-            recent[slot] = dict(series)  # a copy: a handler may change ``event.raw["series"]``
+            # A copy (a handler may change ``event.raw["series"]``), its keys in _COMPARE_ORDER.
+            recent[slot] = {**{k: series[k] for k in _COMPARE_ORDER if k in series}, **series}
             recent[slot + 1] = entry
             recent[4] = 2 - slot
         return entry
@@ -404,7 +537,13 @@ class FastPath:
             return None
         if len(self._entries) >= CACHE_SIZE:
             self._entries.clear()
-        head: _Head = ((channel, exchange, symbol, coin, nsym, category), SIDES.get(side), block_size)
-        entry: _Entry = (self.routes.handlers_for(series), decode, head)
+        common = (channel, exchange, symbol, coin, nsym, category)
+        head: _Head = (common, SIDES.get(side), block_size)
+        handlers = self.routes.handlers_for(series)
+        if type(decode) is tuple:  # a trade or a liquidation: run() fills its event inline
+            payload_key, new, twin, cls = decode
+            entry: _Entry = (handlers, payload_key, twin, cls, common, head[1], new, head)
+        else:
+            entry = (handlers, None, None, None, common, head[1], decode, head)
         self._entries[key] = entry
         return entry

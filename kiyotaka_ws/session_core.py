@@ -557,6 +557,11 @@ class SessionCore:
         out: list[Action] = []
         if message.get("id") is not None:  # an id-less error only proves the server is there
             self._on_answer(out, c, message, now)
+            if not self._pending:
+                # Nothing awaits an answer: the reader stops looking into binary frames now, not
+                # when the window of the last request ends (up to 10 s of streaming with the
+                # brotli work on the reader, which the dispatcher's docstring measured slower).
+                self.expecting = False
         if not self.done:
             self._check_ready(out, c, now)
         return out

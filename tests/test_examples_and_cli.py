@@ -420,6 +420,71 @@ def test_bench_json_output(capsys):
     assert protocol.json_parser() == before  # the bench put the parser back
 
 
+@pytest.fixture
+def blaster_url():
+    """The bench's blaster (its own process, as in the bench) and its base URL."""
+    import multiprocessing
+
+    from kiyotaka_ws._cli import bench
+
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=bench.blaster_process, args=(child,), daemon=True)
+    process.start()
+    try:
+        assert parent.poll(30)
+        yield f"ws://127.0.0.1:{parent.recv()}/nonbook/ws?encoding=json"
+    finally:
+        process.terminate()
+        process.join()
+
+
+def test_bench_blaster_serves_past_connections_left_open_or_cut_mid_handshake(blaster_url):
+    """A consumer that keeps its connection open (half a handshake sent) and one that hangs up
+    mid-handshake hold up no later run: formerly the blaster served one connection at a time and
+    spun on the second one's EOF, so every later run waited for its handshake forever."""
+    from kiyotaka_ws._cli import bench
+
+    port = int(blaster_url.split(":")[2].split("/")[0])
+    with socket.create_connection(("127.0.0.1", port)) as held:
+        held.sendall(b"GET /nonbook/ws?mode=plain&per=1&n=1 HTTP/1.1\r\n")
+        with socket.create_connection(("127.0.0.1", port)) as cut:
+            cut.sendall(b"GET /nonbook/ws?mode=plain&per=1&n=1 HTTP/1.1\r\n")
+        url = f"{blaster_url}&mode=brotli&per=5&n=500&series=2"
+        assert bench.run_bare(url, 500, "brotli", series=2, stall=5.0).points_per_s > 0
+        assert bench.run_client(url, 500, "brotli", series=2, stall=5.0).points_per_s > 0
+
+
+def test_bench_runs_report_a_stall_instead_of_hanging(blaster_url):
+    """A blaster that stops sending (here: paced at one frame per 100 s) makes each run raise
+    BenchStalled, saying how far it got, within about twice its stall limit."""
+    from kiyotaka_ws._cli import bench
+
+    url = f"{blaster_url}&mode=plain&per=1&n=5&rate=0.01"
+    started = time.monotonic()
+    with pytest.raises(bench.BenchStalled, match=r"bare json loop: 1 of 5 points, then none for 1s"):
+        bench.run_bare(url, 5, None, stall=1.0)
+    with pytest.raises(bench.BenchStalled, match=r"client: 1 of 5 points, then none for 1s \(READY"):
+        bench.run_client(url, 5, None, stall=1.0)
+    assert time.monotonic() - started < 10
+
+
+def test_bench_stops_with_an_error_when_a_run_stalls(monkeypatch, capsys):
+    """``run_bench`` prints the stall and returns 1, leaving no process behind."""
+    import multiprocessing
+
+    from kiyotaka_ws._cli import bench
+
+    def stalled(*args, **kwargs):
+        raise bench.BenchStalled("client: 0 of 5,000 points, then none for 30s (CONNECTING, 0 frames, 0 reconnects)")
+
+    monkeypatch.setattr(bench, "run_client", stalled)
+    assert main(["bench", "--quick", "--series", "1"]) == 1
+    captured = capsys.readouterr()
+    assert "kiyotaka-ws bench: error: client: 0 of 5,000 points" in captured.err
+    assert not multiprocessing.active_children()
+
+
 _DEMO_LINE = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}Z [A-Z_]+ |\[ *\d+\.\ds\] |kiyotaka-ws demo|  [a-z]+)")
 
 

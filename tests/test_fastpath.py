@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from test_events import EXAMPLES, TRADE
 
 from kiyotaka_ws import Channel, DecodeError, Side, Trade
+from kiyotaka_ws import dispatch as dispatch_module
 from kiyotaka_ws import fastpath as fastpath_module
 from kiyotaka_ws.channels import make_spec
 from kiyotaka_ws.dispatch import Dispatcher, EventQueue, Hooks, RouteTable
@@ -74,17 +75,27 @@ def signature(event: Any) -> tuple:
     return type(event).__name__, fields
 
 
-def general_only(self: FastPath, points: list[Any], start: int, received_ns: Any = None) -> list[None]:
+def general_only(self: FastPath, points: list[Any], start: int, received_ns: Any = None,
+                 stop: int | None = None) -> list[None]:
     """In place of ``FastPath.run``: every point takes the general path."""
-    return [None] * len(points[start:start + RUN_POINTS])
+    return [None] * len(points[start:start + RUN_POINTS if stop is None else min(stop, start + RUN_POINTS)])
 
 
-def run(points: list[Any], general: bool, monkeypatch: pytest.MonkeyPatch) -> tuple:
+def deliver_none(self: FastPath, points: list[Any], start: int, *args: Any) -> int:
+    """In place of ``FastPath.deliver``: no point is taken (the dispatcher's loop sees each one)."""
+    return start
+
+
+def run(points: list[Any], general: bool, monkeypatch: pytest.MonkeyPatch, inline_min: int = 3) -> tuple:
+    """Deliver ``points`` as one frame; ``inline_min``: the shortest frame ``FastPath.deliver`` takes
+    part in (``dispatch.INLINE_MIN_POINTS``, lowered so that short frames test it too)."""
     log: list[Any] = []
     dispatcher = make_dispatcher(log)
     with monkeypatch.context() as patch:
+        patch.setattr(dispatch_module, "INLINE_MIN_POINTS", inline_min)
         if general:
             patch.setattr(FastPath, "run", general_only)
+            patch.setattr(FastPath, "deliver", deliver_none)
         dispatcher._deliver(points, 1_700_000_000_123_456_789)  # received_ns: carried by both paths
     delivered = [(name, signature(event), id(event.raw)) for name, event in log]
     errors = [(type(e).__name__, str(e), e.excerpt) for e in dispatcher.errors_seen]  # type: ignore[attr-defined]
@@ -178,12 +189,13 @@ def test_fast_path_matches_the_general_path(frame, monkeypatch):
 
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(frame=frames(), run_points=st.sampled_from([1, 2, 3]))
-def test_fast_path_matches_the_general_path_across_runs(frame, run_points, monkeypatch):
-    """The same, with frames cut into many runs (``FastPath.run`` decodes one run ahead)."""
+@given(frame=frames(), run_points=st.sampled_from([1, 2, 3]), inline_min=st.sampled_from([1, 3, 10**9]))
+def test_fast_path_matches_the_general_path_across_runs(frame, run_points, inline_min, monkeypatch):
+    """The same, with frames cut into many runs (``FastPath.run`` decodes one run ahead), and with
+    ``FastPath.deliver`` taking part in every frame, most, or none."""
     with monkeypatch.context() as patch:
         patch.setattr(fastpath_module, "RUN_POINTS", run_points)
-        fast = run(frame, general=False, monkeypatch=monkeypatch)
+        fast = run(frame, general=False, monkeypatch=monkeypatch, inline_min=inline_min)
     assert fast == run(frame, general=True, monkeypatch=monkeypatch)
 
 
@@ -253,6 +265,83 @@ def test_differential_test_can_fail(monkeypatch):
     off_by_one = ("trade", lambda *a: original(*a[:5], a[5] + 1, *a[6:]), None, Trade)  # (head, time_ns, raw, rx, id, price, ...)
     monkeypatch.setitem(fastpath_module._FAST_DECODERS, "TRADE", (Channel.TRADE, off_by_one, False))
     assert run(frame, general=False, monkeypatch=monkeypatch) != run(frame, general=True, monkeypatch=monkeypatch)
+
+
+def trade_points(count: int, symbols: tuple[str, ...] = ("S",)) -> list[Any]:
+    frame = []
+    for i in range(count):
+        point = copy.deepcopy(TRADE)
+        point["series"].update(exchange="X", symbol=symbols[i % len(symbols)], side="BUY" if i % 2 else "SELL")
+        point["trade"]["id"] = str(i)
+        frame.append(point)
+    return frame
+
+
+def deliver_with(script: Any, frame: list[Any], general: bool, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    """Deliver ``frame`` to one handler per symbol that logs each event's id and runs
+    ``script(dispatcher, log)`` after each call; what was called, reported and counted."""
+    log: list[Any] = []
+    errors: list[Any] = []
+    hooks = Hooks()
+    hooks.error = (errors.append,)
+    dispatcher = Dispatcher("nonbook", EventQueue(10, "block"), hooks, FrameDecoder(1 << 20),
+                            lambda *args: None, lambda error: None)
+
+    def handler(event: Any) -> None:
+        log.append(("first", event.id))
+        script(dispatcher, log)
+
+    for symbol in sorted({p["series"]["symbol"] for p in frame}):
+        dispatcher.routes = dispatcher.routes.updated(make_spec("TRADE", exchange="X", symbol=symbol), (handler,))
+    with monkeypatch.context() as patch:
+        if general:
+            patch.setattr(FastPath, "run", general_only)
+            patch.setattr(FastPath, "deliver", deliver_none)
+        dispatcher._deliver(frame, 1)
+    return log, [str(e) for e in errors], (dispatcher.events, dispatcher.skipped, dispatcher.handler_errors)
+
+
+def test_inline_delivery_keeps_the_promises_per_call(monkeypatch):
+    """``FastPath.deliver`` (the points between a frame's first and last) does per point what the
+    dispatcher's loop does: a handler that raises costs only that call; one that adds a handler
+    has it called from the very next point; one that stops (``closing``, handlers inactive)
+    gets no further call; an unsubscribed handler is not called. Single and interleaved series."""
+
+    def raises(dispatcher: Any, log: list[Any]) -> None:
+        if len(log) == 4:
+            raise ValueError("boom")
+
+    def adds(dispatcher: Any, log: list[Any]) -> None:
+        if len(log) == 4:
+            second = Recorder("second", log)
+            spec = make_spec("TRADE", exchange="X", symbol="S")
+            dispatcher.routes = dispatcher.routes.updated(spec, (*dispatcher.routes.handlers_for(
+                {"type": "TRADE", "symbol": "S", "exchange": "X"}), second))
+
+    def stops(dispatcher: Any, log: list[Any]) -> None:
+        if len(log) == 5:
+            dispatcher.closing = True
+
+    def unsubscribes(dispatcher: Any, log: list[Any]) -> None:
+        if len(log) == 3:
+            for registration in dispatcher.routes.handlers_for({"type": "TRADE", "symbol": "T", "exchange": "X"}):
+                registration.active = False
+
+    for symbols in (("S",), ("S", "T")):
+        frame = trade_points(12, symbols)
+        results = {name: deliver_with(script, frame, False, monkeypatch)
+                   for name, script in [("raises", raises), ("adds", adds), ("stops", stops),
+                                        ("unsubscribes", unsubscribes)]}
+        for name, script in [("raises", raises), ("adds", adds), ("stops", stops), ("unsubscribes", unsubscribes)]:
+            assert results[name] == deliver_with(script, frame, True, monkeypatch), (name, symbols)
+        log, errors, counters = results["raises"]
+        assert len(log) == 12 and counters == (12, 0, 1) and "boom" in errors[0]
+        assert [name for name, _ in results["stops"][0]] == ["first"] * 5
+        if symbols == ("S",):
+            seen = [(name, getattr(item, "id", item)) for name, item in results["adds"][0]]
+            assert seen[4:6] == [("first", "4"), ("second", "4")] and len(seen) == 4 + 2 * 8
+        else:
+            assert [i for _, i in results["unsubscribes"][0]] == ["0", "1", "2", "4", "6", "8", "10"]
 
 
 # -- the events built by the fast path keep the public contract -------------------------------------
@@ -412,6 +501,7 @@ def test_frames_match_under_each_parser(frame, compress, json_parser, monkeypatc
         with monkeypatch.context() as patch:
             if general:
                 patch.setattr(FastPath, "run", general_only)
+            patch.setattr(FastPath, "deliver", deliver_none)
             dispatcher._frame((payload, compress, 1, 1_700_000_000_123_456_789))
         results.append(([(name, signature(event)) for name, event in log],
                         [(type(e).__name__, str(e)) for e in dispatcher.errors_seen],  # type: ignore[attr-defined]

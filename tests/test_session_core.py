@@ -154,6 +154,28 @@ def test_subscribe_answered_settles_active() -> None:
     assert Settle(a, ACTIVE) in c.answer(1, ok(send.request.id), 1.01)
 
 
+def test_the_reader_looks_for_answers_only_while_one_is_awaited() -> None:
+    """``expecting`` (the reader decompresses binary frames to find answers) holds from a request
+    until nothing awaits an answer, not for the whole window after the last request: a stream
+    that starts right after its subscribe is answered keeps brotli on the dispatcher."""
+    c = core()
+    auth_id = up(c)
+    assert c.expecting
+    c.answer(1, ok(auth_id), 0.1)
+    assert not c.expecting
+    (first,) = sends(c.add(FakeSub(spec("A")), 1.0))
+    (second,) = sends(c.add(FakeSub(spec("B")), 1.0))
+    assert c.expecting
+    c.answer(1, ok(first.request.id), 1.1)
+    assert c.expecting  # B's answer is still awaited
+    c.answer(1, {"id": 999, "result": True}, 1.2)  # an answer to nothing changes nothing
+    assert c.expecting
+    c.answer(1, ok(second.request.id), 1.3)
+    assert not c.expecting
+    c.tick(1.4)
+    assert not c.expecting
+
+
 def test_subscribe_timeout_assumes_then_a_late_rejection_still_counts() -> None:
     c = core(subscribe_timeout=10.0, ping_interval=None)
     auth_id = up(c)
@@ -275,11 +297,13 @@ def serve(c: SessionCore, actions: list[Any], now: float, bad: frozenset[str] = 
 
 def run_until_idle(c: SessionCore, actions: list[Any], bad: frozenset[str] = frozenset(),
                    log: list[Send] | None = None, now: float = 0.0) -> tuple[list[Any], float]:
-    """Serve, then tick at each ``wake_at`` until nothing is left to send; the actions and the time."""
+    """Serve, then tick at each ``wake_at`` until nothing is left to send; the actions and the time.
+    Like the session's loop, it ticks after the answers it serves (they may schedule retries)."""
     seen = serve(c, actions, now, bad, log)
     seen += serve(c, c.tick(now), now, bad, log)
     while (c.outbox or c.retries) and c.wake_at is not None:
         now = c.wake_at
+        seen += serve(c, c.tick(now), now, bad, log)
         seen += serve(c, c.tick(now), now, bad, log)
     return seen, now
 

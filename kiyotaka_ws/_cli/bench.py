@@ -7,6 +7,18 @@ three consumers take turns, round after round, on the same stream: the bare loop
 stronger anchor), and the full client (typed events, routing, reader/dispatcher threads, every
 check on, its default parser). Alternating within one run keeps the comparison fair on a busy
 machine. CPU time is this process's only, so the blaster's own work is not counted.
+
+Nothing here waits without a limit. The blaster serves every connection on a thread of its own
+(a consumer that leaves a connection open, or hangs up mid-handshake, costs only its own thread,
+which lingers at most ``LINGER_SECONDS`` after its last frame), and every run gives up after
+``STALL_SECONDS`` without a new point, raising ``BenchStalled`` with how far it got; ``run_bench``
+prints that and returns 1. Formerly the blaster served one connection at a time, waiting without a
+limit for each consumer to hang up, and read a handshake until it saw its end (a peer gone
+mid-handshake made it spin on ``recv() == b""``): any connection not closed held up every later
+run, the bare loops without a timeout of their own. Which connection held up the lead's latency
+phase was not reproduced here (45 ``--quick`` runs, 5 of them with ``--busy 1``, every case's
+runs alternated 10 times at 5,000 points and 3 times at 200,000 points before the paced phase:
+none hung); both ways are closed and tested.
 """
 
 from __future__ import annotations
@@ -36,6 +48,12 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 EXCHANGE, SYMBOL = "BENCH", "BTCUSDT"
 CASES = [("brotli", 1), ("brotli", 5), ("brotli", 20), ("brotli", 50), ("plain", 5)]
 SERIES = 8  # the multi-symbol rows: points of this many series interleaved in every frame
+STALL_SECONDS = 30.0  # a run with no new point for this long has stalled: BenchStalled, not a hang
+LINGER_SECONDS = 30.0  # the blaster waits this long at most for a consumer to hang up after its last frame
+
+
+class BenchStalled(RuntimeError):
+    """A run saw no new point for its stall limit: the message says which run and how far it got."""
 
 
 def symbols(series: int) -> list[str]:
@@ -97,7 +115,10 @@ def _read_client_frame(sock: socket.socket) -> tuple[int, bytes]:
 def _handshake(sock: socket.socket) -> dict[str, list[str]]:
     request = b""
     while b"\r\n\r\n" not in request:
-        request += sock.recv(4096)
+        chunk = sock.recv(4096)
+        if not chunk:  # the peer left mid-handshake (formerly: a spin on b"" that blocked every later run)
+            raise ConnectionError("closed during the handshake")
+        request += chunk
     lines = request.decode().split("\r\n")
     key = next(line.split(":", 1)[1].strip() for line in lines if line.lower().startswith("sec-websocket-key"))
     accept = base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest()).decode()
@@ -135,27 +156,29 @@ def _serve_one(sock: socket.socket) -> None:
             sock.sendall(batch)
             sent += per_batch
         sock.sendall(frame * (frames - sent))
-    while True:  # wait for the consumer to hang up
-        try:
-            if not sock.recv(65536):
-                break
-        except OSError:
-            break
+    sock.settimeout(LINGER_SECONDS)
+    while sock.recv(65536):  # wait for the consumer to hang up (socket.timeout is an OSError)
+        pass
+
+
+def _serve(conn: socket.socket) -> None:
+    try:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _serve_one(conn)
+    except (OSError, ValueError, KeyError, IndexError, StopIteration):  # a peer gone or not speaking our part
+        pass
+    finally:
+        conn.close()
 
 
 def blaster_process(port_pipe: Any) -> None:
-    """The blaster (a process of its own): a bare WebSocket server sending TRADE frames as fast as it can."""
+    """The blaster (a process of its own): a bare WebSocket server sending TRADE frames as fast as it
+    can, each connection on a thread of its own (an earlier one never holds up the next)."""
     listener = socket.create_server(("127.0.0.1", 0))
     port_pipe.send(listener.getsockname()[1])
     while True:
         conn, _ = listener.accept()
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            _serve_one(conn)
-        except (ConnectionError, OSError, ValueError, StopIteration):
-            pass
-        finally:
-            conn.close()
+        threading.Thread(target=_serve, args=(conn,), name="kiyotaka-ws-bench-serve", daemon=True).start()
 
 
 # -- the consumers -------------------------------------------------------------------------------
@@ -188,29 +211,63 @@ def _bare_parsers() -> dict[str, Callable[[Any], Any]]:
 
 
 def run_bare(url: str, total: int, compression: str | None, latency: bool = False,
-             loads: Callable[[Any], Any] = json.loads, series: int = 1) -> Result:
+             loads: Callable[[Any], Any] = json.loads, series: int = 1, stall: float = STALL_SECONDS) -> Result:
     """What a user writes instead: recv(), brotli-decompress, ``loads``, nothing else (no routing:
-    with several series it does the same work as with one)."""
+    with several series it does the same work as with one). ``BenchStalled`` after ``stall``
+    seconds without a new point."""
     lat: list[float] = []
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    ws = websocket.create_connection(url)
-    ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "public/authenticate", "params": {"token": "x"}}))
-    for request_id, symbol in enumerate(symbols(series), start=2):
-        ws.send(_subscribe_message(compression, symbol, request_id))
     seen = 0
-    while seen < total:
-        data = ws.recv()
-        if isinstance(data, bytes):
-            data = brotli.decompress(data)
-        message = loads(data)
-        points = message.get("points")
-        if points:
-            seen += len(points)
-            if latency:
-                now = time.time_ns()
-                lat.extend((now - _ns(p)) / 1e3 for p in points)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    ws.shutdown()  # type: ignore[no-untyped-call]  # no close handshake: the blaster never answers one
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    try:
+        ws = websocket.create_connection(url, timeout=stall)
+    except (OSError, websocket.WebSocketException) as exc:
+        raise BenchStalled(f"bare {loads.__module__} loop: no connection within {stall:g}s ({exc})") from exc
+    # A watchdog, not a socket timeout: a timeout costs the timed loop a poll() per recv.
+    ws.settimeout(None)
+    sock = ws.sock
+    stalled = threading.Event()
+    finished = threading.Event()
+
+    def watch() -> None:
+        last = -1
+        while not finished.wait(stall):
+            if seen == last:
+                stalled.set()
+                try:
+                    if sock is not None:
+                        sock.shutdown(socket.SHUT_RDWR)  # wakes the recv below
+                except OSError:  # the run ended meanwhile
+                    pass
+                return
+            last = seen
+
+    watchdog = threading.Thread(target=watch, name="kiyotaka-ws-bench-watchdog", daemon=True)
+    watchdog.start()
+    try:
+        ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "public/authenticate", "params": {"token": "x"}}))
+        for request_id, symbol in enumerate(symbols(series), start=2):
+            ws.send(_subscribe_message(compression, symbol, request_id))
+        while seen < total:
+            data = ws.recv()
+            if isinstance(data, bytes):
+                data = brotli.decompress(data)
+            message = loads(data)
+            points = message.get("points")
+            if points:
+                seen += len(points)
+                if latency:
+                    now = time.time_ns()
+                    lat.extend((now - _ns(p)) / 1e3 for p in points)
+    except (OSError, websocket.WebSocketException) as exc:
+        if stalled.is_set():
+            raise BenchStalled(f"bare {loads.__module__} loop: {seen:,} of {total:,} points, then none "
+                               f"for {stall:g}s") from exc
+        raise
+    finally:
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        finished.set()
+        watchdog.join()
+        ws.shutdown()  # type: ignore[no-untyped-call]  # no close handshake: the blaster never answers one
     return Result(total, wall, cpu, lat)
 
 
@@ -219,9 +276,10 @@ def _ns(point: dict[str, Any]) -> int:
     return int(ts["seconds"]) * 10**9 + int(ts.get("nanoseconds", 0))
 
 
-def run_client(url: str, total: int, compression: str | None, latency: bool = False, series: int = 1) -> Result:
+def run_client(url: str, total: int, compression: str | None, latency: bool = False, series: int = 1,
+               stall: float = STALL_SECONDS) -> Result:
     """The full client: typed events, routing, threads, every safety check on; one registration
-    (the same handler) per series."""
+    (the same handler) per series. ``BenchStalled`` after ``stall`` seconds without a new point."""
     done = threading.Event()
     lat: list[float] = []
     count = 0
@@ -238,11 +296,18 @@ def run_client(url: str, total: int, compression: str | None, latency: bool = Fa
     for symbol in symbols(series):
         client.on_trade(handler, exchange=EXCHANGE, symbol=symbol)
     cpu0, t0 = time.process_time(), time.perf_counter()
-    client.start()
-    if not done.wait(300):
-        raise RuntimeError(f"client saw {count} of {total} points")
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    client.stop()
+    try:
+        client.start()
+        last = -1
+        while not done.wait(stall):
+            if count == last:
+                stats = client.stats().get("nonbook")
+                state = f"{stats.state.name}, {stats.frames:,} frames, {stats.reconnects} reconnects" if stats else "?"
+                raise BenchStalled(f"client: {count:,} of {total:,} points, then none for {stall:g}s ({state})")
+            last = count
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    finally:
+        client.stop()
     return Result(total, wall, cpu, lat)
 
 
@@ -297,61 +362,70 @@ def run_bench(points: int = 200_000, rounds: int = 5, quick: bool = False, out: 
     report: dict[str, Any] = {"points": points, "rounds": rounds, "client_parser": client_parser,
                               "python": sys.version.split()[0], "busy": len(burners), "cases": []}
     try:
-        port = parent.recv()
-        base = f"ws://127.0.0.1:{port}/nonbook/ws?encoding=json"
-        if not as_json:
-            load = f", {len(burners)} busy process(es) beside it" if burners else ""
-            out.write(f"kiyotaka-ws bench: {points} TRADE points per run, {rounds} alternating rounds per case, "
-                      f"client parser {client_parser}, Python {report['python']}{load}\n")
-            head = "".join(f"{name + ' pts/s':>14}" for name in bares)
-            ratios = "".join(f"{'vs ' + name:>10}" for name in bares)
-            out.write(f"{'case':<16}{head}{'client pts/s':>14}{ratios}{'client us/pt':>14}\n")
-        rss: list[float] = []
-        for (mode, per), count in [(case, n) for n in sorted({1, max(1, series)}) for case in CASES]:
-            url = f"{base}&mode={mode}&per={per}&n={points}&series={count}"
-            compression = "brotli" if mode == "brotli" else None
-            runs: dict[str, list[Result]] = {name: [] for name in (*bares, "client")}
-            for _ in range(rounds):
-                for name, loads in bares.items():
-                    runs[name].append(run_bare(url, points, compression, loads=loads, series=count))
-                runs["client"].append(run_client(url, points, compression, series=count))
-                rss.append(_rss_mib())
-            rate = {name: statistics.median(r.points_per_s for r in results) for name, results in runs.items()}
-            cpu = {name: statistics.median(r.cpu_us for r in results) for name, results in runs.items()}
-            label = f"{mode} x{per}" + (f" s{count}" if count > 1 else "")
-            case = {"case": label, "mode": mode, "points_per_frame": per, "series": count,
-                    "points_per_s": {k: round(v) for k, v in rate.items()},
-                    "cpu_us_per_point": {k: round(v, 3) for k, v in cpu.items()},
-                    "runs_points_per_s": {k: [round(r.points_per_s) for r in v] for k, v in runs.items()},
-                    "ratio": {f"vs_{name}": round(rate["client"] / rate[name], 3) for name in bares}}
-            report["cases"].append(case)
-            if not as_json:
-                cells = "".join(f"{rate[name]:>14,.0f}" for name in bares)
-                ratios = "".join(f"{rate['client'] / rate[name]:>10.2f}" for name in bares)
-                out.write(f"{case['case']:<16}{cells}{rate['client']:>14,.0f}{ratios}{cpu['client']:>14.2f}\n")
-                out.flush()
-        # Latency: paced, alternating like the throughput runs; the p99 is reported for every round.
-        paced, seconds = 10_000, (1 if quick else 3)
-        url = f"{base}&mode=brotli&per=5&n={paced * seconds}&rate={paced}"
-        latencies: dict[str, list[list[float]]] = {"bare": [], "client": []}
-        for _ in range(rounds):
-            latencies["bare"].append(run_bare(url, paced * seconds, "brotli", latency=True).latencies)
-            latencies["client"].append(run_client(url, paced * seconds, "brotli", latency=True).latencies)
-        report["latency_us"] = {"rate": paced, "seconds_per_round": seconds,
-                                **{name: _latency_summary(runs) for name, runs in latencies.items()}}
-        report["rss_mib"] = {"first": round(rss[0], 1), "last": round(rss[-1], 1), "runs": len(rss)}
-        if as_json:
-            out.write(json.dumps(report, indent=2) + "\n")
-            return 0
-        for name, summary in report["latency_us"].items():
-            if isinstance(summary, dict):
-                rounds_p99 = ", ".join(f"{v:,}" for v in summary["p99_per_round"])
-                out.write(f"latency {name:<7} at {paced:,} pts/s (send -> handler): p50 {summary['p50']:,} us, "
-                          f"p99 {summary['p99']:,} us (per round: {rounds_p99}), max {summary['max']:,} us\n")
-        out.write(f"memory: RSS {rss[0]:.1f} MiB after the first run, {rss[-1]:.1f} MiB after run {len(rss)}\n")
+        return _run_cases(parent.recv(), points, rounds, quick, out, as_json, client_parser, bares, series, report,
+                          len(burners))
+    except BenchStalled as exc:
+        out.flush()
+        sys.stderr.write(f"kiyotaka-ws bench: error: {exc}\n")
+        return 1
     finally:
         for process in (blaster, *burners):
             process.terminate()
             process.join()
         protocol.use_json_parser(previous)
+
+
+def _run_cases(port: int, points: int, rounds: int, quick: bool, out: TextIO, as_json: bool, client_parser: str,
+               bares: dict[str, Callable[[Any], Any]], series: int, report: dict[str, Any], busy: int) -> int:
+    base = f"ws://127.0.0.1:{port}/nonbook/ws?encoding=json"
+    if not as_json:
+        load = f", {busy} busy process(es) beside it" if busy else ""
+        out.write(f"kiyotaka-ws bench: {points} TRADE points per run, {rounds} alternating rounds per case, "
+                  f"client parser {client_parser}, Python {report['python']}{load}\n")
+        head = "".join(f"{name + ' pts/s':>14}" for name in bares)
+        ratios = "".join(f"{'vs ' + name:>10}" for name in bares)
+        out.write(f"{'case':<16}{head}{'client pts/s':>14}{ratios}{'client us/pt':>14}\n")
+    rss: list[float] = []
+    for (mode, per), count in [(case, n) for n in sorted({1, max(1, series)}) for case in CASES]:
+        url = f"{base}&mode={mode}&per={per}&n={points}&series={count}"
+        compression = "brotli" if mode == "brotli" else None
+        runs: dict[str, list[Result]] = {name: [] for name in (*bares, "client")}
+        for _ in range(rounds):
+            for name, loads in bares.items():
+                runs[name].append(run_bare(url, points, compression, loads=loads, series=count))
+            runs["client"].append(run_client(url, points, compression, series=count))
+            rss.append(_rss_mib())
+        rate = {name: statistics.median(r.points_per_s for r in results) for name, results in runs.items()}
+        cpu = {name: statistics.median(r.cpu_us for r in results) for name, results in runs.items()}
+        label = f"{mode} x{per}" + (f" s{count}" if count > 1 else "")
+        case = {"case": label, "mode": mode, "points_per_frame": per, "series": count,
+                "points_per_s": {k: round(v) for k, v in rate.items()},
+                "cpu_us_per_point": {k: round(v, 3) for k, v in cpu.items()},
+                "runs_points_per_s": {k: [round(r.points_per_s) for r in v] for k, v in runs.items()},
+                "ratio": {f"vs_{name}": round(rate["client"] / rate[name], 3) for name in bares}}
+        report["cases"].append(case)
+        if not as_json:
+            cells = "".join(f"{rate[name]:>14,.0f}" for name in bares)
+            ratios = "".join(f"{rate['client'] / rate[name]:>10.2f}" for name in bares)
+            out.write(f"{case['case']:<16}{cells}{rate['client']:>14,.0f}{ratios}{cpu['client']:>14.2f}\n")
+            out.flush()
+    # Latency: paced, alternating like the throughput runs; the p99 is reported for every round.
+    paced, seconds = 10_000, (1 if quick else 3)
+    url = f"{base}&mode=brotli&per=5&n={paced * seconds}&rate={paced}"
+    latencies: dict[str, list[list[float]]] = {"bare": [], "client": []}
+    for _ in range(rounds):
+        latencies["bare"].append(run_bare(url, paced * seconds, "brotli", latency=True).latencies)
+        latencies["client"].append(run_client(url, paced * seconds, "brotli", latency=True).latencies)
+    report["latency_us"] = {"rate": paced, "seconds_per_round": seconds,
+                            **{name: _latency_summary(runs) for name, runs in latencies.items()}}
+    report["rss_mib"] = {"first": round(rss[0], 1), "last": round(rss[-1], 1), "runs": len(rss)}
+    if as_json:
+        out.write(json.dumps(report, indent=2) + "\n")
+        return 0
+    for name, summary in report["latency_us"].items():
+        if isinstance(summary, dict):
+            rounds_p99 = ", ".join(f"{v:,}" for v in summary["p99_per_round"])
+            out.write(f"latency {name:<7} at {paced:,} pts/s (send -> handler): p50 {summary['p50']:,} us, "
+                      f"p99 {summary['p99']:,} us (per round: {rounds_p99}), max {summary['max']:,} us\n")
+    out.write(f"memory: RSS {rss[0]:.1f} MiB after the first run, {rss[-1]:.1f} MiB after run {len(rss)}\n")
     return 0
