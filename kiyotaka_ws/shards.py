@@ -104,7 +104,7 @@ class Shards:
         self._make_session = make_session
         self._lock = threading.Lock()  # guards everything below; never held around user code or I/O
         self._configured = capacity    # max_subscriptions_per_connection (None: not given)
-        self._learned: int | None = None  # what the server's refusals taught (None: none yet)
+        self._stated: int | None = None  # the limit the server last stated when refusing
         self._held_most = 0            # the most a connection held when refused as full
         self._capacity = capacity      # the smaller of the two: subscriptions per connection
         self._sessions: list[Session] = []
@@ -246,10 +246,12 @@ class Shards:
         homeless: list[WireSub] = []
         with self._lock:
             self._held_most = max(self._held_most, overflow.held)
-            self._learned = max(1, self._held_most, overflow.limit or 0)
+            if overflow.limit is not None:  # a hand-back of unsent channels (shed) states nothing
+                self._stated = overflow.limit
+            learned = max(1, self._held_most, self._stated or 0)
             configured = self._configured
             before = self._capacity
-            self._capacity = self._learned if configured is None else min(configured, self._learned)
+            self._capacity = learned if configured is None else min(configured, learned)
             if self._capacity != before:  # shards over it hand back what they have not sent yet
                 for shard, count in enumerate(self._counts):
                     if count > self._capacity:

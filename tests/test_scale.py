@@ -729,3 +729,20 @@ def test_a_server_closing_a_full_connection_teaches_its_limit() -> None:
                 assert counter.errors == []
         finally:
             client.stop(5)
+
+
+def test_a_stated_limit_is_kept_when_channels_are_shed(monkeypatch: Any) -> None:
+    """The server said 1,000 when a connection holding 950 was refused; a later hand-back of
+    unsent channels (``shed``: nothing refused, nothing stated) teaches nothing and must not
+    lower the capacity to 950."""
+    from kiyotaka_ws.channels import Channel, ChannelSpec
+    from kiyotaka_ws.session_core import Overflow
+    from kiyotaka_ws.source import WireSub
+
+    family, made = _fake_shards(monkeypatch, 4, None)
+    sub = WireSub(ChannelSpec(Channel.TRADE, EX, "A", "*"))
+    family.add(sub)
+    family._overflow(made[0], Overflow((sub,), 950, 1000))
+    assert family.capacity == 1000
+    family._overflow(made[0], Overflow((), 0))
+    assert family.capacity == 1000
