@@ -92,7 +92,6 @@ from .session_core import (  # noqa: F401
     Send,
     SessionCore,
     SetState,
-    Settings,
     Settle,
     answer_due,
     at_most,

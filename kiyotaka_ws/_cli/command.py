@@ -256,6 +256,18 @@ class _StreamReport:
         self.line(f"{_PROG}: {type(error).__name__}: {one_line(error)}")
 
 
+def _endpoint_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The client arguments ``record`` and ``relay`` share: region, endpoint overrides, retries."""
+    options: dict[str, Any] = {"region": args.region}
+    if args.book_url:
+        options["book_url"] = args.book_url
+    if args.nonbook_url:
+        options["nonbook_url"] = args.nonbook_url
+    if args.retries is not None:
+        options["max_retries"] = args.retries
+    return options
+
+
 def cmd_stream(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``kiyotaka-ws stream``: usage checks, then the key, then stream until --seconds or Ctrl-C."""
     channel = Channel(args.channel)
@@ -403,13 +415,7 @@ def cmd_record(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not subs:
         raise UsageError("nothing to record: give CHANNEL --exchange E --symbol S, or --sub CHANNEL:EXCHANGE:SYMBOL")
     path = _recording_path(args.out)
-    options: dict[str, Any] = {"region": args.region, "record": path}
-    if args.book_url:
-        options["book_url"] = args.book_url
-    if args.nonbook_url:
-        options["nonbook_url"] = args.nonbook_url
-    if args.retries is not None:
-        options["max_retries"] = args.retries
+    options = {**_endpoint_options(args), "record": path}
     if args.rotate_mb is not None:
         options["record_rotate_bytes"] = int(args.rotate_mb * 2**20)
     if args.rotate_seconds is not None:
@@ -464,13 +470,7 @@ def cmd_relay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     subs = [parse_sub(text) for text in args.sub]
     if not subs:
         raise UsageError("nothing to relay: give --sub CHANNEL:EXCHANGE:SYMBOL (repeatable)")
-    options: dict[str, Any] = {"region": args.region}
-    if args.book_url:
-        options["book_url"] = args.book_url
-    if args.nonbook_url:
-        options["nonbook_url"] = args.nonbook_url
-    if args.retries is not None:
-        options["max_retries"] = args.retries
+    options = _endpoint_options(args)
     api_key = (args.api_key or os.environ.get("KIYOTAKA_API_KEY", "")).strip()
     if not api_key:
         raise UsageError("no API key: pass --api-key or set KIYOTAKA_API_KEY")
